@@ -1,0 +1,40 @@
+# confstream — the two commands of the README: `make run` and `make test`.
+# Each creates its own virtual environment and installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint typecheck sysdeps demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+sysdeps:
+	@bash scripts/ensure-sysdeps.sh
+
+run: $(STAMP)
+	$(VENV)/bin/confstream serve --show-first-account
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) sysdeps lint typecheck
+	$(VENV)/bin/pytest -q
+
+demo: $(STAMP) sysdeps
+	$(PY) examples/demo.py
+
+bench: $(STAMP) sysdeps
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,52 @@
+"""Prometheus metrics, defined once for the process (served at ``GET /metrics``).
+
+Every module records into these; nothing else registers metrics.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Engine
+TICK_LATENESS = Histogram(
+    "confstream_tick_lateness_seconds",
+    "Actual minus scheduled start of each 20 ms mixer tick",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)
+TICK_DURATION = Histogram(
+    "confstream_tick_duration_seconds",
+    "CPU time spent in one mixer tick",
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02),
+)
+TICKS_SKIPPED = Counter("confstream_ticks_skipped_total", "Ticks skipped because the clock fell behind")
+CONFERENCES_ACTIVE = Gauge("confstream_conferences_active", "Conferences with live media")
+PARTICIPANTS_ACTIVE = Gauge("confstream_participants_active", "Participants in live conferences")
+
+# SIP / RTP
+SIP_MESSAGES = Counter("confstream_sip_messages_total", "SIP messages", ["direction", "kind"])
+SIP_PARSE_ERRORS = Counter("confstream_sip_parse_errors_total", "SIP messages that failed to parse")
+SIP_AUTH_FAILURES = Counter("confstream_sip_auth_failures_total", "SIP digest failures", ["reason"])
+RTP_PACKETS_IN = Counter("confstream_rtp_packets_received_total", "RTP packets received")
+RTP_PACKETS_OUT = Counter("confstream_rtp_packets_sent_total", "RTP packets sent")
+RTP_DISCARDED = Counter(
+    "confstream_rtp_discarded_total", "RTP packets discarded", ["reason"]
+)  # reason: malformed, late, duplicate, overflow, unknown_payload
+RTP_PORTS_IN_USE = Gauge("confstream_rtp_ports_in_use", "RTP ports allocated")
+
+# Streams
+STREAMS_ACTIVE = Gauge("confstream_streams_active", "Conference streams in progress")
+STREAM_MESSAGES = Counter("confstream_stream_messages_total", "Stream messages sent", ["event"])
+STREAM_BYTES = Counter("confstream_stream_bytes_total", "Bytes of stream messages sent")
+STREAM_FRAMES_DROPPED = Counter(
+    "confstream_stream_frames_dropped_total", "Stream frames dropped from full send queues"
+)
+STREAM_CONNECT_FAILURES = Counter(
+    "confstream_stream_connect_failures_total", "Stream connection failures", ["reason"]
+)
+STREAM_INBOUND_IGNORED = Counter(
+    "confstream_stream_inbound_ignored_total",
+    "Messages from receivers ignored (stream not bidirectional, or malformed)",
+)
+
+# Callbacks
+CALLBACKS_SENT = Counter("confstream_callbacks_total", "Status callbacks delivered", ["outcome"])

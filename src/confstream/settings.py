@@ -1,0 +1,97 @@
+"""One typed settings object: command-line flags and ``CONFSTREAM_*`` environment variables.
+
+Every default is stated here and in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) to a tuple; a bare ``PORT`` uses ``default_host``."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, port = value[1:].partition("]:")
+        return host, int(port)
+    if ":" not in value:
+        return default_host, int(value)
+    host, _, port = value.rpartition(":")
+    return host or default_host, int(port)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONFSTREAM_", extra="ignore")
+
+    # Listeners
+    http_listen: str = "127.0.0.1:8080"
+    sip_listen: str = "127.0.0.1:5060"
+    rtp_ports: str = "20000-29999"
+    # Address written into SDP answers; empty means the SIP listener's address
+    # (or 127.0.0.1 when it listens on a wildcard address).
+    media_address: str = ""
+
+    # Storage
+    database_url: str = "sqlite:///var/confstream.db"
+
+    # Outbound URL policy (CONTRACT §4)
+    allowed_networks: Annotated[list[str], NoDecode] = []
+    stream_ca_file: Path | None = None
+
+    # Streams (CONTRACT §2)
+    stream_queue_ms: int = 1000
+    stream_connect_timeout: float = 5.0
+    stream_ping_interval: float = 20.0
+    stream_ping_timeout: float = 20.0
+
+    # Callbacks (CONTRACT §3)
+    callback_timeout: float = 5.0
+    callback_retries: int = 3
+
+    # SIP/RTP (CONTRACT §5)
+    rtp_inactivity_timeout: float = 30.0
+    sip_nonce_ttl: float = 300.0
+    sip_realm: str = "confstream"
+
+    log_level: str = "info"
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for item in value:
+                ipaddress.ip_network(str(item), strict=False)
+        return value
+
+    @field_validator("rtp_ports")
+    @classmethod
+    def _check_ports(cls, value: str) -> str:
+        low, _, high = value.partition("-")
+        lo, hi = int(low), int(high)
+        if not (1024 <= lo < hi <= 65535):
+            raise ValueError("rtp_ports must be LOW-HIGH with 1024 <= LOW < HIGH <= 65535")
+        return value
+
+    @property
+    def rtp_port_range(self) -> tuple[int, int]:
+        low, _, high = self.rtp_ports.partition("-")
+        return int(low), int(high)
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        return parse_hostport(self.http_listen)
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        return parse_hostport(self.sip_listen)
+
+    @property
+    def allowed_network_objects(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.allowed_networks]
