@@ -1,0 +1,140 @@
+"""Shared pieces of the REST API: request parsing, dates, booleans, paging, JSON answers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from confstream.api.errors import invalid
+
+API_VERSION = "2010-04-01"
+SIGNALWIRE_BASE = "/api/laml/2010-04-01"
+TWILIO_BASE = "/2010-04-01"
+#: Paging (CONTRACT §1): default page size 50, at most 1000, like Twilio.
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def rfc2822(value: dt.datetime | None) -> str | None:
+    """A stored naive-UTC datetime as RFC 2822 with ``+0000`` (``Tue, 25 Sep 2018 20:00:00
+    +0000``)."""
+    if value is None:
+        return None
+    return email.utils.format_datetime(value.replace(tzinfo=dt.UTC, microsecond=0))
+
+
+def base_path(request: Request) -> str:
+    """The base path the request came in on; URIs in answers use the same one."""
+    return SIGNALWIRE_BASE if request.url.path.startswith(SIGNALWIRE_BASE) else TWILIO_BASE
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def form(request: Request) -> dict[str, str]:
+    """The ``application/x-www-form-urlencoded`` body (the first value of repeated keys)."""
+    body = (await request.body()).decode("utf-8", errors="replace")
+    out: dict[str, str] = {}
+    for key, value in parse_qsl(body, keep_blank_values=True):
+        out.setdefault(key, value)
+    return out
+
+
+def parse_bool(name: str, value: str | None) -> bool | None:
+    """``true``/``false`` in any case; None when absent; 422 (20001) otherwise."""
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    raise invalid(20001, f"{name} must be true or false, not {value!r}")
+
+
+def parse_date(name: str, value: str) -> dt.date:
+    """A date filter value: ``YYYY-MM-DD`` (Twilio's form)."""
+    try:
+        return dt.date.fromisoformat(value.strip()[:10])
+    except ValueError as exc:
+        raise invalid(20001, f"{name} must be a date as YYYY-MM-DD, not {value!r}") from exc
+
+
+@dataclass(frozen=True)
+class Paging:
+    page: int
+    page_size: int
+    offset: int
+
+
+def parse_paging(request: Request) -> Paging:
+    """``Page`` (from 0), ``PageSize`` (1..1000, default 50) and ``PageToken`` (``PA<offset>``,
+    as written in ``next_page_uri``/``previous_page_uri``; it wins over ``Page``)."""
+    params = request.query_params
+    try:
+        page_size = int(params.get("PageSize", DEFAULT_PAGE_SIZE))
+        page = int(params.get("Page", 0))
+    except ValueError as exc:
+        raise invalid(20001, "Page and PageSize must be integers") from exc
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise invalid(20001, f"PageSize must be between 1 and {MAX_PAGE_SIZE}")
+    if page < 0:
+        raise invalid(20001, "Page must not be negative")
+    offset = page * page_size
+    token = params.get("PageToken")
+    if token:
+        if not token.startswith("PA") or not token[2:].isdigit():
+            raise invalid(20001, f"invalid PageToken {token!r}")
+        offset = int(token[2:])
+    return Paging(page=page, page_size=page_size, offset=offset)
+
+
+def page_body(
+    request: Request,
+    list_path: str,
+    key: str,
+    items: list[dict[str, Any]],
+    paging: Paging,
+    has_next: bool,
+) -> dict[str, Any]:
+    """Twilio's list envelope. ``list_path`` is the list's path after the base, without
+    ``.json``; the filters of the request are kept in every page URI."""
+    kept = [
+        (k, v)
+        for k, v in request.query_params.multi_items()
+        if k not in ("Page", "PageSize", "PageToken")
+    ]
+    path = f"{base_path(request)}{list_path}.json"
+
+    def uri(page: int, offset: int | None) -> str:
+        query = [*kept, ("PageSize", str(paging.page_size)), ("Page", str(page))]
+        if offset is not None:
+            query.append(("PageToken", f"PA{offset}"))
+        return f"{path}?{urlencode(query)}"
+
+    size = paging.page_size
+    previous_uri = None
+    if paging.offset > 0:
+        previous_uri = uri(max(paging.page - 1, 0), max(paging.offset - size, 0))
+    return {
+        key: items,
+        "first_page_uri": uri(0, None),
+        "next_page_uri": uri(paging.page + 1, paging.offset + size) if has_next else None,
+        "previous_page_uri": previous_uri,
+        "page": paging.page,
+        "page_size": size,
+        "start": paging.offset,
+        "end": paging.offset + max(len(items) - 1, 0),
+        "uri": uri(paging.page, paging.offset if paging.offset else None),
+    }

@@ -1,0 +1,117 @@
+"""Every error code the REST API emits, in one table (docs/errors.md is generated from it).
+
+Codes reuse Twilio's numbering where Twilio has a code for the same situation, so SDK users can
+look them up; the few confstream-only codes are marked *extension*.
+
+=====  ======  ===============================================================================
+code   HTTP    meaning
+=====  ======  ===============================================================================
+20001  422     A parameter has an invalid value (boolean, Status, StreamCodec, Parameter{N}...)
+20003  401     Authentication failed: bad credentials, or an AccountSid that is not the caller's
+20004  405     Method not allowed on this resource
+20404  404     The resource was not found
+20409  409     *extension*: a stream with this Name is already active in the conference
+20500  500     Internal server error
+21205  422     ``Url``/``AnnounceUrl`` is not a valid URL (or a relative Url without a base URL)
+21209  422     ``StatusCallbackMethod``/``AnnounceMethod`` is not GET or POST
+21220  409     The conference is not in progress
+21609  422     ``StatusCallback`` is not a valid http(s) URL, or its host is refused by the
+               outbound policy (CONTRACT §4)
+31922  --      Invalid stream URL (not ``wss://``, or refused by the outbound policy); reported
+               on the stream resource (``error_code``) and in ``stream-error`` callbacks
+31941  422     ``Track`` is not ``inbound_track``, ``outbound_track`` or ``both_tracks``
+11200  502     The announcement audio could not be fetched (``AnnounceUrl``)
+12300  422     The announcement audio is not a supported WAV file
+=====  ======  ===============================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MORE_INFO = "https://www.twilio.com/docs/errors/{code}"
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: int
+    status: int
+    title: str
+
+
+ERROR_CODES: dict[int, ErrorCode] = {
+    e.code: e
+    for e in (
+        ErrorCode(20001, 422, "Invalid parameter value"),
+        ErrorCode(20003, 401, "Authenticate"),
+        ErrorCode(20004, 405, "Method not allowed"),
+        ErrorCode(20404, 404, "The requested resource was not found"),
+        ErrorCode(20409, 409, "A stream with this Name is already active (extension)"),
+        ErrorCode(20500, 500, "Internal server error"),
+        ErrorCode(21205, 422, "Url is not a valid URL"),
+        ErrorCode(21209, 422, "Invalid method: use GET or POST"),
+        ErrorCode(21220, 409, "Conference is not in progress"),
+        ErrorCode(21609, 422, "Invalid StatusCallback URL"),
+        ErrorCode(31922, 200, "Stream - Invalid URL (reported on the stream)"),
+        ErrorCode(31941, 422, "Stream - Invalid Track configuration"),
+        ErrorCode(11200, 502, "HTTP retrieval failure (AnnounceUrl)"),
+        ErrorCode(12300, 422, "Invalid announcement audio"),
+    )
+}
+
+#: Codes that go with 422 answers; those also carry ``errors: [...]``.
+VALIDATION_STATUS = 422
+
+
+@dataclass
+class ApiError(Exception):
+    """Raised by handlers; rendered as ``{code, message, more_info, status}``."""
+
+    code: int
+    message: str
+    errors: list[str] = field(default_factory=list)
+    status: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+        if self.status is None:
+            self.status = ERROR_CODES[self.code].status if self.code in ERROR_CODES else 400
+
+    @property
+    def http_status(self) -> int:
+        assert self.status is not None
+        return self.status
+
+    def body(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "code": self.code,
+            "message": self.message,
+            "more_info": MORE_INFO.format(code=self.code),
+            "status": self.http_status,
+        }
+        if self.http_status == VALIDATION_STATUS:
+            out["errors"] = self.errors or [self.message]
+        return out
+
+
+def invalid(code: int, message: str) -> ApiError:
+    """A 422 validation error with code ``code``."""
+    return ApiError(code, message, [message], status=VALIDATION_STATUS)
+
+
+def unauthorized() -> ApiError:
+    """The one answer for every authentication failure (no existence leak)."""
+    return ApiError(20003, "Authentication Error - invalid username", status=401)
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(20404, f"The requested resource {what} was not found", status=404)
+
+
+def markdown_table() -> str:
+    """The table of codes as Markdown, for docs/errors.md."""
+    lines = ["| Code | HTTP | Meaning |", "|---|---|---|"]
+    for e in sorted(ERROR_CODES.values(), key=lambda e: e.code):
+        status = "—" if e.code == 31922 else str(e.status)
+        lines.append(f"| {e.code} | {status} | {e.title} |")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""JSON shapes of the resources (CONTRACT §1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confstream.api.common import API_VERSION, rfc2822
+from confstream.store import Account, Conference, Participant, Stream
+
+
+def account_json(base: str, account: Account) -> dict[str, Any]:
+    uri = f"{base}/Accounts/{account.sid}"
+    return {
+        "sid": account.sid,
+        "friendly_name": account.friendly_name,
+        "status": account.status,
+        "type": "Full",
+        "owner_account_sid": account.sid,
+        "stream_base_url": account.stream_base_url,
+        "date_created": rfc2822(account.date_created),
+        "date_updated": rfc2822(account.date_updated),
+        "uri": f"{uri}.json",
+        "subresource_uris": {"conferences": f"{uri}/Conferences.json"},
+    }
+
+
+def conference_json(base: str, conference: Conference) -> dict[str, Any]:
+    uri = f"{base}/Accounts/{conference.account_sid}/Conferences/{conference.sid}"
+    return {
+        "sid": conference.sid,
+        "account_sid": conference.account_sid,
+        "friendly_name": conference.friendly_name,
+        "status": conference.status,
+        "date_created": rfc2822(conference.date_created),
+        "date_updated": rfc2822(conference.date_updated),
+        "api_version": API_VERSION,
+        "region": conference.region,
+        "reason_conference_ended": conference.reason_ended,
+        "call_sid_ending_conference": None,
+        "uri": f"{uri}.json",
+        "subresource_uris": {
+            "participants": f"{uri}/Participants.json",
+            "streams": f"{uri}/Streams.json",
+        },
+    }
+
+
+def participant_json(base: str, participant: Participant) -> dict[str, Any]:
+    uri = (
+        f"{base}/Accounts/{participant.account_sid}/Conferences/{participant.conference_sid}"
+        f"/Participants/{participant.call_sid}.json"
+    )
+    return {
+        "account_sid": participant.account_sid,
+        "call_sid": participant.call_sid,
+        "conference_sid": participant.conference_sid,
+        "label": participant.label,
+        "date_created": rfc2822(participant.date_created),
+        "date_updated": rfc2822(participant.date_updated),
+        "status": participant.status,
+        "muted": participant.muted,
+        "hold": participant.hold,
+        "coaching": participant.coaching,
+        "call_sid_to_coach": participant.call_sid_to_coach,
+        "start_conference_on_enter": participant.start_conference_on_enter,
+        "end_conference_on_exit": participant.end_conference_on_exit,
+        "uri": uri,
+    }
+
+
+def stream_json(base: str, stream: Stream) -> dict[str, Any]:
+    uri = (
+        f"{base}/Accounts/{stream.account_sid}/Conferences/{stream.conference_sid}"
+        f"/Streams/{stream.sid}.json"
+    )
+    return {
+        "account_sid": stream.account_sid,
+        "conference_sid": stream.conference_sid,
+        "call_sid": stream.conference_sid,
+        "sid": stream.sid,
+        "name": stream.name,
+        "status": stream.status,
+        "date_created": rfc2822(stream.date_created),
+        "date_updated": rfc2822(stream.date_updated),
+        "uri": uri,
+        # extensions
+        "url": stream.url,
+        "track": stream.track,
+        "codec": stream.codec,
+        "realtime": stream.realtime,
+        "error_code": stream.error_code,
+        "error_message": stream.error_message,
+    }

@@ -1,0 +1,349 @@
+"""The REST API as a Starlette application (CONTRACT §1).
+
+Both base paths, ``/api/laml/2010-04-01`` (SignalWire) and ``/2010-04-01`` (Twilio), serve the
+same routes; every path also answers with a ``.json`` suffix (it is stripped before routing,
+and every URI in answers carries it, as Twilio's do). ``GET /healthz`` answers 200 once
+``app.state.ready`` is true (the server sets it when every listener is up), else 503.
+``GET /metrics`` serves the Prometheus registry.
+
+Authentication is HTTP Basic ``AccountSid:AuthToken``; a failure, and a path AccountSid that
+is not the caller's, both answer the same 401 (code 20003) so nothing tells whether another
+account exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from confstream.api.common import (
+    SIGNALWIRE_BASE,
+    TWILIO_BASE,
+    JSONResponse,
+    base_path,
+    form,
+    page_body,
+    parse_bool,
+    parse_date,
+    parse_paging,
+)
+from confstream.api.errors import ApiError, invalid, not_found, unauthorized
+from confstream.api.render import account_json, conference_json, participant_json, stream_json
+from confstream.api.streams import parse_stream_request
+from confstream.services import REASON_API, Services
+from confstream.store import Account, Conference, ConferenceFilter, DateFilter
+from confstream.store.models import CONFERENCE_IN_PROGRESS, CONFERENCE_STATUSES
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def _authenticate(request: Request) -> Account:
+    """The caller's account; 401 (20003) on any failure or when the path names another one."""
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        raise unauthorized()
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise unauthorized() from exc
+    sid, sep, token = decoded.partition(":")
+    if not sep:
+        raise unauthorized()
+    account = await _services(request).authenticate(sid, token)
+    if account is None or request.path_params.get("account_sid", account.sid) != account.sid:
+        raise unauthorized()
+    return account
+
+
+async def _conference(request: Request, account: Account) -> Conference:
+    sid = request.path_params["conference_sid"]
+    conference = await _services(request).store.get_conference(sid, account.sid)
+    if conference is None:
+        raise not_found(f"Conference {sid}")
+    return conference
+
+
+# --------------------------------------------------------------------------- accounts
+async def fetch_account(request: Request) -> Response:
+    account = await _authenticate(request)
+    return JSONResponse(account_json(base_path(request), account))
+
+
+# ------------------------------------------------------------------------ conferences
+def _conference_filter(request: Request) -> ConferenceFilter:
+    q = request.query_params
+    status = q.get("Status")
+    if status is not None and status not in CONFERENCE_STATUSES:
+        raise invalid(20001, f"Status must be one of {', '.join(CONFERENCE_STATUSES)}")
+
+    def dates(name: str) -> DateFilter:
+        on, before, after = q.get(name), q.get(f"{name}<"), q.get(f"{name}>")
+        return DateFilter(
+            on=parse_date(name, on) if on else None,
+            on_or_before=parse_date(f"{name}<", before) if before else None,
+            on_or_after=parse_date(f"{name}>", after) if after else None,
+        )
+
+    return ConferenceFilter(
+        friendly_name=q.get("FriendlyName"),
+        status=status,
+        date_created=dates("DateCreated"),
+        date_updated=dates("DateUpdated"),
+    )
+
+
+async def list_conferences(request: Request) -> Response:
+    account = await _authenticate(request)
+    paging = parse_paging(request)
+    filters = _conference_filter(request)
+    rows = await _services(request).store.list_conferences(
+        account.sid, filters, offset=paging.offset, limit=paging.page_size + 1
+    )
+    base = base_path(request)
+    items = [conference_json(base, row) for row in rows[: paging.page_size]]
+    body = page_body(
+        request,
+        f"/Accounts/{account.sid}/Conferences",
+        "conferences",
+        items,
+        paging,
+        has_next=len(rows) > paging.page_size,
+    )
+    return JSONResponse(body)
+
+
+async def conference_instance(request: Request) -> Response:
+    account = await _authenticate(request)
+    conference = await _conference(request, account)
+    services = _services(request)
+    if request.method == "POST":
+        params = await form(request)
+        status = params.get("Status")
+        if status is not None and status != "completed":
+            raise invalid(20001, "Status can only be set to completed")
+        announce_url = (params.get("AnnounceUrl") or "").strip() or None
+        announce_method = (params.get("AnnounceMethod") or "POST").upper()
+        if announce_method not in ("GET", "POST"):
+            raise invalid(21209, "AnnounceMethod must be GET or POST")
+        if announce_url is not None:
+            if conference.status != CONFERENCE_IN_PROGRESS:
+                raise ApiError(21220, f"Conference {conference.sid} is not in progress")
+            await services.announce(conference.sid, announce_url, announce_method)
+        if status == "completed" and conference.status != "completed":
+            await services.end_conference(conference.sid, REASON_API)
+        fresh = await services.store.get_conference(conference.sid)
+        conference = fresh if fresh is not None else conference
+    return JSONResponse(conference_json(base_path(request), conference))
+
+
+# ----------------------------------------------------------------------- participants
+async def list_participants(request: Request) -> Response:
+    account = await _authenticate(request)
+    conference = await _conference(request, account)
+    paging = parse_paging(request)
+    q = request.query_params
+    muted = parse_bool("Muted", q.get("Muted"))
+    hold = parse_bool("Hold", q.get("Hold"))
+    rows = await _services(request).store.list_participants(
+        conference.sid,
+        muted=muted,
+        hold=hold,
+        offset=paging.offset,
+        limit=paging.page_size + 1,
+    )
+    base = base_path(request)
+    items = [participant_json(base, row) for row in rows[: paging.page_size]]
+    body = page_body(
+        request,
+        f"/Accounts/{account.sid}/Conferences/{conference.sid}/Participants",
+        "participants",
+        items,
+        paging,
+        has_next=len(rows) > paging.page_size,
+    )
+    return JSONResponse(body)
+
+
+async def participant_instance(request: Request) -> Response:
+    account = await _authenticate(request)
+    conference = await _conference(request, account)
+    services = _services(request)
+    call_sid = request.path_params["call_sid"]
+    row = await services.store.get_participant(call_sid, conference.sid)
+    if row is None or row.status != "in-progress":
+        raise not_found(f"Participant {call_sid}")
+    if request.method == "DELETE":
+        await services.kick(call_sid)
+        return Response(status_code=204)
+    if request.method == "POST":
+        params = await form(request)
+        muted = parse_bool("Muted", params.get("Muted"))
+        hold = parse_bool("Hold", params.get("Hold"))
+        announce_url = (params.get("AnnounceUrl") or "").strip() or None
+        announce_method = (params.get("AnnounceMethod") or "POST").upper()
+        if announce_method not in ("GET", "POST"):
+            raise invalid(21209, "AnnounceMethod must be GET or POST")
+        if muted is not None or hold is not None:
+            updated = await services.update_participant(call_sid, muted=muted, hold=hold)
+            row = updated if updated is not None else row
+        if announce_url is not None:
+            await services.announce(
+                conference.sid, announce_url, announce_method, target_call_sid=call_sid
+            )
+    return JSONResponse(participant_json(base_path(request), row))
+
+
+# ---------------------------------------------------------------------------- streams
+async def streams_collection(request: Request) -> Response:
+    account = await _authenticate(request)
+    conference = await _conference(request, account)
+    services = _services(request)
+    base = base_path(request)
+    if request.method == "POST":
+        params = await form(request)
+        spec = await parse_stream_request(params, account, services.settings)
+        row = await services.create_stream(account, conference, spec)
+        return JSONResponse(stream_json(base, row))
+    paging = parse_paging(request)
+    status = request.query_params.get("Status")
+    rows = await services.store.list_streams(
+        conference.sid, status=status, offset=paging.offset, limit=paging.page_size + 1
+    )
+    items = [stream_json(base, row) for row in rows[: paging.page_size]]
+    body = page_body(
+        request,
+        f"/Accounts/{account.sid}/Conferences/{conference.sid}/Streams",
+        "streams",
+        items,
+        paging,
+        has_next=len(rows) > paging.page_size,
+    )
+    return JSONResponse(body)
+
+
+async def stream_instance(request: Request) -> Response:
+    account = await _authenticate(request)
+    conference = await _conference(request, account)
+    services = _services(request)
+    key = request.path_params["stream_sid"]
+    row = await services.store.get_stream(conference.sid, key)
+    if row is None:
+        raise not_found(f"Stream {key}")
+    if request.method == "POST":
+        params = await form(request)
+        status = params.get("Status")
+        if status != "stopped":
+            raise invalid(20001, "Status is required and can only be stopped")
+        row = await services.stop_stream(row)
+    return JSONResponse(stream_json(base_path(request), row))
+
+
+# ------------------------------------------------------------------------ operations
+async def healthz(request: Request) -> Response:
+    if getattr(request.app.state, "ready", False):
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "starting"}, status_code=503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+# -------------------------------------------------------------------------- plumbing
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    headers = {"WWW-Authenticate": 'Basic realm="confstream"'} if exc.code == 20003 else None
+    return JSONResponse(exc.body(), status_code=exc.http_status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        error = ApiError(20004, "Method not allowed", status=405)
+    elif exc.status_code == 404:
+        error = not_found(request.url.path)
+    else:
+        error = ApiError(exc.status_code, str(exc.detail), status=exc.status_code)
+    return JSONResponse(error.body(), status_code=error.http_status, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    error = ApiError(20500, "Internal server error", status=500)
+    return JSONResponse(error.body(), status_code=500)
+
+
+def _resource_routes() -> list[Route]:
+    conf = "/Accounts/{account_sid}/Conferences/{conference_sid}"
+    return [
+        Route("/Accounts/{account_sid}", fetch_account, methods=["GET"]),
+        Route("/Accounts/{account_sid}/Conferences", list_conferences, methods=["GET"]),
+        Route(conf, conference_instance, methods=["GET", "POST"]),
+        Route(f"{conf}/Participants", list_participants, methods=["GET"]),
+        Route(
+            f"{conf}/Participants/{{call_sid}}",
+            participant_instance,
+            methods=["GET", "POST", "DELETE"],
+        ),
+        Route(f"{conf}/Streams", streams_collection, methods=["GET", "POST"]),
+        Route(f"{conf}/Streams/{{stream_sid}}", stream_instance, methods=["GET", "POST"]),
+    ]
+
+
+class StripJsonSuffix:
+    """Route ``/….json`` as ``/…`` (only under the API base paths)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.endswith(".json") and path.startswith((SIGNALWIRE_BASE, TWILIO_BASE)):
+                scope = dict(scope)
+                scope["path"] = path[: -len(".json")]
+                raw: Any = scope.get("raw_path")
+                if isinstance(raw, bytes) and raw.endswith(b".json"):
+                    scope["raw_path"] = raw[: -len(b".json")]
+        await self.app(scope, receive, send)
+
+
+def create_api(services: Services) -> Starlette:
+    """The ASGI application. Set ``app.state.ready = True`` once every listener is up."""
+    routes = _resource_routes()
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Mount(SIGNALWIRE_BASE, routes=routes),
+            Mount(TWILIO_BASE, routes=routes),
+        ],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+    app.add_middleware(StripJsonSuffix)
+    app.state.services = services
+    app.state.ready = False
+    return app

@@ -1,0 +1,160 @@
+"""Validation of ``Create a Conference Stream`` parameters (CONTRACT §1 table).
+
+Rules, and the code answered (422 unless noted):
+
+* ``Url`` required (21205). Absolute URLs are taken as they are: a scheme other than ``wss``
+  is *not* refused here; the stream record is created and the stream manager ends it with
+  31922, so ``stream-error``/``stream-stopped`` callbacks fire as SignalWire does. A relative
+  Url is resolved against the account's ``stream_base_url``; without one: 21205.
+* ``Name`` optional, 1..255 characters (20001); uniqueness is checked by the service (20409).
+* ``Track``: ``inbound_track`` | ``outbound_track`` | ``both_tracks`` (31941), default both.
+* ``StatusCallback``: absolute http(s) URL whose host the outbound policy accepts (21609).
+* ``StatusCallbackMethod``: GET | POST in any case (21209), default POST.
+* ``StreamCodec``: PCMU (default) | PCMA | L16 | L16@16000h | L16@24000h (20001).
+* ``StreamRealTime``: boolean (20001), default false.
+* ``Parameter{N}.Name``/``.Value``: N = 1..99 (20001); a Value needs a Name; name + value must
+  be under 500 characters (20001).
+* ``AuthorizationBearerToken``: passed to the stream, never stored.
+
+All problems found are reported together in ``errors``; the top-level code is the first one's.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urljoin, urlsplit
+
+from confstream import netpolicy
+from confstream.api.common import parse_bool
+from confstream.api.errors import ApiError
+from confstream.services import StreamRequest
+from confstream.settings import Settings
+from confstream.store import Account
+
+TRACKS = ("inbound_track", "outbound_track", "both_tracks")
+CODECS = ("PCMU", "PCMA", "L16", "L16@16000h", "L16@24000h")
+METHODS = ("GET", "POST")
+#: Custom parameters: N runs 1..99; name + value must stay under this many characters.
+MAX_PARAMETER_INDEX = 99
+MAX_PARAMETER_CHARS = 500
+MAX_NAME_CHARS = 255
+
+_PARAMETER_KEY = re.compile(r"^Parameter(\d+)\.(Name|Value)$")
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, code: int, message: str) -> None:
+        self.items.append((code, message))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            code, message = self.items[0]
+            raise ApiError(code, message, [m for _, m in self.items], status=422)
+
+
+def resolve_stream_url(raw: str, account: Account) -> str | None:
+    """The absolute stream URL, or None when ``raw`` is relative and there is no base."""
+    parts = urlsplit(raw)
+    if parts.scheme:
+        return raw
+    if not account.stream_base_url:
+        return None
+    return urljoin(account.stream_base_url, raw)
+
+
+async def parse_stream_request(
+    params: dict[str, str], account: Account, settings: Settings
+) -> StreamRequest:
+    problems = _Problems()
+
+    raw_url = params.get("Url", "").strip()
+    url = ""
+    if not raw_url:
+        problems.add(21205, "Url is required")
+    else:
+        resolved = resolve_stream_url(raw_url, account)
+        if resolved is None:
+            problems.add(
+                21205,
+                f"Url {raw_url!r} is relative and the account has no stream base URL",
+            )
+        else:
+            url = resolved
+
+    name = params.get("Name")
+    if name is not None:
+        name = name.strip() or None
+        if name is not None and len(name) > MAX_NAME_CHARS:
+            problems.add(20001, f"Name must be at most {MAX_NAME_CHARS} characters")
+
+    track = params.get("Track", "both_tracks") or "both_tracks"
+    if track not in TRACKS:
+        problems.add(31941, f"Track must be one of {', '.join(TRACKS)}, not {track!r}")
+
+    codec = params.get("StreamCodec", "PCMU") or "PCMU"
+    if codec not in CODECS:
+        problems.add(20001, f"StreamCodec must be one of {', '.join(CODECS)}, not {codec!r}")
+
+    realtime = False
+    try:
+        realtime = bool(parse_bool("StreamRealTime", params.get("StreamRealTime")))
+    except ApiError as exc:
+        problems.add(exc.code, exc.message)
+
+    method = (params.get("StatusCallbackMethod") or "POST").upper()
+    if method not in METHODS:
+        problems.add(21209, "StatusCallbackMethod must be GET or POST")
+
+    callback = (params.get("StatusCallback") or "").strip() or None
+    if callback is not None:
+        try:
+            await netpolicy.check_url(callback, settings.allowed_networks)
+        except netpolicy.PolicyError as exc:
+            problems.add(21609, f"StatusCallback is not acceptable: {exc}")
+        except (OSError, UnicodeError) as exc:
+            problems.add(21609, f"StatusCallback host cannot be resolved: {exc}")
+
+    names: dict[int, str] = {}
+    values: dict[int, str] = {}
+    for key, value in params.items():
+        match = _PARAMETER_KEY.match(key)
+        if match is None:
+            continue
+        index = int(match.group(1))
+        if not 1 <= index <= MAX_PARAMETER_INDEX:
+            problems.add(20001, f"{key}: N must be between 1 and {MAX_PARAMETER_INDEX}")
+            continue
+        (names if match.group(2) == "Name" else values)[index] = value
+    parameters: dict[str, str] = {}
+    for index in sorted(set(names) | set(values)):
+        pname = names.get(index, "")
+        pvalue = values.get(index, "")
+        if not pname:
+            problems.add(20001, f"Parameter{index}.Value given without Parameter{index}.Name")
+            continue
+        if len(pname) + len(pvalue) >= MAX_PARAMETER_CHARS:
+            problems.add(
+                20001,
+                f"Parameter{index}: name and value must be under {MAX_PARAMETER_CHARS} characters",
+            )
+            continue
+        parameters[pname] = pvalue
+
+    problems.raise_if_any()
+    return StreamRequest(
+        url=url,
+        name=name,
+        track=track,
+        codec=codec,
+        realtime=realtime,
+        status_callback=callback,
+        status_callback_method=method,
+        parameters=parameters,
+        bearer_token=params.get("AuthorizationBearerToken") or None,
+    )
+
+
+__all__ = ["CODECS", "METHODS", "TRACKS", "parse_stream_request", "resolve_stream_url"]

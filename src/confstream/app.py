@@ -1,0 +1,174 @@
+"""Wires the listeners, the engine, the store and the API together; start-up and shutdown.
+
+Start-up order: store (migrations, then close what a previous run left in progress) -> engine
+clock -> stream manager -> SIP/RTP listeners -> HTTP. ``/healthz`` answers 200 only after every
+listener is up. Shutdown runs the other way round so nothing is lost: HTTP stops taking
+requests, SIP callers get a BYE, streams send ``stop`` and their last callbacks, conferences are
+marked completed, the clock stops, and the store closes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from confstream.api import create_api
+from confstream.conference.engine import Engine
+from confstream.rtp.ports import RtpPortPool
+from confstream.services import Services
+from confstream.settings import Settings
+from confstream.sip.server import SipServer
+from confstream.store import Account, Store, open_store
+from confstream.streams.manager import StreamManager
+
+log = logging.getLogger("confstream")
+
+
+@dataclass
+class Server:
+    """The whole server in one process. ``await start()``, then ``await stop()``."""
+
+    settings: Settings
+    store: Store | None = None
+    engine: Engine = field(default_factory=Engine)
+    services: Services | None = None
+    streams: StreamManager | None = None
+    sip: SipServer | None = None
+    http_port: int = 0
+    _uvicorn: uvicorn.Server | None = None
+    _http_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.store = store = await open_store(settings.database_url)
+        closed = await store.close_leftovers("server restarted while in progress")
+        if any(closed.values()):
+            log.warning("closed records left in progress by a previous run: %s", closed)
+        await self.engine.start()
+        services = Services(settings, store, self.engine)
+        self.services = services
+        self.streams = services.streams
+        self.sip = SipServer(settings, services, RtpPortPool(*settings.rtp_port_range))
+        await self.sip.start()
+        services.sip = self.sip
+
+        host, port = settings.http_address
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+        sock.setblocking(False)
+        self.http_port = sock.getsockname()[1]
+        api = create_api(services)
+        config = uvicorn.Config(
+            api, log_level="warning", lifespan="off", access_log=False, loop="none"
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
+        while not self._uvicorn.started:
+            if self._http_task.done():
+                self._http_task.result()
+            await asyncio.sleep(0.01)
+        services.ready = True
+        log.info(
+            "confstream ready: http=%s:%d sip=%s:%d rtp=%s db=%s",
+            host,
+            self.http_port,
+            settings.sip_address[0],
+            self.sip.port,
+            settings.rtp_ports,
+            _redact(settings.database_url),
+        )
+
+    async def stop(self) -> None:
+        if self.services is not None:
+            self.services.ready = False
+        if self._uvicorn is not None and self._http_task is not None:
+            self._uvicorn.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http_task, 5)
+        if self.sip is not None:
+            await self.sip.stop()
+        if self.services is not None:
+            await self.services.shutdown()
+        await self.engine.stop()
+        if self.store is not None:
+            await self.store.close()
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+async def first_account(store: Store) -> Account:
+    accounts = await store.list_accounts()
+    if accounts:
+        return accounts[0]
+    return await store.create_account(friendly_name="first account")
+
+
+def print_first_account(account: Account, settings: Settings, http_port: int) -> None:
+    host = settings.http_address[0]
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    base = f"http://{host}:{http_port}/api/laml/2010-04-01/Accounts/{account.sid}"
+    sip_host, sip_port = settings.sip_address
+    print(
+        f"\nconfstream: first account  AccountSid={account.sid}  AuthToken={account.auth_token}\n"
+        f"  curl -u {account.sid}:{account.auth_token} {base}/Conferences.json\n"
+        f"  dial sip:myroom@{sip_host}:{sip_port} (digest user = AccountSid, password = AuthToken)\n",
+        flush=True,
+    )
+
+
+async def serve(settings: Settings, show_first_account: bool = False) -> None:
+    server = Server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        if show_first_account:
+            assert server.store is not None
+            print_first_account(await first_account(server.store), settings, server.http_port)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.stop()
+
+
+def run_server(settings: Settings, show_first_account: bool = False) -> int:
+    if settings.database_url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(
+            parents=True, exist_ok=True
+        )
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    try:
+        runner(serve(settings, show_first_account))
+    except OSError as exc:
+        print(f"confstream: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

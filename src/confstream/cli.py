@@ -1,0 +1,123 @@
+"""Command line: ``confstream serve`` and ``confstream accounts create|update`` (CONTRACT §6).
+
+Flags override ``CONFSTREAM_*`` environment variables, which override the defaults of
+:class:`confstream.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from confstream.settings import Settings
+
+_SETTING_FLAGS: dict[str, str] = {
+    "--http-listen": "HOST:PORT for the REST API (default 127.0.0.1:8080)",
+    "--sip-listen": "HOST:PORT for SIP over UDP and TCP (default 127.0.0.1:5060)",
+    "--rtp-ports": "LOW-HIGH UDP port range for RTP (default 20000-29999)",
+    "--media-address": "address written into SDP answers (default: the SIP listen address)",
+    "--database-url": "sqlite:///PATH (default sqlite:///var/confstream.db) or postgresql://...",
+    "--allowed-networks": "CIDR,... private networks that stream/callback URLs may reach",
+    "--stream-ca-file": "extra CA bundle (PEM) trusted for wss:// stream receivers",
+    "--log-level": "debug, info, warning or error (default info)",
+}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, help_text in _SETTING_FLAGS.items():
+        parser.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None, help=help_text)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Settings from flags given on the command line, then the environment, then defaults."""
+    overrides: dict[str, Any] = {
+        key: value
+        for key in (flag[2:].replace("-", "_") for flag in _SETTING_FLAGS)
+        if (value := getattr(args, key, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="confstream", description="Conference audio server with live Conference Streams."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server (REST API, SIP, RTP, streams)")
+    _add_setting_flags(serve)
+    serve.add_argument(
+        "--show-first-account",
+        action="store_true",
+        help="create an account when there is none, and print the first account's credentials "
+        "with a ready-to-paste curl line (used by `make run`)",
+    )
+
+    accounts = commands.add_parser("accounts", help="manage accounts")
+    account_commands = accounts.add_subparsers(dest="accounts_command", required=True)
+    create = account_commands.add_parser("create", help="create an account; prints its JSON")
+    _add_setting_flags(create)
+    create.add_argument("--friendly-name", default=None)
+    create.add_argument("--stream-base-url", default=None)
+    update = account_commands.add_parser("update", help="update an account; prints its JSON")
+    _add_setting_flags(update)
+    update.add_argument("sid")
+    update.add_argument("--stream-base-url", default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ValueError as exc:
+        print(f"confstream: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        from confstream.app import run_server
+
+        return run_server(settings, show_first_account=args.show_first_account)
+    return asyncio.run(_accounts(settings, args))
+
+
+async def _accounts(settings: Settings, args: argparse.Namespace) -> int:
+    from confstream.store import open_store
+
+    store = await open_store(settings.database_url)
+    try:
+        if args.accounts_command == "create":
+            account = await store.create_account(
+                friendly_name=args.friendly_name, stream_base_url=args.stream_base_url
+            )
+        else:
+            found = await store.update_account(args.sid, stream_base_url=args.stream_base_url)
+            if found is None:
+                print(f"confstream: no account {args.sid}", file=sys.stderr)
+                return 1
+            account = found
+        print(
+            json.dumps(
+                {
+                    "sid": account.sid,
+                    "auth_token": account.auth_token,
+                    "friendly_name": account.friendly_name,
+                    "stream_base_url": account.stream_base_url,
+                }
+            )
+        )
+        return 0
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

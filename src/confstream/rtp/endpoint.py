@@ -1,0 +1,284 @@
+"""The sans-I/O core of one RTP session: datagrams in, frames and DTMF events out; frames in,
+datagrams out. :mod:`confstream.rtp.session` wraps it with a UDP socket and timers.
+
+Receiving (:meth:`RtpEndpoint.receive`):
+
+* A datagram that is not RTP (:class:`~confstream.rtp.packet.RtpError`) is dropped as
+  ``malformed``; one whose payload type is neither the negotiated audio type nor the negotiated
+  telephone-event type as ``unknown_payload``; empty audio payloads as ``malformed``. Each drop
+  counts ``confstream_rtp_discarded_total{reason}``. Nothing here raises.
+* Audio is decoded (PCMU = payload type 0, PCMA = 8) and put in the :class:`JitterBuffer`.
+* Telephone-events go to the :class:`DtmfReceiver`; their sequence numbers enter the jitter
+  buffer as placeholders so the audio they replace is not mistaken for loss.
+* Symmetric RTP (RFC 4961 style latching): the first valid packet fixes the address packets are
+  sent to, whatever SDP said. A later :meth:`set_remote` with a different address un-latches.
+
+Sending (:meth:`RtpEndpoint.write_frame`): one packet per call (the mixer's 20 ms tick). The
+SSRC and the first sequence number and timestamp are random (RFC 3550 §5.1); the timestamp
+advances by the frame's sample count every call, the marker is set on the first audio packet.
+While a queued DTMF digit plays, its RFC 4733 packets replace the audio packets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from confstream import metrics
+from confstream.conference.base import FRAME_SAMPLES, Frame
+from confstream.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from confstream.rtp.dtmf import DtmfEvent, DtmfReceiver, DtmfSender
+from confstream.rtp.jitter import JitterBuffer, PutResult
+from confstream.rtp.packet import RtpError, RtpPacket
+
+__all__ = ["PCMA", "PCMU", "SUPPORTED_PAYLOAD_TYPES", "RtpEndpoint", "RtpStats"]
+
+log = logging.getLogger(__name__)
+
+#: Static payload types (RFC 3551 table 4).
+PCMU = 0
+PCMA = 8
+SUPPORTED_PAYLOAD_TYPES = (PCMU, PCMA)
+CLOCK_RATE = 8000
+
+Address = tuple[str, int]
+
+
+@dataclass(slots=True)
+class RtpStats:
+    """Counters of one RTP session.
+
+    Bytes are RTP payload octets (as in RFC 3550 sender reports), not datagram sizes.
+    ``packets_received`` counts valid packets of the negotiated types (including duplicates and
+    late ones); ``lost`` is RFC 3550's cumulative loss; ``late`` counts packets that arrived
+    after their turn; ``discarded`` counts every datagram dropped for any reason (malformed,
+    unknown payload type, duplicate, late, jitter buffer overflow).
+    """
+
+    packets_received: int = 0
+    bytes_received: int = 0
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    lost: int = 0
+    late: int = 0
+    discarded: int = 0
+
+
+def _as_bytes(data: object) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, np.ndarray):
+        return data.tobytes()
+    return bytes(data)  # type: ignore[call-overload,no-any-return]
+
+
+def _encode(payload_type: int, frame: Frame) -> bytes:
+    if payload_type == PCMA:
+        return _as_bytes(alaw_encode(frame))
+    return _as_bytes(ulaw_encode(frame))
+
+
+def _decode(payload_type: int, payload: bytes) -> Frame:
+    decoded = alaw_decode(payload) if payload_type == PCMA else ulaw_decode(payload)
+    return np.asarray(decoded, dtype=np.int16)
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+class RtpEndpoint:
+    """One RTP session's state, without sockets or timers. See the module docstring."""
+
+    def __init__(self, *, ssrc: int | None = None) -> None:
+        self.ssrc = secrets.randbits(32) if ssrc is None else ssrc
+        self._seq = secrets.randbits(16)
+        self._ts = secrets.randbits(32)
+        self._first_audio = True
+        self.payload_type: int | None = None
+        self.telephone_event_pt: int | None = None
+        self._sdp_remote: Address | None = None
+        self._latched: Address | None = None
+        self.jitter = JitterBuffer()
+        self._dtmf_in = DtmfReceiver()
+        self._dtmf_out = DtmfSender()
+        self._pending: Frame = np.zeros(0, dtype=np.int16)
+        self._counts = RtpStats()
+        self._overflow_seen = 0
+        #: Time (the ``now`` passed to :meth:`receive`) of the last valid packet, or None.
+        self.last_valid: float | None = None
+
+    # -- negotiation -------------------------------------------------------------------------
+
+    def set_remote(
+        self, host: str, port: int, payload_type: int, telephone_event_pt: int | None
+    ) -> None:
+        """Apply the negotiated SDP: where to send until latched, the audio payload type (0 or
+        8; ValueError otherwise) and the telephone-event payload type (None: not negotiated).
+        An unspecified address (``0.0.0.0``, old-style hold) means: do not send until latched."""
+        if payload_type not in SUPPORTED_PAYLOAD_TYPES:
+            raise ValueError(f"unsupported audio payload type {payload_type} (PCMU=0, PCMA=8)")
+        remote = None if _is_unspecified(host) or port == 0 else (host, port)
+        if remote != self._sdp_remote:
+            self._latched = None
+        self._sdp_remote = remote
+        self.payload_type = payload_type
+        self.telephone_event_pt = telephone_event_pt
+
+    @property
+    def remote(self) -> Address | None:
+        """Where packets go: the latched source address, else the SDP address, else None."""
+        return self._latched or self._sdp_remote
+
+    @property
+    def latched(self) -> bool:
+        return self._latched is not None
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _discard(self, reason: str) -> None:
+        self._counts.discarded += 1
+        metrics.RTP_DISCARDED.labels(reason=reason).inc()
+
+    def receive(self, data: bytes, addr: Address, now: float) -> list[DtmfEvent]:
+        """Handle one datagram from ``addr`` arriving at ``now`` (seconds, monotonic).
+        Returns the DTMF key presses it completed. Never raises for bad input."""
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            self._discard("malformed")
+            return []
+        pt = packet.payload_type
+        if pt == self.payload_type and pt is not None:
+            if not packet.payload:
+                self._discard("malformed")
+                return []
+            self._accept(packet, addr, now)
+            frame = _decode(pt, packet.payload)
+            result = self.jitter.put(
+                packet.sequence_number, packet.timestamp, packet.ssrc, frame, now, CLOCK_RATE
+            )
+            self._count_put(result)
+            return []
+        if pt == self.telephone_event_pt and pt is not None:
+            self._accept(packet, addr, now)
+            if packet.ssrc == self.jitter.ssrc:
+                result = self.jitter.put(packet.sequence_number, None, packet.ssrc, None, now)
+                # Retransmitted end packets are normal here: do not count them as discards.
+                if result == PutResult.OVERFLOW:
+                    self._count_put(result)
+            return self._dtmf_in.feed(packet)
+        self._discard("unknown_payload")
+        return []
+
+    def _accept(self, packet: RtpPacket, addr: Address, now: float) -> None:
+        counts = self._counts
+        counts.packets_received += 1
+        counts.bytes_received += len(packet.payload)
+        metrics.RTP_PACKETS_IN.inc()
+        self.last_valid = now
+        if self._latched is None:
+            self._latched = (addr[0], addr[1])
+
+    def _count_put(self, result: str) -> None:
+        if result == PutResult.ACCEPTED:
+            return
+        if result == PutResult.LATE:
+            self._discard("late")
+        elif result == PutResult.DUPLICATE:
+            self._discard("duplicate")
+        else:
+            self._discard("overflow")
+            self._overflow_seen += 1
+
+    def read_frame(self) -> Frame | None:
+        """The next 160-sample frame for the mixer, or None (nothing yet, or silence).
+        Packets of other sizes than 20 ms are re-cut into 160-sample frames."""
+        pending = self._pending
+        jb = self.jitter
+        while len(pending) < FRAME_SAMPLES:
+            chunk = jb.get()
+            if chunk is None:
+                if not len(pending):
+                    self._sync_overflow()
+                    return None
+                pending = np.concatenate(
+                    (pending, np.zeros(FRAME_SAMPLES - len(pending), np.int16))
+                )
+                break
+            if len(chunk) == FRAME_SAMPLES and not len(pending):
+                self._sync_overflow()
+                return chunk
+            pending = np.concatenate((pending, chunk))
+        self._pending = pending[FRAME_SAMPLES:]
+        self._sync_overflow()
+        return pending[:FRAME_SAMPLES]
+
+    def _sync_overflow(self) -> None:
+        # Frames dropped by the jitter buffer's latency control during get().
+        dropped = self.jitter.stats.overflow - self._overflow_seen
+        if dropped > 0:
+            self._overflow_seen += dropped
+            self._counts.discarded += dropped
+            metrics.RTP_DISCARDED.labels(reason="overflow").inc(dropped)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def queue_dtmf(self, digit: str, duration_ms: int) -> bool:
+        """Queue a digit to send as RFC 4733 (ValueError for a non-digit). Returns False, and
+        queues nothing, when telephone-event was not negotiated."""
+        if self.telephone_event_pt is None:
+            return False
+        self._dtmf_out.queue(digit, duration_ms)
+        return True
+
+    def write_frame(self, frame: Frame) -> bytes | None:
+        """The datagram to send for this tick, or None when there is no remote address or no
+        negotiated payload type yet (the tick's timestamp still advances)."""
+        samples = len(frame) or FRAME_SAMPLES
+        pt = self.payload_type
+        if pt is None or self.remote is None:
+            self._ts = (self._ts + samples) & 0xFFFFFFFF
+            return None
+        step = None
+        te_pt = self.telephone_event_pt
+        if te_pt is not None and self._dtmf_out.busy:
+            step = self._dtmf_out.next_step(self._ts)
+        if step is not None and te_pt is not None:
+            packet = RtpPacket(
+                te_pt, self._seq, step.timestamp, self.ssrc, step.payload, step.marker
+            )
+        else:
+            packet = RtpPacket(pt, self._seq, self._ts, self.ssrc, _encode(pt, frame))
+            packet.marker = self._first_audio
+            self._first_audio = False
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._ts = (self._ts + samples) & 0xFFFFFFFF
+        counts = self._counts
+        counts.packets_sent += 1
+        counts.bytes_sent += len(packet.payload)
+        return packet.serialize()
+
+    # -- stats -------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> RtpStats:
+        """A snapshot of the counters."""
+        counts = self._counts
+        jstats = self.jitter.stats
+        return RtpStats(
+            packets_received=counts.packets_received,
+            bytes_received=counts.bytes_received,
+            packets_sent=counts.packets_sent,
+            bytes_sent=counts.bytes_sent,
+            lost=jstats.lost,
+            late=jstats.late,
+            discarded=counts.discarded,
+        )

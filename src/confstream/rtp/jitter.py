@@ -1,0 +1,251 @@
+"""Adaptive jitter buffer for one incoming RTP audio stream. No I/O, no clock of its own.
+
+The network side calls :meth:`JitterBuffer.put` with each packet's sequence number, timestamp,
+SSRC, decoded samples and arrival time; the mixer's 20 ms clock calls :meth:`JitterBuffer.get`
+once per packet interval to take the next packet's samples.
+
+Rules:
+
+* **Ordering** is by sequence number, extended to more than 16 bits by taking the value
+  closest to the highest one seen (RFC 3550 Appendix A.1 style), so wraparound at 65535 is
+  transparent.
+* **Depth.** After a start, an SSRC change or an underrun, playout waits until ``target``
+  packets are buffered. ``target`` follows the RFC 3550 §6.4.1 interarrival jitter estimate
+  ``J``: ``target = 1 + ceil((3·J - 2 ms) / frame)`` clamped to ``min_depth``-``max_depth``
+  (defaults 1 and 8 frames: 20-160 ms). Three mean deviations cover nearly all arrivals
+  without adding latency when the network is calm.
+* **Latency control.** When more than ``target + 2`` packets wait (the sender's clock runs a
+  little fast, or jitter has calmed down), the oldest is dropped and counted ``overflow``.
+* **Late** packets (their turn has passed) and **duplicates** are discarded and counted.
+* **Loss.** When the packet due is missing but later ones are buffered, it is skipped. The
+  missing frame, and an underrun, are concealed by repeating the last frame at half amplitude
+  once, then silence (None).
+* **Restart.** A new SSRC, a sequence jump of more than :data:`MAX_JUMP`, or
+  :data:`MAX_LATE_RUN` late packets in a row reset the buffer (counters are kept).
+* A frame of ``None`` in :meth:`put` is a placeholder: a sequence number used by a packet
+  that carries no audio (RFC 4733 events replace audio packets). It plays as silence and is
+  not counted as loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from confstream.conference.base import FRAME_SAMPLES, Frame
+
+__all__ = ["MAX_JUMP", "MAX_LATE_RUN", "JitterBuffer", "JitterStats", "PutResult"]
+
+#: A sequence number further than this from the expected one means the stream restarted.
+MAX_JUMP = 1000
+#: This many late packets in a row mean the sender restarted its sequence numbers.
+MAX_LATE_RUN = 50
+#: Jitter spread (timestamp units, 2 ms at 8 kHz) ignored when sizing the target, so that a
+#: calm network with sub-millisecond noise keeps the minimum depth.
+TOLERANCE = 16.0
+#: Extra packets tolerated above the target before the oldest is dropped.
+SLACK = 2
+
+
+class PutResult:
+    """What :meth:`JitterBuffer.put` did with a packet (string constants)."""
+
+    ACCEPTED = "accepted"
+    LATE = "late"
+    DUPLICATE = "duplicate"
+    OVERFLOW = "overflow"
+
+
+@dataclass(slots=True)
+class JitterStats:
+    """Counters since creation (kept across resets).
+
+    ``received`` counts unique packets accepted; ``lost`` is RFC 3550's cumulative loss
+    (expected minus received, per SSRC run, never negative); ``late``, ``duplicate`` and
+    ``overflow`` count discarded packets; ``concealed`` counts frames played by concealment.
+    """
+
+    received: int = 0
+    lost: int = 0
+    late: int = 0
+    duplicate: int = 0
+    overflow: int = 0
+    concealed: int = 0
+    underruns: int = 0
+    resets: int = 0
+
+
+class JitterBuffer:
+    """See the module docstring. ``frame_samples`` is the timestamp increment of one packet
+    (160 for 20 ms at 8 kHz) and sets the unit of the depth; ``min_depth``/``max_depth`` bound
+    the target depth in packets (defaults 1 and 8)."""
+
+    def __init__(
+        self, *, frame_samples: int = FRAME_SAMPLES, min_depth: int = 1, max_depth: int = 8
+    ) -> None:
+        if not 1 <= min_depth <= max_depth:
+            raise ValueError("need 1 <= min_depth <= max_depth")
+        self.frame_samples = frame_samples
+        self.min_depth = min_depth
+        self.max_depth = max_depth
+        self.stats = JitterStats()
+        #: RFC 3550 interarrival jitter estimate, in timestamp units.
+        self.jitter = 0.0
+        self._capacity = max_depth + SLACK + 8
+        self._ssrc: int | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._frames: dict[int, Frame | None] = {}
+        self._highest: int | None = None  # highest extended seq seen
+        self._base = 0  # first extended seq of this run (for loss)
+        self._received_run = 0
+        self._lost_before = self.stats.lost  # loss of earlier runs
+        self._last_out: int | None = None  # extended seq last played or skipped
+        self._playing = False
+        self._last_frame: Frame | None = None
+        self._played: set[int] = set()  # recently played extended seqs (duplicate detection)
+        self._late_run = 0
+        self._transit: float | None = None
+
+    def reset(self) -> None:
+        """Forget buffered packets and the sequence state (counters and jitter are kept)."""
+        self.stats.resets += 1
+        self._reset_state()
+
+    @property
+    def ssrc(self) -> int | None:
+        return self._ssrc
+
+    @property
+    def target(self) -> int:
+        """Target depth in packets, from the jitter estimate."""
+        spread = max(3.0 * self.jitter - TOLERANCE, 0.0)
+        want = 1 + math.ceil(spread / self.frame_samples)
+        return min(max(want, self.min_depth), self.max_depth)
+
+    @property
+    def depth(self) -> int:
+        """Packets waiting now."""
+        return len(self._frames)
+
+    def _extend(self, seq: int) -> int:
+        highest = self._highest
+        if highest is None:
+            return seq
+        delta = (seq - highest) & 0xFFFF
+        if delta >= 0x8000:
+            delta -= 0x10000
+        return highest + delta
+
+    def put(
+        self,
+        sequence_number: int,
+        timestamp: int | None,
+        ssrc: int,
+        frame: Frame | None,
+        arrival: float,
+        clock_rate: int = 8000,
+    ) -> str:
+        """Add one packet; ``arrival`` in seconds (any monotonic origin). A ``timestamp`` of
+        None leaves the jitter estimate alone (for placeholders: RFC 4733 packets carry the
+        event's start timestamp, not the audio clock). Returns a :class:`PutResult` constant."""
+        if ssrc != self._ssrc:
+            if self._ssrc is not None:
+                self.reset()
+            self._ssrc = ssrc
+            self._transit = None
+        ext = self._extend(sequence_number)
+        if self._highest is not None and abs(ext - self._highest) > MAX_JUMP:
+            self.reset()
+            ext = sequence_number
+        if self._highest is None:
+            self._highest = ext
+            self._base = ext
+        # RFC 3550 §6.4.1 / A.8: J += (|D| - J) / 16, in timestamp units.
+        if timestamp is not None:
+            transit = arrival * clock_rate - timestamp
+            if self._transit is not None:
+                d = transit - self._transit
+                # A timestamp wrap shows up as a jump of ~2**32; ignore that one sample.
+                if abs(d) < 2**31:
+                    self.jitter += (abs(d) - self.jitter) / 16.0
+            self._transit = transit
+
+        if self._last_out is not None and ext <= self._last_out:
+            self._late_run += 1
+            if self._late_run >= MAX_LATE_RUN:
+                self.reset()
+                return self.put(sequence_number, timestamp, ssrc, frame, arrival, clock_rate)
+            if ext in self._played:
+                self.stats.duplicate += 1
+                return PutResult.DUPLICATE
+            self.stats.late += 1
+            return PutResult.LATE
+        self._late_run = 0
+        if ext in self._frames:
+            self.stats.duplicate += 1
+            return PutResult.DUPLICATE
+        if ext > self._highest:
+            self._highest = ext
+        self._frames[ext] = frame
+        self._received_run += 1
+        self.stats.received += 1
+        self._update_lost()
+        if len(self._frames) > self._capacity:
+            oldest = min(self._frames)
+            del self._frames[oldest]
+            self._last_out = oldest
+            self.stats.overflow += 1
+            return PutResult.OVERFLOW if oldest == ext else PutResult.ACCEPTED
+        return PutResult.ACCEPTED
+
+    def _update_lost(self) -> None:
+        assert self._highest is not None
+        expected = self._highest - self._base + 1
+        self.stats.lost = self._lost_before + max(expected - self._received_run, 0)
+
+    def get(self) -> Frame | None:
+        """The next packet's samples, a concealment frame, or None (silence / not started)."""
+        frames = self._frames
+        if not self._playing:
+            if not frames or len(frames) < self.target:
+                return self._conceal()
+            self._playing = True
+            self._last_out = min(frames) - 1
+        assert self._last_out is not None
+        # Latency control: drop the oldest while well above target.
+        limit = self.target + SLACK
+        while len(frames) > limit:
+            oldest = min(frames)
+            del frames[oldest]
+            self._last_out = oldest
+            self.stats.overflow += 1
+        due = self._last_out + 1
+        if due in frames:
+            frame = frames.pop(due)
+            self._last_out = due
+            played = self._played
+            if len(played) >= 256:
+                played.clear()
+            played.add(due)
+            self._last_frame = frame
+            return frame
+        if frames:
+            # The due packet is missing and later ones wait: skip it.
+            self._last_out = due
+            return self._conceal()
+        # Underrun: nothing to play. Rebuffer without advancing, the due packet may be late.
+        self.stats.underruns += 1
+        self._playing = False
+        return self._conceal()
+
+    def _conceal(self) -> Frame | None:
+        last = self._last_frame
+        if last is None:
+            return None
+        self.stats.concealed += 1
+        self._last_frame = None
+        return (last >> 1).astype(np.int16)

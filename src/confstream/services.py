@@ -1,0 +1,420 @@
+"""Application logic between the REST API, the SIP edge, the store, the engine and streams.
+
+:class:`Services` is the one place that changes both live state (the engine's conferences and
+participants, the stream manager) and records (the store), keeping them in step:
+
+* **Conference lifecycle** (CONTRACT §5). A SIP ``join`` finds the account's live conference
+  by friendly name or creates it ``in-progress`` (record + engine conference), then adds the
+  participant (engine + record). ``leave`` removes the participant and completes its record;
+  when the last participant has left, the conference ends: its streams are stopped, its engine
+  conference removed and its record completed. ``end_conference`` (REST ``Status=completed``)
+  hangs every participant up first.
+* **Participants**: REST mute/hold act on the live participant object (what the mixer reads)
+  and on the record; delete hangs the participant up and completes its record at once.
+* **Streams**: create validates against the conference's state, stores the record (never the
+  bearer token) and hands a spec to the stream manager; the manager reports every status change
+  through :meth:`Services.on_stream_status`, which persists it.
+
+Lifecycle changes (join, leave, end) are serialised by one ``asyncio.Lock``: they are rare and
+short, and the lock makes "last participant left" and "join creates the conference" race-free
+within the process. The media clock never waits on it.
+
+:class:`Services` implements :class:`confstream.conference.gateway.ConferenceGateway`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from confstream.api.errors import ApiError, invalid
+from confstream.conference.base import Participant
+from confstream.conference.gateway import JoinRefused
+from confstream.settings import Settings
+from confstream.store import Account, Conference, NameInUse, Store, Stream
+from confstream.store import Participant as ParticipantRecord
+from confstream.store.models import (
+    CONFERENCE_IN_PROGRESS,
+    STREAM_ACTIVE_STATUSES,
+    STREAM_STOPPED,
+)
+
+log = logging.getLogger(__name__)
+
+#: reason recorded for conferences whose last participant left
+REASON_LAST_LEFT = "Participant left, conference empty"
+#: reason recorded for conferences ended through the REST API
+REASON_API = "Conference ended via API"
+#: reason recorded for participants removed through the REST API
+REASON_KICKED = "Participant removed via API"
+#: reason recorded for streams stopped through the REST API
+REASON_STREAM_API = "Stream stopped via API"
+
+
+class ConferenceMediaLike(Protocol):
+    """What Services uses of the engine's per-conference object."""
+
+    def add_participant(self, participant: Participant) -> Any: ...
+    def remove_participant(self, call_sid: str) -> Any: ...
+    def play(self, pcm: npt.NDArray[np.int16], target_call_sid: str | None = None) -> Any: ...
+    def emit_dtmf(self, call_sid: str, digit: str, duration_ms: int) -> Any: ...
+
+
+class EngineLike(Protocol):
+    def add_conference(self, sid: str) -> Any: ...
+    def get(self, sid: str) -> Any: ...
+    def remove_conference(self, sid: str) -> Any: ...
+
+
+class StreamsLike(Protocol):
+    async def start(self, spec: Any) -> Any: ...
+    async def stop(self, sid: str, reason: str) -> Any: ...
+    async def stop_conference(self, conference_sid: str) -> Any: ...
+
+
+@dataclass
+class StreamRequest:
+    """A validated ``Create a Conference Stream`` request (see confstream.api.streams)."""
+
+    url: str
+    name: str | None = None
+    track: str = "both_tracks"
+    codec: str = "PCMU"
+    realtime: bool = False
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+    parameters: dict[str, str] = field(default_factory=dict)
+    bearer_token: str | None = None
+
+
+@dataclass
+class LiveParticipant:
+    participant: Participant
+    conference_sid: str
+    account_sid: str
+
+
+class Services:
+    """See the module docstring. ``streams`` may be attached later with :meth:`attach_streams`
+    (the stream manager needs :meth:`on_stream_status` at construction)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        engine: EngineLike,
+        streams: StreamsLike | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.streams = streams
+        self._live: dict[str, LiveParticipant] = {}
+        self._lifecycle = asyncio.Lock()
+        self._stream_create = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def attach_streams(self, streams: StreamsLike) -> None:
+        self.streams = streams
+
+    # ------------------------------------------------------------------ helpers
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background store update failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for background record updates (hold changes) to finish."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def live_participant(self, call_sid: str) -> Participant | None:
+        live = self._live.get(call_sid)
+        return live.participant if live is not None else None
+
+    def live_call_sids(self, conference_sid: str) -> list[str]:
+        return [sid for sid, live in self._live.items() if live.conference_sid == conference_sid]
+
+    # --------------------------------------------------------------- accounts
+    async def authenticate(self, account_sid: str, auth_token: str) -> Account | None:
+        """The account when ``auth_token`` is its token (constant-time compare), else None."""
+        account = await self.store.get_account(account_sid)
+        if account is None or account.status != "active":
+            # compare anyway so timing does not tell whether the account exists
+            hmac.compare_digest(auth_token.encode(), b"x" * 32)
+            return None
+        if not hmac.compare_digest(auth_token.encode(), account.auth_token.encode()):
+            return None
+        return account
+
+    # ------------------------------------------------------- ConferenceGateway
+    async def auth_token(self, account_sid: str) -> str | None:
+        account = await self.store.get_account(account_sid)
+        if account is None or account.status != "active":
+            return None
+        return account.auth_token
+
+    async def join(self, account_sid: str, conference_name: str, participant: Participant) -> str:
+        async with self._lifecycle:
+            account = await self.store.get_account(account_sid)
+            if account is None or account.status != "active":
+                raise JoinRefused("no such active account", 403)
+            if participant.call_sid in self._live:
+                raise JoinRefused("participant already joined", 482)
+            conference = await self.store.find_live_conference(account_sid, conference_name)
+            if conference is None:
+                conference = await self.store.create_conference(account_sid, conference_name)
+            media = self.engine.get(conference.sid)
+            if media is None:
+                media = self.engine.add_conference(conference.sid)
+            media.add_participant(participant)
+            try:
+                await self.store.add_participant(
+                    participant.call_sid,
+                    conference.sid,
+                    account_sid,
+                    muted=bool(participant.muted),
+                    hold=bool(participant.hold),
+                )
+            except BaseException:
+                media.remove_participant(participant.call_sid)
+                if not self.live_call_sids(conference.sid):
+                    await self._end_locked(conference.sid, "join failed")
+                raise
+            self._live[participant.call_sid] = LiveParticipant(
+                participant, conference.sid, account_sid
+            )
+            return conference.sid
+
+    async def leave(self, call_sid: str, reason: str) -> None:
+        async with self._lifecycle:
+            live = self._live.pop(call_sid, None)
+            if live is None:
+                await self.store.complete_participant(call_sid, reason)
+                return
+            media = self.engine.get(live.conference_sid)
+            if media is not None:
+                media.remove_participant(call_sid)
+            await self.store.complete_participant(call_sid, reason)
+            if not self.live_call_sids(live.conference_sid):
+                await self._end_locked(live.conference_sid, REASON_LAST_LEFT)
+
+    def hold_changed(self, call_sid: str, hold: bool) -> None:
+        live = self._live.get(call_sid)
+        if live is None:
+            return
+        live.participant.hold = hold
+        self._spawn(self.store.update_participant(call_sid, hold=hold))
+
+    def dtmf_received(self, call_sid: str, digit: str, duration_ms: int) -> None:
+        live = self._live.get(call_sid)
+        if live is None:
+            return
+        media = self.engine.get(live.conference_sid)
+        if media is not None:
+            media.emit_dtmf(call_sid, digit, duration_ms)
+
+    # ------------------------------------------------------------ conferences
+    async def end_conference(self, conference_sid: str, reason: str = REASON_API) -> None:
+        """Hang every participant up, stop the streams, drop the media, complete the record."""
+        async with self._lifecycle:
+            await self._end_locked(conference_sid, reason)
+
+    async def _end_locked(self, conference_sid: str, reason: str) -> None:
+        for call_sid in self.live_call_sids(conference_sid):
+            live = self._live.pop(call_sid)
+            try:
+                live.participant.hangup(reason)
+            except Exception:
+                log.exception("hangup of %s failed", call_sid)
+            media = self.engine.get(conference_sid)
+            if media is not None:
+                media.remove_participant(call_sid)
+            await self.store.complete_participant(call_sid, reason)
+        if self.streams is not None:
+            try:
+                await self.streams.stop_conference(conference_sid)
+            except Exception:
+                log.exception("stopping the streams of %s failed", conference_sid)
+        # whatever the manager did not know about is stopped in the records too
+        for stream in await self.store.list_streams_active(conference_sid):
+            await self.store.set_stream_status(stream.sid, STREAM_STOPPED)
+        if self.engine.get(conference_sid) is not None:
+            self.engine.remove_conference(conference_sid)
+        await self.store.complete_conference(conference_sid, reason)
+
+    async def announce(
+        self,
+        conference_sid: str,
+        url: str,
+        method: str = "POST",
+        target_call_sid: str | None = None,
+    ) -> None:
+        """Fetch a WAV file through the outbound policy and play it into the conference (or to
+        one participant). Raises :class:`ApiError` 11200 (fetch failed), 12300 (not a usable
+        WAV), 21205 (URL refused) or 21220 (no live media)."""
+        from confstream import netpolicy
+        from confstream.media import wav
+
+        media = self.engine.get(conference_sid)
+        if media is None:
+            raise ApiError(21220, f"Conference {conference_sid} is not in progress")
+        try:
+            if method.upper() == "GET":
+                response = await netpolicy.policy_get(
+                    url,
+                    self.settings.allowed_networks,
+                    request_timeout=self.settings.callback_timeout,
+                )
+            else:
+                async with netpolicy.policy_client(
+                    self.settings.allowed_networks,
+                    timeout=self.settings.callback_timeout,
+                    follow_redirects=True,
+                ) as client:
+                    response = await client.post(url)
+        except netpolicy.PolicyError as exc:
+            raise invalid(21205, f"AnnounceUrl refused: {exc}") from exc
+        except Exception as exc:
+            perr = netpolicy.policy_error_of(exc)
+            if perr is not None:
+                raise invalid(21205, f"AnnounceUrl refused: {perr}") from exc
+            raise ApiError(11200, f"AnnounceUrl could not be fetched: {exc}") from exc
+        if response.status_code >= 400:
+            raise ApiError(11200, f"AnnounceUrl answered HTTP {response.status_code}")
+        try:
+            pcm = wav.parse_wav(response.content)
+        except wav.WavError as exc:
+            raise invalid(12300, f"AnnounceUrl is not a supported WAV file: {exc}") from exc
+        media.play(pcm, target_call_sid=target_call_sid)
+
+    # ------------------------------------------------------------ participants
+    async def update_participant(
+        self, call_sid: str, *, muted: bool | None = None, hold: bool | None = None
+    ) -> ParticipantRecord | None:
+        live = self._live.get(call_sid)
+        if live is not None:
+            if muted is not None:
+                live.participant.muted = muted
+            if hold is not None:
+                live.participant.hold = hold
+        return await self.store.update_participant(call_sid, muted=muted, hold=hold)
+
+    async def kick(self, call_sid: str, reason: str = REASON_KICKED) -> None:
+        """Hang the participant up and complete its record now (SIP's later ``leave`` is then
+        a no-op)."""
+        live = self._live.get(call_sid)
+        if live is not None:
+            try:
+                live.participant.hangup(reason)
+            except Exception:
+                log.exception("hangup of %s failed", call_sid)
+        await self.leave(call_sid, reason)
+
+    # ---------------------------------------------------------------- streams
+    async def create_stream(
+        self, account: Account, conference: Conference, request: StreamRequest
+    ) -> Stream:
+        """Store a queued stream and start it. Raises :class:`ApiError` 21220 (conference not
+        in progress) or 20409 (Name in use)."""
+        async with self._stream_create:
+            current = await self.store.get_conference(conference.sid)
+            if (
+                current is None
+                or current.status != CONFERENCE_IN_PROGRESS
+                or self.engine.get(conference.sid) is None
+            ):
+                raise ApiError(21220, f"Conference {conference.sid} is not in progress")
+            try:
+                row = await self.store.create_stream(
+                    conference_sid=conference.sid,
+                    account_sid=account.sid,
+                    url=request.url,
+                    name=request.name,
+                    track=request.track,
+                    codec=request.codec,
+                    realtime=request.realtime,
+                    status_callback=request.status_callback,
+                    status_callback_method=request.status_callback_method,
+                )
+            except NameInUse as exc:
+                raise ApiError(
+                    20409, f"A stream named {request.name!r} is already active in this conference"
+                ) from exc
+        if self.streams is None:
+            await self.store.set_stream_status(row.sid, STREAM_STOPPED, 20500, "no stream manager")
+        else:
+            spec = self._stream_spec(account, row, request)
+            try:
+                await self.streams.start(spec)
+            except Exception as exc:
+                log.exception("stream %s failed to start", row.sid)
+                await self.store.set_stream_status(row.sid, STREAM_STOPPED, 20500, str(exc))
+        fresh = await self.store.get_stream_by_sid(row.sid)
+        return fresh if fresh is not None else row
+
+    def _stream_spec(self, account: Account, row: Stream, request: StreamRequest) -> Any:
+        from confstream.streams.manager import StreamSpec
+
+        return StreamSpec(
+            sid=row.sid,
+            account_sid=account.sid,
+            conference_sid=row.conference_sid,
+            url=request.url,
+            name=request.name,
+            # validated by confstream.api.streams against the same literal sets
+            track=cast(Any, request.track),
+            codec=cast(Any, request.codec),
+            realtime=request.realtime,
+            parameters=dict(request.parameters),
+            bearer_token=request.bearer_token,
+            status_callback=request.status_callback,
+            status_callback_method=cast(Any, request.status_callback_method),
+            auth_token=account.auth_token,
+        )
+
+    async def stop_stream(self, stream: Stream, reason: str = REASON_STREAM_API) -> Stream:
+        """Stop an active stream; an already stopped one is returned as it is."""
+        if stream.status in STREAM_ACTIVE_STATUSES:
+            if self.streams is not None:
+                try:
+                    await self.streams.stop(stream.sid, reason)
+                except Exception:
+                    log.exception("stopping stream %s failed", stream.sid)
+            await self.store.set_stream_status(stream.sid, STREAM_STOPPED)
+        fresh = await self.store.get_stream_by_sid(stream.sid)
+        return fresh if fresh is not None else stream
+
+    async def on_stream_status(
+        self,
+        stream_sid: str,
+        status: str,
+        error_code: int | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        """The stream manager's status hook: persist the change (and its history row)."""
+        await self.store.set_stream_status(stream_sid, status, error_code, error_message)
+
+    # --------------------------------------------------------------- start-up
+    async def close_leftovers(self, reason: str = "confstream restarted") -> dict[str, int]:
+        """Run at start-up, before any listener opens (see Store.close_leftovers)."""
+        return await self.store.close_leftovers(reason)
+
+    async def shutdown(self, reason: str = "confstream shutting down") -> None:
+        """End every live conference (orderly shutdown)."""
+        conferences: Iterable[str] = {live.conference_sid for live in self._live.values()}
+        for conference_sid in list(conferences):
+            await self.end_conference(conference_sid, reason)
+        await self.drain()

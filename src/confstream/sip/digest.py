@@ -1,0 +1,262 @@
+"""SIP Digest authentication, server side (RFC 3261 §22.4, RFC 8760, RFC 7616 for the hashes).
+
+Sans-I/O: the caller passes the current time and the account's password; nothing here waits.
+
+* Challenges offer ``SHA-256`` first, then ``MD5`` (RFC 8760 §2.4: most preferred first; MD5 is
+  kept because many deployed UAs, sipp included, only speak MD5), each with ``qop="auth"``.
+* The nonce is stateless: ``base64url(timestamp || random || HMAC-SHA256(secret, timestamp ||
+  random || realm)[:16])``. Any instance holding the secret can check it, and an expired nonce
+  (older than ``nonce_ttl``, default 300 s) is recognised and answered ``stale=true`` so the UA
+  retries silently with the same password.
+* Replays: the highest nonce-count (``nc``) accepted per nonce is remembered until the nonce
+  expires; a request whose ``nc`` is not higher is refused. This is the only state kept; it is
+  bounded by :attr:`DigestAuthenticator.max_tracked_nonces` (default 100 000, oldest dropped).
+* Requests without ``qop`` (RFC 2069 style) are accepted for old UAs; they get no replay
+  protection beyond the nonce lifetime.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import hmac
+import os
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+
+ALGORITHMS: dict[str, str] = {"MD5": "md5", "SHA-256": "sha256"}
+#: Order in which challenges are offered (most preferred first).
+OFFERED_ALGORITHMS = ("SHA-256", "MD5")
+
+
+class DigestOutcome(enum.Enum):
+    OK = "ok"
+    #: No usable credentials: answer 401 with a fresh challenge.
+    CHALLENGE = "challenge"
+    #: Correct password but an expired nonce: answer 401 with ``stale=true``.
+    STALE = "stale"
+    #: Wrong password, unknown user, wrong realm/uri or replayed nc: answer 403.
+    FORBIDDEN = "forbidden"
+
+
+@dataclass(frozen=True)
+class DigestCredentials:
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str = "MD5"
+    cnonce: str | None = None
+    nc: str | None = None
+    qop: str | None = None
+    opaque: str | None = None
+
+
+class DigestParseError(ValueError):
+    """The Authorization header is not a Digest credential we can read."""
+
+
+def parse_auth_params(text: str) -> dict[str, str]:
+    """``a="x, y", b=z`` -> ``{"a": "x, y", "b": "z"}`` (names lower-cased)."""
+    out: dict[str, str] = {}
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i] in " \t,":
+            i += 1
+        if i >= n:
+            break
+        j = i
+        while j < n and text[j] not in "= \t,":
+            j += 1
+        name = text[i:j].lower()
+        while j < n and text[j] in " \t":
+            j += 1
+        if j >= n or text[j] != "=" or not name:
+            raise DigestParseError("expected name=value")
+        j += 1
+        while j < n and text[j] in " \t":
+            j += 1
+        if j < n and text[j] == '"':
+            j += 1
+            buf: list[str] = []
+            while j < n and text[j] != '"':
+                if text[j] == "\\" and j + 1 < n:
+                    j += 1
+                buf.append(text[j])
+                j += 1
+            if j >= n:
+                raise DigestParseError("unterminated quoted value")
+            value = "".join(buf)
+            j += 1
+        else:
+            k = j
+            while j < n and text[j] not in ", \t":
+                j += 1
+            value = text[k:j]
+        out[name] = value
+        i = j
+    return out
+
+
+def parse_authorization(header: str) -> DigestCredentials:
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() != "digest":
+        raise DigestParseError("not a Digest credential")
+    p = parse_auth_params(rest)
+    try:
+        return DigestCredentials(
+            username=p["username"],
+            realm=p["realm"],
+            nonce=p["nonce"],
+            uri=p["uri"],
+            response=p["response"].lower(),
+            algorithm=p.get("algorithm", "MD5"),
+            cnonce=p.get("cnonce"),
+            nc=p.get("nc"),
+            qop=p.get("qop"),
+            opaque=p.get("opaque"),
+        )
+    except KeyError as exc:
+        raise DigestParseError(f"missing {exc.args[0]}") from None
+
+
+def _h(algorithm: str, text: str) -> str:
+    return hashlib.new(ALGORITHMS[algorithm], text.encode("utf-8")).hexdigest()
+
+
+def compute_response(
+    *,
+    algorithm: str,
+    username: str,
+    realm: str,
+    password: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    nc: str | None = None,
+    cnonce: str | None = None,
+    qop: str | None = None,
+) -> str:
+    """The ``response`` value of RFC 2617 §3.2.2.1 with the hash of ``algorithm``."""
+    ha1 = _h(algorithm, f"{username}:{realm}:{password}")
+    ha2 = _h(algorithm, f"{method}:{uri}")
+    if qop:
+        return _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return _h(algorithm, f"{ha1}:{nonce}:{ha2}")
+
+
+class DigestAuthenticator:
+    """Issues challenges and checks credentials for one realm.
+
+    ``secret`` keys the nonce HMAC (random per process by default, so nonces do not survive a
+    restart: UAs then get a fresh challenge). ``nonce_ttl`` defaults to 300 s.
+    """
+
+    max_tracked_nonces = 100_000
+
+    def __init__(self, realm: str, secret: bytes | None = None, nonce_ttl: float = 300.0) -> None:
+        self.realm = realm
+        self.nonce_ttl = nonce_ttl
+        self._secret = secret if secret is not None else os.urandom(32)
+        self._nc_seen: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    # -- nonces -----------------------------------------------------------------------------
+    def make_nonce(self, now: float) -> str:
+        stamp = struct.pack(">d", now) + os.urandom(8)
+        mac = hmac.new(self._secret, stamp + self.realm.encode(), hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(stamp + mac).decode("ascii").rstrip("=")
+
+    def nonce_time(self, nonce: str) -> float | None:
+        """The nonce's issue time, or None when it is not one of ours (bad format or MAC)."""
+        try:
+            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+        except (ValueError, TypeError):
+            return None
+        if len(raw) != 32:
+            return None
+        stamp, mac = raw[:16], raw[16:]
+        good = hmac.new(self._secret, stamp + self.realm.encode(), hashlib.sha256).digest()[:16]
+        if not hmac.compare_digest(mac, good):
+            return None
+        (issued,) = struct.unpack(">d", stamp[:8])
+        return float(issued)
+
+    def challenges(self, now: float, stale: bool = False) -> list[str]:
+        """``WWW-Authenticate`` values, one per algorithm, same nonce, preferred first."""
+        nonce = self.make_nonce(now)
+        stale_part = ", stale=true" if stale else ""
+        return [
+            f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={alg}, qop="auth"'
+            f"{stale_part}"
+            for alg in OFFERED_ALGORITHMS
+        ]
+
+    # -- verification -----------------------------------------------------------------------
+    def verify(
+        self,
+        creds: DigestCredentials,
+        *,
+        method: str,
+        request_uri: str,
+        password: str | None,
+        now: float,
+    ) -> DigestOutcome:
+        """Check ``creds`` for a request. ``password`` None means no such account (403)."""
+        algorithm = creds.algorithm.upper()
+        if algorithm == "SHA-256":
+            algorithm = "SHA-256"
+        if algorithm not in ALGORITHMS or creds.realm != self.realm:
+            return DigestOutcome.CHALLENGE
+        if creds.qop is not None and creds.qop.lower() != "auth":
+            return DigestOutcome.CHALLENGE
+        issued = self.nonce_time(creds.nonce)
+        if issued is None:
+            return DigestOutcome.CHALLENGE
+        if password is None:
+            return DigestOutcome.FORBIDDEN
+        if creds.uri.lower() != request_uri.lower():
+            return DigestOutcome.FORBIDDEN
+        nc_value: int | None = None
+        if creds.qop is not None:
+            if not creds.nc or not creds.cnonce:
+                return DigestOutcome.FORBIDDEN
+            try:
+                nc_value = int(creds.nc, 16)
+            except ValueError:
+                return DigestOutcome.FORBIDDEN
+        expected = compute_response(
+            algorithm=algorithm,
+            username=creds.username,
+            realm=creds.realm,
+            password=password,
+            method=method,
+            uri=creds.uri,
+            nonce=creds.nonce,
+            nc=creds.nc,
+            cnonce=creds.cnonce,
+            qop=creds.qop,
+        )
+        if not hmac.compare_digest(expected, creds.response):
+            return DigestOutcome.FORBIDDEN
+        if now - issued > self.nonce_ttl or issued - now > 60.0:
+            return DigestOutcome.STALE
+        if nc_value is not None and not self._record_nc(creds.nonce, nc_value, issued, now):
+            return DigestOutcome.FORBIDDEN
+        return DigestOutcome.OK
+
+    def _record_nc(self, nonce: str, nc: int, issued: float, now: float) -> bool:
+        # prune expired entries (oldest first: insertion order follows issue order closely)
+        while self._nc_seen:
+            _, (_, t) = next(iter(self._nc_seen.items()))
+            if now - t > self.nonce_ttl or len(self._nc_seen) > self.max_tracked_nonces:
+                self._nc_seen.popitem(last=False)
+            else:
+                break
+        last = self._nc_seen.get(nonce)
+        if last is not None and nc <= last[0]:
+            return False
+        self._nc_seen[nonce] = (nc, issued)
+        return True

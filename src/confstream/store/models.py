@@ -1,0 +1,143 @@
+"""Tables of the store (SQLAlchemy 2 declarative models).
+
+Every timestamp is a *naive* ``datetime`` in UTC: SQLite has no time zone type and PostgreSQL's
+``timestamp without time zone`` keeps exactly what it is given, so both databases round-trip the
+same values. :func:`utcnow` is the only clock used for records.
+
+The schema itself is created by the Alembic migrations in ``confstream/store/migrations``; these
+models must stay in step with the newest migration (``tests/store`` checks that they do).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Conference statuses (CONTRACT §1).
+CONFERENCE_INIT = "init"
+CONFERENCE_IN_PROGRESS = "in-progress"
+CONFERENCE_COMPLETED = "completed"
+CONFERENCE_STATUSES = (CONFERENCE_INIT, CONFERENCE_IN_PROGRESS, CONFERENCE_COMPLETED)
+
+#: Participant statuses.
+PARTICIPANT_IN_PROGRESS = "in-progress"
+PARTICIPANT_COMPLETED = "completed"
+
+#: Stream statuses: queued -> in-progress -> stopped.
+STREAM_QUEUED = "queued"
+STREAM_IN_PROGRESS = "in-progress"
+STREAM_STOPPED = "stopped"
+STREAM_ACTIVE_STATUSES = (STREAM_QUEUED, STREAM_IN_PROGRESS)
+
+
+def utcnow() -> dt.datetime:
+    """Now, in UTC, without tzinfo (the form every column stores); microseconds kept."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    auth_token: Mapped[str] = mapped_column(String(128))
+    friendly_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: Base for relative stream ``Url`` values (CONTRACT §1); None: relative Urls are refused.
+    stream_base_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(32), default="active")
+    date_created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    date_updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Conference(Base):
+    __tablename__ = "conferences"
+    __table_args__ = (
+        Index("ix_conferences_account_created", "account_sid", "date_created"),
+        # At most one live conference per account and friendly name: SIP joins by name.
+        Index(
+            "uq_conferences_live_name",
+            "account_sid",
+            "friendly_name",
+            unique=True,
+            sqlite_where=text("status <> 'completed'"),
+            postgresql_where=text("status <> 'completed'"),
+        ),
+    )
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_sid: Mapped[str] = mapped_column(ForeignKey("accounts.sid", ondelete="CASCADE"))
+    friendly_name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32), default=CONFERENCE_IN_PROGRESS)
+    region: Mapped[str] = mapped_column(String(32), default="us1")
+    reason_ended: Mapped[str | None] = mapped_column(Text, nullable=True)
+    date_created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    date_updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Participant(Base):
+    __tablename__ = "participants"
+    __table_args__ = (Index("ix_participants_conference", "conference_sid", "date_created"),)
+
+    call_sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    conference_sid: Mapped[str] = mapped_column(ForeignKey("conferences.sid", ondelete="CASCADE"))
+    account_sid: Mapped[str] = mapped_column(ForeignKey("accounts.sid", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(32), default=PARTICIPANT_IN_PROGRESS)
+    muted: Mapped[bool] = mapped_column(Boolean, default=False)
+    hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    coaching: Mapped[bool] = mapped_column(Boolean, default=False)
+    call_sid_to_coach: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    start_conference_on_enter: Mapped[bool] = mapped_column(Boolean, default=True)
+    end_conference_on_exit: Mapped[bool] = mapped_column(Boolean, default=False)
+    label: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    reason_ended: Mapped[str | None] = mapped_column(Text, nullable=True)
+    date_created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    date_updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Stream(Base):
+    __tablename__ = "streams"
+    __table_args__ = (Index("ix_streams_conference", "conference_sid", "date_created"),)
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    conference_sid: Mapped[str] = mapped_column(ForeignKey("conferences.sid", ondelete="CASCADE"))
+    account_sid: Mapped[str] = mapped_column(ForeignKey("accounts.sid", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: The resolved wss:// URL. The AuthorizationBearerToken is never stored.
+    url: Mapped[str] = mapped_column(Text)
+    track: Mapped[str] = mapped_column(String(32), default="both_tracks")
+    codec: Mapped[str] = mapped_column(String(32), default="PCMU")
+    realtime: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(32), default=STREAM_QUEUED)
+    error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status_callback_method: Mapped[str] = mapped_column(String(8), default="POST")
+    date_created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    date_updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class StreamStatusChange(Base):
+    """One row per status a stream went through (queued, in-progress, stopped), for auditing."""
+
+    __tablename__ = "stream_status_history"
+    __table_args__ = (Index("ix_stream_status_history_stream", "stream_sid", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream_sid: Mapped[str] = mapped_column(ForeignKey("streams.sid", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(32))
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    code: Mapped[int | None] = mapped_column(Integer, nullable=True)

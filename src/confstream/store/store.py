@@ -1,0 +1,601 @@
+"""The store: one object owning the database engine, with a method per operation.
+
+:func:`open_store` turns the user-facing ``database_url`` (CONTRACT §6) into an async engine,
+migrates the schema to the newest Alembic revision and returns a :class:`Store`.
+
+* ``sqlite:///PATH`` (relative) or ``sqlite:////abs/PATH`` -> ``sqlite+aiosqlite``. Each
+  connection gets ``journal_mode=WAL`` (readers never block the single writer),
+  ``foreign_keys=ON`` (SQLite leaves them off by default) and ``busy_timeout=5000`` ms (a second
+  process briefly holding the write lock makes writers wait instead of failing at once). The
+  parent folder is created when missing.
+* ``postgresql://`` or ``postgres://`` -> ``postgresql+asyncpg``.
+* A URL that already names a driver (``sqlite+aiosqlite://``, ``postgresql+asyncpg://``) is kept.
+
+Rows come back as detached ORM objects (``expire_on_commit=False``): read their attributes
+freely, but change records only through the store's methods.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from confstream.store.models import (
+    CONFERENCE_COMPLETED,
+    CONFERENCE_IN_PROGRESS,
+    PARTICIPANT_COMPLETED,
+    PARTICIPANT_IN_PROGRESS,
+    STREAM_ACTIVE_STATUSES,
+    STREAM_QUEUED,
+    STREAM_STOPPED,
+    Account,
+    Conference,
+    Participant,
+    Stream,
+    StreamStatusChange,
+    utcnow,
+)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: SQLite waits this long (ms) for another writer before failing with "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def new_sid() -> str:
+    """A new SID: a random UUID in its canonical form (CONTRACT §1: SIDs are UUIDs)."""
+    return str(uuid.uuid4())
+
+
+def new_auth_token() -> str:
+    """A new AuthToken: 32 hex characters (128 random bits), the shape of Twilio's tokens."""
+    return secrets.token_hex(16)
+
+
+def async_database_url(database_url: str) -> str:
+    """Map the user-facing URL to the async driver's URL (see the module docstring)."""
+    url = make_url(database_url)
+    backend, _, driver = url.drivername.partition("+")
+    if backend == "sqlite":
+        if not driver:
+            url = url.set(drivername="sqlite+aiosqlite")
+        if url.database and url.database != ":memory:":
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    elif backend in ("postgresql", "postgres"):
+        if not driver or driver != "asyncpg":
+            url = url.set(drivername="postgresql+asyncpg")
+    else:
+        raise ValueError(f"unsupported database URL scheme {url.drivername!r}")
+    return url.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _migrate(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day)
+
+
+@dataclass(frozen=True)
+class DateFilter:
+    """Twilio's date filters: ``on`` (that UTC day), ``on_or_before`` and ``on_or_after``."""
+
+    on: dt.date | None = None
+    on_or_before: dt.date | None = None
+    on_or_after: dt.date | None = None
+
+    def clauses(self, column: Any) -> list[Any]:
+        out: list[Any] = []
+        one_day = dt.timedelta(days=1)
+        if self.on is not None:
+            out += [column >= _day_start(self.on), column < _day_start(self.on) + one_day]
+        if self.on_or_before is not None:
+            out.append(column < _day_start(self.on_or_before) + one_day)
+        if self.on_or_after is not None:
+            out.append(column >= _day_start(self.on_or_after))
+        return out
+
+
+@dataclass(frozen=True)
+class ConferenceFilter:
+    friendly_name: str | None = None
+    status: str | None = None
+    date_created: DateFilter = DateFilter()
+    date_updated: DateFilter = DateFilter()
+
+
+class NameInUse(Exception):
+    """A stream Name is already used by an active stream of the same conference."""
+
+
+class Store:
+    """Repository over the tables of :mod:`confstream.store.models`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    def session(self) -> AsyncSession:
+        return self._sessions()
+
+    async def close(self) -> None:
+        """Close every pooled connection. Safe to call twice."""
+        await self.engine.dispose()
+
+    # ------------------------------------------------------------------ accounts
+    async def create_account(
+        self,
+        friendly_name: str | None = None,
+        stream_base_url: str | None = None,
+        *,
+        sid: str | None = None,
+        auth_token: str | None = None,
+    ) -> Account:
+        now = utcnow()
+        account = Account(
+            sid=sid or new_sid(),
+            auth_token=auth_token or new_auth_token(),
+            friendly_name=friendly_name,
+            stream_base_url=stream_base_url,
+            status="active",
+            date_created=now,
+            date_updated=now,
+        )
+        async with self.session() as session, session.begin():
+            session.add(account)
+        return account
+
+    async def get_account(self, sid: str) -> Account | None:
+        async with self.session() as session:
+            return await session.get(Account, sid)
+
+    async def list_accounts(self) -> list[Account]:
+        """Every account, oldest first."""
+        async with self.session() as session:
+            rows = await session.scalars(
+                select(Account).order_by(Account.date_created, Account.sid)
+            )
+            return list(rows)
+
+    async def update_account(
+        self,
+        sid: str,
+        *,
+        stream_base_url: str | None = None,
+        friendly_name: str | None = None,
+    ) -> Account | None:
+        """Set the given fields (None leaves a field unchanged); None when no such account."""
+        async with self.session() as session, session.begin():
+            account = await session.get(Account, sid)
+            if account is None:
+                return None
+            if stream_base_url is not None:
+                account.stream_base_url = stream_base_url or None
+            if friendly_name is not None:
+                account.friendly_name = friendly_name
+            account.date_updated = utcnow()
+            return account
+
+    # --------------------------------------------------------------- conferences
+    async def find_live_conference(self, account_sid: str, friendly_name: str) -> Conference | None:
+        """The account's conference of that name that is not completed, if any."""
+        async with self.session() as session:
+            row: Conference | None = await session.scalar(
+                select(Conference).where(
+                    Conference.account_sid == account_sid,
+                    Conference.friendly_name == friendly_name,
+                    Conference.status != CONFERENCE_COMPLETED,
+                )
+            )
+            return row
+
+    async def create_conference(
+        self, account_sid: str, friendly_name: str, *, status: str = CONFERENCE_IN_PROGRESS
+    ) -> Conference:
+        now = utcnow()
+        conference = Conference(
+            sid=new_sid(),
+            account_sid=account_sid,
+            friendly_name=friendly_name,
+            status=status,
+            region="us1",
+            date_created=now,
+            date_updated=now,
+        )
+        async with self.session() as session, session.begin():
+            session.add(conference)
+        return conference
+
+    async def get_conference(
+        self, conference_sid: str, account_sid: str | None = None
+    ) -> Conference | None:
+        """The conference, or None (also when it belongs to another account)."""
+        async with self.session() as session:
+            row = await session.get(Conference, conference_sid)
+            if row is None or (account_sid is not None and row.account_sid != account_sid):
+                return None
+            return row
+
+    async def list_conferences(
+        self,
+        account_sid: str,
+        filters: ConferenceFilter = ConferenceFilter(),
+        *,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Conference]:
+        """Newest first (date_created, then SID, descending), like Twilio."""
+        clauses: list[Any] = [Conference.account_sid == account_sid]
+        if filters.friendly_name is not None:
+            clauses.append(Conference.friendly_name == filters.friendly_name)
+        if filters.status is not None:
+            clauses.append(Conference.status == filters.status)
+        clauses += filters.date_created.clauses(Conference.date_created)
+        clauses += filters.date_updated.clauses(Conference.date_updated)
+        async with self.session() as session:
+            rows = await session.scalars(
+                select(Conference)
+                .where(*clauses)
+                .order_by(Conference.date_created.desc(), Conference.sid.desc())
+                .offset(offset)
+                .limit(limit)
+            )
+            return list(rows)
+
+    async def complete_conference(self, conference_sid: str, reason: str) -> Conference | None:
+        """Mark the conference completed (once; a completed one keeps its first reason)."""
+        async with self.session() as session, session.begin():
+            row = await session.get(Conference, conference_sid)
+            if row is None:
+                return None
+            if row.status != CONFERENCE_COMPLETED:
+                row.status = CONFERENCE_COMPLETED
+                row.reason_ended = reason
+                row.date_updated = utcnow()
+            return row
+
+    # -------------------------------------------------------------- participants
+    async def add_participant(
+        self,
+        call_sid: str,
+        conference_sid: str,
+        account_sid: str,
+        *,
+        muted: bool = False,
+        hold: bool = False,
+        label: str | None = None,
+    ) -> Participant:
+        now = utcnow()
+        row = Participant(
+            call_sid=call_sid,
+            conference_sid=conference_sid,
+            account_sid=account_sid,
+            status=PARTICIPANT_IN_PROGRESS,
+            muted=muted,
+            hold=hold,
+            coaching=False,
+            call_sid_to_coach=None,
+            start_conference_on_enter=True,
+            end_conference_on_exit=False,
+            label=label,
+            date_created=now,
+            date_updated=now,
+        )
+        async with self.session() as session, session.begin():
+            session.add(row)
+        return row
+
+    async def get_participant(
+        self, call_sid: str, conference_sid: str | None = None
+    ) -> Participant | None:
+        async with self.session() as session:
+            row = await session.get(Participant, call_sid)
+            if row is None or (conference_sid is not None and row.conference_sid != conference_sid):
+                return None
+            return row
+
+    async def list_participants(
+        self,
+        conference_sid: str,
+        *,
+        status: str | None = PARTICIPANT_IN_PROGRESS,
+        muted: bool | None = None,
+        hold: bool | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Participant]:
+        """Oldest first. ``status=None`` lists every record, completed ones included."""
+        clauses: list[Any] = [Participant.conference_sid == conference_sid]
+        if status is not None:
+            clauses.append(Participant.status == status)
+        if muted is not None:
+            clauses.append(Participant.muted == muted)
+        if hold is not None:
+            clauses.append(Participant.hold == hold)
+        async with self.session() as session:
+            rows = await session.scalars(
+                select(Participant)
+                .where(*clauses)
+                .order_by(Participant.date_created, Participant.call_sid)
+                .offset(offset)
+                .limit(limit)
+            )
+            return list(rows)
+
+    async def count_live_participants(self, conference_sid: str) -> int:
+        async with self.session() as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(Participant)
+                .where(
+                    Participant.conference_sid == conference_sid,
+                    Participant.status == PARTICIPANT_IN_PROGRESS,
+                )
+            )
+            return int(count or 0)
+
+    async def update_participant(
+        self, call_sid: str, *, muted: bool | None = None, hold: bool | None = None
+    ) -> Participant | None:
+        async with self.session() as session, session.begin():
+            row = await session.get(Participant, call_sid)
+            if row is None:
+                return None
+            if muted is not None:
+                row.muted = muted
+            if hold is not None:
+                row.hold = hold
+            row.date_updated = utcnow()
+            return row
+
+    async def complete_participant(self, call_sid: str, reason: str) -> Participant | None:
+        """Mark the participant completed (idempotent; the first reason is kept)."""
+        async with self.session() as session, session.begin():
+            row = await session.get(Participant, call_sid)
+            if row is None:
+                return None
+            if row.status != PARTICIPANT_COMPLETED:
+                row.status = PARTICIPANT_COMPLETED
+                row.reason_ended = reason
+                row.date_updated = utcnow()
+            return row
+
+    # ------------------------------------------------------------------- streams
+    async def create_stream(
+        self,
+        *,
+        conference_sid: str,
+        account_sid: str,
+        url: str,
+        name: str | None = None,
+        track: str = "both_tracks",
+        codec: str = "PCMU",
+        realtime: bool = False,
+        status_callback: str | None = None,
+        status_callback_method: str = "POST",
+        sid: str | None = None,
+    ) -> Stream:
+        """Insert a ``queued`` stream. Raises :class:`NameInUse` when ``name`` is taken by an
+        active (queued or in-progress) stream of the conference."""
+        now = utcnow()
+        row = Stream(
+            sid=sid or new_sid(),
+            conference_sid=conference_sid,
+            account_sid=account_sid,
+            name=name,
+            url=url,
+            track=track,
+            codec=codec,
+            realtime=realtime,
+            status=STREAM_QUEUED,
+            error_code=None,
+            error_message=None,
+            status_callback=status_callback,
+            status_callback_method=status_callback_method,
+            date_created=now,
+            date_updated=now,
+        )
+        async with self.session() as session, session.begin():
+            if name is not None:
+                clash = await session.scalar(
+                    select(Stream.sid).where(
+                        Stream.conference_sid == conference_sid,
+                        Stream.name == name,
+                        Stream.status.in_(STREAM_ACTIVE_STATUSES),
+                    )
+                )
+                if clash is not None:
+                    raise NameInUse(name)
+            session.add(row)
+            await session.flush()
+            session.add(StreamStatusChange(stream_sid=row.sid, status=STREAM_QUEUED, at=now))
+        return row
+
+    async def get_stream(self, conference_sid: str, sid_or_name: str) -> Stream | None:
+        """The stream by SID, else by Name (the active stream of that name, or the newest)."""
+        async with self.session() as session:
+            row = await session.get(Stream, sid_or_name)
+            if row is not None and row.conference_sid == conference_sid:
+                return row
+            named: Stream | None = await session.scalar(
+                select(Stream)
+                .where(Stream.conference_sid == conference_sid, Stream.name == sid_or_name)
+                .order_by(
+                    Stream.status.in_(STREAM_ACTIVE_STATUSES).desc(),
+                    Stream.date_created.desc(),
+                )
+                .limit(1)
+            )
+            return named
+
+    async def get_stream_by_sid(self, sid: str) -> Stream | None:
+        async with self.session() as session:
+            return await session.get(Stream, sid)
+
+    async def list_streams(
+        self,
+        conference_sid: str,
+        *,
+        status: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Stream]:
+        clauses: list[Any] = [Stream.conference_sid == conference_sid]
+        if status is not None:
+            clauses.append(Stream.status == status)
+        async with self.session() as session:
+            rows = await session.scalars(
+                select(Stream)
+                .where(*clauses)
+                .order_by(Stream.date_created, Stream.sid)
+                .offset(offset)
+                .limit(limit)
+            )
+            return list(rows)
+
+    async def set_stream_status(
+        self,
+        sid: str,
+        status: str,
+        error_code: int | None = None,
+        error_message: str | None = None,
+    ) -> Stream | None:
+        """Record a status change and its history row. ``stopped`` is final: later changes
+        are ignored (the row is returned unchanged). An error code/message, once set, is kept
+        unless a new one is given."""
+        now = utcnow()
+        async with self.session() as session, session.begin():
+            row = await session.get(Stream, sid)
+            if row is None:
+                return None
+            if row.status == STREAM_STOPPED:
+                if error_code is not None and row.error_code is None:
+                    row.error_code = error_code
+                    row.error_message = error_message
+                    row.date_updated = now
+                return row
+            row.status = status
+            if error_code is not None:
+                row.error_code = error_code
+            if error_message is not None:
+                row.error_message = error_message
+            row.date_updated = now
+            session.add(StreamStatusChange(stream_sid=sid, status=status, at=now, code=error_code))
+            return row
+
+    async def stream_history(self, sid: str) -> list[StreamStatusChange]:
+        async with self.session() as session:
+            rows = await session.scalars(
+                select(StreamStatusChange)
+                .where(StreamStatusChange.stream_sid == sid)
+                .order_by(StreamStatusChange.id)
+            )
+            return list(rows)
+
+    async def list_streams_active(self, conference_sid: str) -> list[Stream]:
+        """The conference's queued or in-progress streams."""
+        async with self.session() as session:
+            rows = await session.scalars(
+                select(Stream).where(
+                    Stream.conference_sid == conference_sid,
+                    Stream.status.in_(STREAM_ACTIVE_STATUSES),
+                )
+            )
+            return list(rows)
+
+    # --------------------------------------------------------------- start-up
+    async def close_leftovers(self, reason: str) -> dict[str, int]:
+        """Close what a previous run left open: its media is gone with its process.
+
+        Conferences not completed -> ``completed`` (``reason_ended = reason``), participants
+        in progress -> ``completed``, queued or in-progress streams -> ``stopped`` with
+        ``error_message = reason`` and a history row. Returns the counts per table.
+        """
+        now = utcnow()
+        async with self.session() as session, session.begin():
+            stream_sids = list(
+                await session.scalars(
+                    select(Stream.sid).where(Stream.status.in_(STREAM_ACTIVE_STATUSES))
+                )
+            )
+            if stream_sids:
+                await session.execute(
+                    update(Stream)
+                    .where(Stream.sid.in_(stream_sids))
+                    .values(status=STREAM_STOPPED, error_message=reason, date_updated=now)
+                )
+                await session.execute(
+                    insert(StreamStatusChange),
+                    [{"stream_sid": s, "status": STREAM_STOPPED, "at": now} for s in stream_sids],
+                )
+            participants = await session.execute(
+                update(Participant)
+                .where(Participant.status != PARTICIPANT_COMPLETED)
+                .values(status=PARTICIPANT_COMPLETED, reason_ended=reason, date_updated=now)
+            )
+            conferences = await session.execute(
+                update(Conference)
+                .where(Conference.status != CONFERENCE_COMPLETED)
+                .values(status=CONFERENCE_COMPLETED, reason_ended=reason, date_updated=now)
+            )
+        return {
+            "conferences": int(getattr(conferences, "rowcount", 0) or 0),
+            "participants": int(getattr(participants, "rowcount", 0) or 0),
+            "streams": len(stream_sids),
+        }
+
+
+async def open_store(database_url: str, *, migrate: bool = True, echo: bool = False) -> Store:
+    """Open the database named by ``database_url`` and bring its schema up to date.
+
+    ``migrate`` (default True) runs the Alembic migrations to ``head``; they are idempotent,
+    so every start-up runs them.
+    """
+    url = async_database_url(database_url)
+    kwargs: dict[str, Any] = {"echo": echo}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = create_async_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    if migrate:
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(_migrate)
+        except BaseException:
+            await engine.dispose()
+            raise
+    return Store(engine)

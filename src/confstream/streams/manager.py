@@ -1,0 +1,220 @@
+"""Runs every Conference Stream of the server: start, stop, status, callbacks (CONTRACT §2-§4).
+
+The REST/services layer calls exactly :class:`StreamManager`'s public methods. Guarantees:
+
+* :meth:`StreamManager.start` returns quickly. A URL that is not an acceptable ``wss://`` URL is
+  refused synchronously: ``on_status(sid, "stopped", 31922, message)`` is awaited, then the
+  ``stream-error`` (``invalid_url``) and ``stream-stopped`` callbacks are queued; nothing
+  connects. Otherwise a task runs the :class:`~confstream.streams.session.StreamSession`.
+* Every stream ends with exactly one ``on_status(..., "stopped", code, message)`` and exactly one
+  ``stream-stopped`` callback, whatever ended it (API stop, conference end, receiver close,
+  failure, server shutdown). ``in-progress`` is reported (status hook, then ``stream-started``
+  callback) only after the upgrade and the ``start`` message. A failure sends ``stream-error``
+  with the SignalWire ``StreamError`` value before ``stream-stopped``.
+* Callback parameters (CONTRACT §3): ``AccountSid, ConferenceSid, CallSid (= ConferenceSid),
+  StreamSid, StreamName (the Name, or the StreamSid when none), StreamEvent, StreamTrack,
+  StreamError (stream-error only), Timestamp`` (ISO 8601 UTC). Signed with the account's
+  AuthToken; delivered in order per stream by :class:`~confstream.callbacks.webhooks.
+  CallbackSender`.
+* :meth:`StreamManager.stop` is idempotent and bounded (:data:`STOP_TIMEOUT_S`): past it the
+  session task is cancelled and still reported stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from confstream.callbacks.webhooks import Callback, CallbackSender, iso_timestamp
+from confstream.netpolicy import client_ssl_context
+from confstream.settings import Settings
+from confstream.streams.session import (
+    ConferenceMediaLike,
+    Outcome,
+    StreamFailure,
+    StreamSession,
+    StreamSpec,
+    validate_stream_url,
+)
+
+__all__ = ["STOP_TIMEOUT_S", "StatusHook", "StreamManager", "StreamSpec"]
+
+log = logging.getLogger(__name__)
+
+StatusHook = Callable[[str, str, int | None, str | None], Awaitable[None]]
+#            (stream_sid, status "in-progress"|"stopped", error_code, error_message)
+
+STOP_TIMEOUT_S = 6.0  # flush (2 s) + stop/close (2 s) + margin
+
+
+class StreamManager:
+    """All live streams of the server, by StreamSid and by ConferenceSid.
+
+    ``engine`` must give a conference's live media: the manager calls
+    ``engine.get(conference_sid)`` (None when it has no live media). The
+    returned object must provide ``add_tap``, ``remove_tap`` and ``send_dtmf``
+    (:class:`~confstream.streams.session.ConferenceMediaLike`). ``callbacks`` defaults to a
+    :class:`CallbackSender` built from ``settings``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Any,
+        on_status: StatusHook,
+        *,
+        callbacks: CallbackSender | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.on_status = on_status
+        self.callbacks = callbacks or CallbackSender(settings)
+        self._ssl = client_ssl_context(settings.stream_ca_file)
+        self._sessions: dict[str, StreamSession] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._by_conference: dict[str, dict[str, None]] = {}  # ordered set of sids
+        self._closing = False
+
+    # ------------------------------------------------------------------ public API
+
+    async def start(self, spec: StreamSpec) -> None:
+        """Start ``spec`` (see the module docstring). A second start of a live sid is ignored."""
+        if spec.sid in self._tasks:
+            return
+        try:
+            validate_stream_url(spec.url)
+        except StreamFailure as f:
+            await self._finish(spec, Outcome(f.code, f.message, f.stream_error))
+            return
+        if self._closing:
+            await self._finish(spec, Outcome(31903, "server is shutting down", "general_error"))
+            return
+        media = self._media_of(spec.conference_sid)
+        if media is None:
+            await self._finish(
+                spec,
+                Outcome(31903, "conference has no live media (not in progress)", "general_error"),
+            )
+            return
+        session = StreamSession(spec, self.settings, media, ssl_context=self._ssl)
+        self._sessions[spec.sid] = session
+        self._by_conference.setdefault(spec.conference_sid, {})[spec.sid] = None
+        self._tasks[spec.sid] = asyncio.create_task(
+            self._run(spec, session), name=f"stream-{spec.sid}"
+        )
+
+    async def stop(self, stream_sid: str, reason: str = "api") -> None:
+        """Stop a stream (``stop`` is sent if its socket is open) and wait for it to finish,
+        at most :data:`STOP_TIMEOUT_S`. Unknown or already stopped sids are ignored."""
+        session = self._sessions.get(stream_sid)
+        task = self._tasks.get(stream_sid)
+        if session is None or task is None:
+            return
+        session.request_stop(reason)
+        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+        if not done:
+            log.warning(
+                "stream %s did not stop within %.0f s; cancelling", stream_sid, STOP_TIMEOUT_S
+            )
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def stop_conference(self, conference_sid: str) -> None:
+        """Stop every stream of a conference (it ended), concurrently."""
+        sids = list(self._by_conference.get(conference_sid, {}))
+        await asyncio.gather(*(self.stop(sid, "conference-ended") for sid in sids))
+
+    def active(self, conference_sid: str) -> list[str]:
+        """StreamSids of the conference's streams not yet stopped, in start order."""
+        return list(self._by_conference.get(conference_sid, {}))
+
+    def session(self, stream_sid: str) -> StreamSession | None:
+        """The live session of ``stream_sid`` (tests, metrics)."""
+        return self._sessions.get(stream_sid)
+
+    async def close(self, callback_timeout: float = 5.0) -> None:
+        """Server shutdown: stop every stream concurrently, then flush callbacks (bounded)."""
+        self._closing = True
+        await asyncio.gather(*(self.stop(sid, "shutdown") for sid in list(self._tasks)))
+        await self.callbacks.close(callback_timeout)
+
+    # ------------------------------------------------------------------ internals
+
+    def _media_of(self, conference_sid: str) -> ConferenceMediaLike | None:
+        try:
+            media = self.engine.get(conference_sid)
+        except KeyError:
+            return None
+        return media  # type: ignore[no-any-return]
+
+    async def _run(self, spec: StreamSpec, session: StreamSession) -> None:
+        outcome = Outcome()
+        cancelled = False
+
+        async def on_started() -> None:
+            try:
+                await self.on_status(spec.sid, "in-progress", None, None)
+            except Exception:
+                log.exception("stream %s: status hook failed", spec.sid)
+            self._callback(spec, "stream-started")
+
+        try:
+            outcome = await session.run(on_started)
+        except asyncio.CancelledError:
+            cancelled = True
+            session.request_stop("cancelled")
+            outcome = Outcome(started=True)
+        except Exception as exc:  # a bug: still end the stream properly
+            log.exception("stream %s crashed", spec.sid)
+            outcome = Outcome(31903, f"internal error: {exc!r}", "general_error")
+        finally:
+            self._sessions.pop(spec.sid, None)
+            self._tasks.pop(spec.sid, None)
+            conf = self._by_conference.get(spec.conference_sid)
+            if conf is not None:
+                conf.pop(spec.sid, None)
+                if not conf:
+                    self._by_conference.pop(spec.conference_sid, None)
+        await self._finish(spec, outcome)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _finish(self, spec: StreamSpec, outcome: Outcome) -> None:
+        """The one place that reports a stream stopped."""
+        if outcome.error_code is not None:
+            log.info(
+                "stream %s ended with error %s: %s",
+                spec.sid,
+                outcome.error_code,
+                outcome.error_message,
+            )
+            self._callback(spec, "stream-error", outcome.stream_error or "general_error")
+        try:
+            await self.on_status(spec.sid, "stopped", outcome.error_code, outcome.error_message)
+        except Exception:
+            log.exception("stream %s: status hook failed", spec.sid)
+        self._callback(spec, "stream-stopped")
+
+    def _callback(self, spec: StreamSpec, event: str, stream_error: str | None = None) -> None:
+        if not spec.status_callback:
+            return
+        params = {
+            "AccountSid": spec.account_sid,
+            "ConferenceSid": spec.conference_sid,
+            "CallSid": spec.conference_sid,
+            "StreamSid": spec.sid,
+            "StreamName": spec.name or spec.sid,
+            "StreamEvent": event,
+            "StreamTrack": spec.track,
+        }
+        if stream_error is not None:
+            params["StreamError"] = stream_error
+        params["Timestamp"] = iso_timestamp()
+        method = "GET" if spec.status_callback_method.upper() == "GET" else "POST"
+        self.callbacks.send(
+            spec.sid, Callback(spec.status_callback, method, params, spec.auth_token)
+        )

@@ -1,0 +1,365 @@
+"""Real peers for end-to-end tests: the server as a subprocess, sipp and baresip callers, and a
+TLS WebSocket receiver with a trustme certificate chain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import trustme
+from websockets.asyncio.server import ServerConnection, serve
+
+from confstream.media.analysis import tone
+from confstream.media.wav import write_wav
+
+CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (SIP listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+        with socket.socket(socket.AF_INET, other) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+def free_rtp_range(size: int = 400) -> str:
+    """An even-aligned UDP port range whose first port is free (good enough for one run)."""
+    for _ in range(50):
+        low = (free_port(socket.SOCK_DGRAM) // 2) * 2
+        if low + size < 65535 and low > 1024:
+            return f"{low}-{low + size}"
+    raise RuntimeError("no free RTP range")
+
+
+@dataclass
+class Account:
+    sid: str
+    token: str
+
+
+@dataclass
+class ServerProcess:
+    """``confstream serve`` in a subprocess with its own SQLite file and ports."""
+
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    http_port: int = 0
+    sip_port: int = 0
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.workdir / 'confstream.db'}"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            CONFSTREAM_DATABASE_URL=self.db_url,
+            CONFSTREAM_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
+            CONFSTREAM_SIP_LISTEN=f"127.0.0.1:{self.sip_port}",
+            CONFSTREAM_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
+        )
+        env.setdefault("CONFSTREAM_RTP_PORTS", free_rtp_range())
+        env.update(self.env)
+        return env
+
+    def create_account(self, *extra: str) -> Account:
+        out = subprocess.run(
+            [CONFSTREAM, "accounts", "create", "--database-url", self.db_url, *extra],
+            check=True,
+            capture_output=True,
+            env=self._env(),
+        ).stdout
+        data = json.loads(out)
+        return Account(data["sid"], data["auth_token"])
+
+    def start(self) -> None:
+        self.http_port = self.http_port or free_port()
+        self.sip_port = self.sip_port or free_port()
+        self.log = open(self.workdir / "server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [CONFSTREAM, "serve"], env=self._env(), stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.read_log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"server not healthy: {self.read_log()}")
+
+    def read_log(self) -> str:
+        return (self.workdir / "server.log").read_text(errors="replace")
+
+    def stop(self, kill: bool = False) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return int(self.proc.returncode)
+
+    def api(self, account: Account) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.base}/api/laml/2010-04-01/Accounts/{account.sid}",
+            auth=(account.sid, account.token),
+            timeout=10,
+        )
+
+
+def tone_wav(path: Path, freq: float, seconds: float, fmt: str = "pcm16") -> Path:
+    write_wav(path, tone(freq, seconds, amplitude=8000), 8000, format=fmt)
+    return path
+
+
+def sipp_caller_scenario(path: Path, wav: Path, seconds: float, dtmf_digit: str | None = None) -> Path:
+    """A sipp UAC: INVITE, answers the 401 challenge, plays ``wav`` (µ-law) as RTP, then BYE.
+
+    The ACK of the 401 carries the INVITE's branch ([branch-3]: INVITE, 100, 401, ACK).
+    """
+    dtmf = (
+        f'<nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_{dtmf_digit}.pcap"/>'
+        "</action></nop>\n  <pause milliseconds=\"1000\"/>\n"
+        if dtmf_digit is not None
+        else ""
+    )
+    path.write_text(
+        f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="confstream caller">
+  <send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:caller@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=caller 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-15
+a=sendrecv
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="401" auth="true"/>
+  <send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
+From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 2 INVITE
+Contact: <sip:caller@[local_ip]:[local_port]>
+[authentication]
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=caller 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-15
+a=sendrecv
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send><![CDATA[
+ACK [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 2 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <nop><action><exec rtp_stream="{wav},-1,0"/></action></nop>
+  {dtmf}<pause milliseconds="{int(seconds * 1000)}"/>
+  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 3 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200" crlf="true"/>
+</scenario>
+"""
+    )
+    return path
+
+
+async def start_sipp_caller(
+    workdir: Path, server_sip_port: int, account: Account, room: str, freq: float,
+    seconds: float, dtmf_digit: str | None = None,
+) -> asyncio.subprocess.Process:
+    """One sipp caller in its own process, playing a µ-law tone of ``freq`` Hz."""
+    wav = tone_wav(workdir / f"tone-{freq:g}.ulaw.wav", freq, 2.0, fmt="ulaw")
+    scenario = sipp_caller_scenario(workdir / f"caller-{freq:g}.xml", wav, seconds, dtmf_digit)
+    return await asyncio.create_subprocess_exec(
+        "sipp", f"127.0.0.1:{server_sip_port}", "-sf", str(scenario), "-s", room,
+        "-au", account.sid, "-ap", account.token, "-m", "1", "-i", "127.0.0.1",
+        "-p", str(free_port(socket.SOCK_DGRAM)), "-mp", str(free_rtp_range(8).split("-")[0]),
+        "-timeout", str(int(seconds) + 30), "-timeout_error", "-nostdin",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=workdir,
+    )
+
+
+@dataclass
+class BaresipCaller:
+    """A baresip softphone dialling a conference, playing a PCM16 tone, recording what it hears."""
+
+    workdir: Path
+    freq: float
+    seconds: float
+    proc: asyncio.subprocess.Process | None = None
+
+    async def dial(self, sip_port: int, account: Account, room: str) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        dump = self.workdir / "dump"
+        dump.mkdir(exist_ok=True)
+        wav = tone_wav(self.workdir / "tone.wav", self.freq, self.seconds)
+        (self.workdir / "config").write_text(
+            "poll_method epoll\n"
+            "sip_listen 127.0.0.1:0\n"
+            "module_path /usr/lib/baresip/modules\n"
+            "module g711.so\nmodule aufile.so\nmodule sndfile.so\n"
+            "module_app account.so\nmodule_app menu.so\n"
+            f"audio_source aufile,{wav}\n"
+            f"audio_player aufile,{self.workdir / 'player.wav'}\n"
+            f"audio_alert aufile,{self.workdir / 'alert.wav'}\n"
+            f"snd_path {dump}\n"
+            "audio_srate 8000\naudio_channels 1\n"
+        )
+        (self.workdir / "accounts").write_text(
+            f"<sip:{account.sid}@127.0.0.1>;regint=0;audio_codecs=PCMU"
+            f";auth_user={account.sid};auth_pass={account.token}\n"
+        )
+        self.proc = await asyncio.create_subprocess_exec(
+            "baresip", "-f", str(self.workdir), "-e", f"/dial sip:{room}@127.0.0.1:{sip_port}",
+            "-t", str(int(self.seconds) + 4),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL, cwd=self.workdir,
+        )
+
+    async def wait(self) -> None:
+        assert self.proc is not None
+        await asyncio.wait_for(self.proc.wait(), self.seconds + 20)
+
+    def heard(self) -> np.ndarray[Any, np.dtype[np.int16]]:
+        """What baresip decoded from the server (8 kHz PCM16)."""
+        import wave
+
+        files = sorted((self.workdir / "dump").glob("dump-*-dec.wav"))
+        assert files, f"baresip wrote no recording in {self.workdir}"
+        with wave.open(str(files[-1])) as w:
+            return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+
+
+@dataclass
+class Receiver:
+    """A real wss:// server with a trustme certificate, recording every connection."""
+
+    ca: trustme.CA
+    host: str = "127.0.0.1"
+    port: int = 0
+    connections: list[dict[str, Any]] = field(default_factory=list)
+    ca_file: Path | None = None
+    read: bool = True
+
+    async def handler(self, ws: ServerConnection) -> None:
+        record: dict[str, Any] = {
+            "headers": dict(ws.request.headers) if ws.request else {},
+            "path": ws.request.path if ws.request else "",
+            "messages": [],
+            "ws": ws,
+            "closed": asyncio.Event(),
+        }
+        self.connections.append(record)
+        try:
+            async for text in ws:
+                record["messages"].append(json.loads(text))
+        except Exception:  # noqa: BLE001 - the connection's end is what tests look at
+            pass
+        finally:
+            record["closed"].set()
+
+
+@contextlib.asynccontextmanager
+async def receiver(tmp: Path) -> AsyncIterator[Receiver]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(tls)
+    rec = Receiver(ca=ca)
+    rec.ca_file = tmp / "receiver-ca.pem"
+    ca.cert_pem.write_to_path(str(rec.ca_file))
+    async with serve(rec.handler, "127.0.0.1", 0, ssl=tls) as server:
+        rec.port = next(iter(server.sockets)).getsockname()[1]
+        yield rec
