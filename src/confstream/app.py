@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 
 import uvicorn
+from starlette.applications import Starlette
 
 from confstream.api import create_api
 from confstream.conference.engine import Engine
@@ -42,6 +43,7 @@ class Server:
     streams: StreamManager | None = None
     sip: SipServer | None = None
     http_port: int = 0
+    _api: Starlette | None = None
     _uvicorn: uvicorn.Server | None = None
     _http_task: asyncio.Task[None] | None = None
 
@@ -54,10 +56,10 @@ class Server:
         await self.engine.start()
         services = Services(settings, store, self.engine)
         self.services = services
-        self.streams = services.streams
+        self.streams = StreamManager(settings, self.engine, services.on_stream_status)
+        services.attach_streams(self.streams)
         self.sip = SipServer(settings, services, RtpPortPool(*settings.rtp_port_range))
         await self.sip.start()
-        services.sip = self.sip
 
         host, port = settings.http_address
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -66,18 +68,17 @@ class Server:
         sock.listen(512)
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
-        api = create_api(services)
+        self._api = api = create_api(services)
         config = uvicorn.Config(
             api, log_level="warning", lifespan="off", access_log=False, loop="none"
         )
         self._uvicorn = uvicorn.Server(config)
-        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._http_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
         while not self._uvicorn.started:
             if self._http_task.done():
                 self._http_task.result()
             await asyncio.sleep(0.01)
-        services.ready = True
+        api.state.ready = True
         log.info(
             "confstream ready: http=%s:%d sip=%s:%d rtp=%s db=%s",
             host,
@@ -89,8 +90,8 @@ class Server:
         )
 
     async def stop(self) -> None:
-        if self.services is not None:
-            self.services.ready = False
+        if self._api is not None:
+            self._api.state.ready = False
         if self._uvicorn is not None and self._http_task is not None:
             self._uvicorn.should_exit = True
             with contextlib.suppress(Exception):
@@ -99,6 +100,8 @@ class Server:
             await self.sip.stop()
         if self.services is not None:
             await self.services.shutdown()
+        if self.streams is not None:
+            await self.streams.close()
         await self.engine.stop()
         if self.store is not None:
             await self.store.close()
@@ -162,12 +165,13 @@ def run_server(settings: Settings, show_first_account: bool = False) -> int:
         )
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
+        uvloop = None  # type: ignore[assignment]
     try:
-        runner(serve(settings, show_first_account))
+        if uvloop is not None:
+            uvloop.run(serve(settings, show_first_account))
+        else:  # pragma: no cover
+            asyncio.run(serve(settings, show_first_account))
     except OSError as exc:
         print(f"confstream: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -266,7 +266,7 @@ class Services:
         one participant). Raises :class:`ApiError` 11200 (fetch failed), 12300 (not a usable
         WAV), 21205 (URL refused) or 21220 (no live media)."""
         from confstream import netpolicy
-        from confstream.media import wav
+        from confstream.media.wav import WavError, parse_wav
 
         media = self.engine.get(conference_sid)
         if media is None:
@@ -295,8 +295,8 @@ class Services:
         if response.status_code >= 400:
             raise ApiError(11200, f"AnnounceUrl answered HTTP {response.status_code}")
         try:
-            pcm = wav.parse_wav(response.content)
-        except wav.WavError as exc:
+            pcm = parse_wav(response.content)
+        except WavError as exc:
             raise invalid(12300, f"AnnounceUrl is not a supported WAV file: {exc}") from exc
         media.play(pcm, target_call_sid=target_call_sid)
 

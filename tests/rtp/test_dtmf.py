@@ -66,9 +66,7 @@ def test_receiver_on_sipp_capture(name: str, digit: str) -> None:
 
 
 def _digit(digit: str, ts: int, seq: int, ms: int = 100) -> list[RtpPacket]:
-    return dtmf_packets(
-        digit, ms, payload_type=101, ssrc=7, sequence_number=seq, timestamp=ts
-    )
+    return dtmf_packets(digit, ms, payload_type=101, ssrc=7, sequence_number=seq, timestamp=ts)
 
 
 def test_receiver_one_event_per_digit_and_same_digit_twice() -> None:

@@ -52,13 +52,13 @@ def test_csrc_extension_padding_round_trip() -> None:
         (b"", "short"),
         (b"\x80\x00" + bytes(9), "short"),
         (bytes.fromhex("4000000100000001000000") + b"\x00", "version"),  # V=1
-        (bytes.fromhex("c000000100000001" "00000001"), "version"),  # V=3
-        (bytes.fromhex("8f00000100000001" "00000001") + bytes(8), "CSRC"),  # CC=15, 2 given
-        (bytes.fromhex("9000000100000001" "00000001") + b"\x00\x01", "extension"),
-        (bytes.fromhex("9000000100000001" "00000001") + b"\x00\x01\x00\x05", "extension"),
-        (bytes.fromhex("a000000100000001" "00000001") + b"\x00\x00", "padding"),  # count 0
-        (bytes.fromhex("a000000100000001" "00000001") + b"\x00\x20", "padding"),  # too big
-        (bytes.fromhex("8000000100000001" "00000001") + bytes(MAX_PAYLOAD + 1), "exceeds"),
+        (bytes.fromhex("c00000010000000100000001"), "version"),  # V=3
+        (bytes.fromhex("8f0000010000000100000001") + bytes(8), "CSRC"),  # CC=15, 2 given
+        (bytes.fromhex("900000010000000100000001") + b"\x00\x01", "extension"),
+        (bytes.fromhex("900000010000000100000001") + b"\x00\x01\x00\x05", "extension"),
+        (bytes.fromhex("a00000010000000100000001") + b"\x00\x00", "padding"),  # count 0
+        (bytes.fromhex("a00000010000000100000001") + b"\x00\x20", "padding"),  # too big
+        (bytes.fromhex("800000010000000100000001") + bytes(MAX_PAYLOAD + 1), "exceeds"),
     ],
 )
 def test_malformed_corpus(data: bytes, why: str) -> None:
@@ -67,7 +67,7 @@ def test_malformed_corpus(data: bytes, why: str) -> None:
 
 
 def test_largest_payload_accepted() -> None:
-    data = bytes.fromhex("8000000100000001" "00000001") + bytes(MAX_PAYLOAD)
+    data = bytes.fromhex("800000010000000100000001") + bytes(MAX_PAYLOAD)
     assert len(RtpPacket.parse(data).payload) == MAX_PAYLOAD
 
 
@@ -117,7 +117,10 @@ def test_fuzz_valid_looking_headers(b0: int, b1: int, rest: bytes) -> None:
     marker=st.booleans(),
     csrc=st.lists(st.integers(0, 2**32 - 1), max_size=15).map(tuple),
     ext=st.one_of(
-        st.none(), st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=40).map(lambda b: b[: len(b) // 4 * 4]))
+        st.none(),
+        st.tuples(
+            st.integers(0, 0xFFFF), st.binary(max_size=40).map(lambda b: b[: len(b) // 4 * 4])
+        ),
     ),
     padding=st.integers(0, 255),
 )

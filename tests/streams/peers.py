@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -88,8 +89,10 @@ class Receiver:
 
 @contextlib.asynccontextmanager
 async def ws_receiver(
-    tls: Tls, behaviour: Behaviour | None = None, **kw: Any
+    tls: Tls, behaviour: Behaviour | None = None, *, rcvbuf: int | None = None, **kw: Any
 ) -> AsyncIterator[Receiver]:
+    """``rcvbuf`` shrinks the kernel receive buffer (a receiver that stops reading then pushes
+    back on the sender within a few kilobytes)."""
     rec = Receiver(behaviour=behaviour)
 
     async def handler(ws: ServerConnection) -> None:
@@ -103,7 +106,15 @@ async def ws_receiver(
             conn.closed.set()
             await rec.notify()
 
-    async with serve(handler, "127.0.0.1", 0, ssl=tls.server_ctx, **kw) as server:
+    if rcvbuf is not None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind(("127.0.0.1", 0))
+        kw["sock"] = sock
+    else:
+        kw["host"], kw["port"] = "127.0.0.1", 0
+    kw.setdefault("close_timeout", 1)
+    async with serve(handler, ssl=tls.server_ctx, **kw) as server:
         rec.port = next(iter(server.sockets)).getsockname()[1]
         yield rec
 

@@ -9,6 +9,12 @@ and every URI in answers carries it, as Twilio's do). ``GET /healthz`` answers 2
 Authentication is HTTP Basic ``AccountSid:AuthToken``; a failure, and a path AccountSid that
 is not the caller's, both answer the same 401 (code 20003) so nothing tells whether another
 account exists.
+
+Choices where the contract is silent (as Twilio does): conferences list newest first;
+participants list and fetch show the participants in the conference now (``in-progress``),
+a participant that left answers 404; streams list oldest first and include stopped ones.
+``AnnounceUrl`` audio is fetched (through the outbound policy) before the answer is sent, so a
+bad URL or file is reported to the caller (11200, 12300, 21205).
 """
 
 from __future__ import annotations

@@ -68,23 +68,13 @@ class RtpStats:
     discarded: int = 0
 
 
-def _as_bytes(data: object) -> bytes:
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, np.ndarray):
-        return data.tobytes()
-    return bytes(data)  # type: ignore[call-overload,no-any-return]
-
-
 def _encode(payload_type: int, frame: Frame) -> bytes:
-    if payload_type == PCMA:
-        return _as_bytes(alaw_encode(frame))
-    return _as_bytes(ulaw_encode(frame))
+    codes = alaw_encode(frame) if payload_type == PCMA else ulaw_encode(frame)
+    return codes.tobytes()
 
 
 def _decode(payload_type: int, payload: bytes) -> Frame:
-    decoded = alaw_decode(payload) if payload_type == PCMA else ulaw_decode(payload)
-    return np.asarray(decoded, dtype=np.int16)
+    return alaw_decode(payload) if payload_type == PCMA else ulaw_decode(payload)
 
 
 def _is_unspecified(host: str) -> bool:

@@ -37,6 +37,11 @@ class _Protocol(asyncio.DatagramProtocol):
         # the inactivity timeout decides when the peer is gone.
         log.debug("rtp socket error: %s", exc)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The socket is really closed now (asyncio closes it one loop iteration after
+        # transport.close()): only now can the port be bound again.
+        self._session._release_port()
+
 
 class RtpSession:
     """One participant's RTP: receive into a jitter buffer, send what the mixer gives.
@@ -101,20 +106,22 @@ class RtpSession:
             except BaseException:
                 self.port_pool.release(port)
                 raise
-            if self._closed:  # closed while binding
+            self.local_port = port
+            if self._closed:  # closed while binding: connection_lost releases the port
                 transport.close()
-                self.port_pool.release(port)
                 raise RuntimeError("RTP session closed while opening")
             self._transport = transport
             self._loop = loop
-            self.local_port = port
             self._opened_at = loop.time()
             self._arm(self.inactivity_timeout)
             return port
         raise OSError(errno.EADDRINUSE, f"no bindable RTP port in the pool: {last_error}")
 
     def close(self) -> None:
-        """Close the socket, stop the timer and return the port to the pool. Idempotent."""
+        """Close the socket, stop the timer and return the port to the pool. Idempotent.
+
+        asyncio closes the socket on the next loop iteration; the port goes back to the pool
+        then, so it is never handed out while still bound."""
         if self._closed:
             return
         self._closed = True
@@ -122,8 +129,12 @@ class RtpSession:
             self._timer.cancel()
             self._timer = None
         if self._transport is not None:
-            self._transport.close()
+            self._transport.close()  # connection_lost then releases the port
             self._transport = None
+        else:
+            self._release_port()
+
+    def _release_port(self) -> None:
         if self.local_port is not None:
             self.port_pool.release(self.local_port)
 

@@ -2,8 +2,11 @@
 
 Sans-I/O: the caller passes the current time and the account's password; nothing here waits.
 
-* Challenges offer ``SHA-256`` first, then ``MD5`` (RFC 8760 §2.4: most preferred first; MD5 is
-  kept because many deployed UAs, sipp included, only speak MD5), each with ``qop="auth"``.
+* Challenges offer ``MD5`` and ``SHA-256`` (one ``WWW-Authenticate`` each, same nonce,
+  ``qop="auth"``), and credentials of either algorithm are accepted. RFC 8760 §2.4 asks for the
+  most preferred first; the default order is nevertheless MD5 first, because deployed UAs such
+  as sipp 3.6 read only the topmost challenge and give up on anything but MD5. Pass
+  ``algorithms=("SHA-256", "MD5")`` to prefer SHA-256 where every UA supports RFC 8760.
 * The nonce is stateless: ``base64url(timestamp || random || HMAC-SHA256(secret, timestamp ||
   random || realm)[:16])``. Any instance holding the secret can check it, and an expired nonce
   (older than ``nonce_ttl``, default 300 s) is recognised and answered ``stale=true`` so the UA
@@ -11,6 +14,7 @@ Sans-I/O: the caller passes the current time and the account's password; nothing
 * Replays: the highest nonce-count (``nc``) accepted per nonce is remembered until the nonce
   expires; a request whose ``nc`` is not higher is refused. This is the only state kept; it is
   bounded by :attr:`DigestAuthenticator.max_tracked_nonces` (default 100 000, oldest dropped).
+* The digest-uri must name the Request-URI's host and port (the user part is not compared).
 * Requests without ``qop`` (RFC 2069 style) are accepted for old UAs; they get no replay
   protection beyond the nonce lifetime.
 """
@@ -27,8 +31,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 ALGORITHMS: dict[str, str] = {"MD5": "md5", "SHA-256": "sha256"}
-#: Order in which challenges are offered (most preferred first).
-OFFERED_ALGORITHMS = ("SHA-256", "MD5")
+#: Default order in which challenges are offered (see the module docstring for why MD5 leads).
+OFFERED_ALGORITHMS = ("MD5", "SHA-256")
 
 
 class DigestOutcome(enum.Enum):
@@ -148,6 +152,19 @@ def compute_response(
     return _h(algorithm, f"{ha1}:{nonce}:{ha2}")
 
 
+def _same_target(digest_uri: str, request_uri: str) -> bool:
+    """RFC 2617 §3.2.2.5 wants digest-uri to match the Request-URI. Compared leniently on
+    scheme, host and port only: sipp 3.6 sends ``sip:HOST:PORT`` without the user part. The
+    response hash covers the digest-uri either way."""
+
+    def target(uri: str) -> tuple[str, str]:
+        scheme, _, rest = uri.strip().lower().partition(":")
+        rest = rest.split(";")[0].split("?")[0]
+        return scheme, rest.rpartition("@")[2]
+
+    return target(digest_uri) == target(request_uri)
+
+
 class DigestAuthenticator:
     """Issues challenges and checks credentials for one realm.
 
@@ -157,8 +174,17 @@ class DigestAuthenticator:
 
     max_tracked_nonces = 100_000
 
-    def __init__(self, realm: str, secret: bytes | None = None, nonce_ttl: float = 300.0) -> None:
+    def __init__(
+        self,
+        realm: str,
+        secret: bytes | None = None,
+        nonce_ttl: float = 300.0,
+        algorithms: tuple[str, ...] = OFFERED_ALGORITHMS,
+    ) -> None:
+        if not algorithms or any(a not in ALGORITHMS for a in algorithms):
+            raise ValueError(f"algorithms must be among {sorted(ALGORITHMS)}")
         self.realm = realm
+        self.algorithms = algorithms
         self.nonce_ttl = nonce_ttl
         self._secret = secret if secret is not None else os.urandom(32)
         self._nc_seen: OrderedDict[str, tuple[int, float]] = OrderedDict()
@@ -189,9 +215,8 @@ class DigestAuthenticator:
         nonce = self.make_nonce(now)
         stale_part = ", stale=true" if stale else ""
         return [
-            f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={alg}, qop="auth"'
-            f"{stale_part}"
-            for alg in OFFERED_ALGORITHMS
+            f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={alg}, qop="auth"{stale_part}'
+            for alg in self.algorithms
         ]
 
     # -- verification -----------------------------------------------------------------------
@@ -206,9 +231,7 @@ class DigestAuthenticator:
     ) -> DigestOutcome:
         """Check ``creds`` for a request. ``password`` None means no such account (403)."""
         algorithm = creds.algorithm.upper()
-        if algorithm == "SHA-256":
-            algorithm = "SHA-256"
-        if algorithm not in ALGORITHMS or creds.realm != self.realm:
+        if algorithm not in self.algorithms or creds.realm != self.realm:
             return DigestOutcome.CHALLENGE
         if creds.qop is not None and creds.qop.lower() != "auth":
             return DigestOutcome.CHALLENGE
@@ -217,7 +240,7 @@ class DigestAuthenticator:
             return DigestOutcome.CHALLENGE
         if password is None:
             return DigestOutcome.FORBIDDEN
-        if creds.uri.lower() != request_uri.lower():
+        if not _same_target(creds.uri, request_uri):
             return DigestOutcome.FORBIDDEN
         nc_value: int | None = None
         if creds.qop is not None:

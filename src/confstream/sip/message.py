@@ -388,9 +388,11 @@ class Via:
         return self.params.get("branch")
 
     def __str__(self) -> str:
-        return f"SIP/2.0/{self.transport} {format_host(self.host)}" + (
-            f":{self.port}" if self.port is not None else ""
-        ) + format_params(self.params)
+        return (
+            f"SIP/2.0/{self.transport} {format_host(self.host)}"
+            + (f":{self.port}" if self.port is not None else "")
+            + format_params(self.params)
+        )
 
 
 @dataclass
@@ -683,3 +685,68 @@ class StreamFramer:
                 return out
             out.append(bytes(self._buf[:total]))
             del self._buf[:total]
+
+
+def build_response(
+    request: SipRequest,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+) -> SipResponse:
+    """A response to ``request`` (RFC 3261 §8.2.6): Via (all), From, To (+ tag when given and
+    absent), Call-ID and CSeq copied; ``headers`` appended; Content-Length computed."""
+    h = Headers()
+    for name in ("via", "from", "to", "call-id", "cseq"):
+        for value in request.headers.get_all(name):
+            if name == "to" and to_tag and ";tag=" not in value.replace(" ", "").lower():
+                value = f"{value};tag={to_tag}"
+            h.add(name, value)
+    for name, value in headers or []:
+        h.add(name, value)
+    return SipResponse(h, body, status, reason or reason_phrase(status))
+
+
+def stamp_via(request: SipRequest, host: str, port: int) -> None:
+    """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via, in place, so the
+    responses (which copy the Via) record where the request really came from."""
+    values = request.headers.get_all("via")
+    if not values:
+        return
+    via = Via.parse(values[0])
+    changed = False
+    if via.host != host:
+        via.params["received"] = host
+        changed = True
+    if "rport" in via.params and via.params["rport"] is None:
+        via.params["rport"] = str(port)
+        via.params["received"] = host
+        changed = True
+    if changed:
+        rest = values[1:]
+        request.headers.remove("via")
+        # keep Via first among headers is not required; order among Vias is what matters
+        request.headers.add("via", str(via))
+        for value in rest:
+            request.headers.add("via", value)
+
+
+def salvage_request_headers(data: bytes) -> list[tuple[str, str]] | None:
+    """For a request that failed to parse, the raw Via/From/To/Call-ID/CSeq lines, so a 400
+    can still be formed. None when it is not a request or has no Via."""
+    if len(data) > MAX_MESSAGE_BYTES or data.lstrip().startswith(b"SIP/"):
+        return None
+    head = data.split(b"\r\n\r\n", 1)[0]
+    wanted = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
+    out: list[tuple[str, str]] = []
+    for raw in head.split(b"\n")[1 : MAX_HEADERS + 1]:
+        line = raw.decode("utf-8", "replace").strip()
+        name, colon, value = line.partition(":")
+        key = COMPACT_FORMS.get(name.strip().lower(), name.strip().lower())
+        if colon and key in wanted and value.strip() and "\x00" not in value:
+            out.append((wanted[key], value.strip()))
+    if not any(name == "Via" for name, _ in out):
+        return None
+    return out

@@ -560,8 +560,8 @@ class StreamSession:
     def _closed_outcome(
         self, ws: ClientConnection, exc: ConnectionClosed | None, *, started: bool
     ) -> Outcome:
-        rcvd = ws.close_rcvd
-        sent = ws.close_sent
+        rcvd = ws.protocol.close_rcvd
+        sent = ws.protocol.close_sent
         if rcvd is not None:
             if rcvd.code in (1000, 1001):
                 return Outcome(started=started)

@@ -1,0 +1,407 @@
+"""RtpSession over real UDP sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import math
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from confstream import metrics
+from confstream.rtp.dtmf import dtmf_packets
+from confstream.rtp.packet import RtpPacket
+from confstream.rtp.ports import RtpPortPool
+from confstream.rtp.session import RtpSession
+
+from ._pcap import udp_payloads
+
+HOST = "127.0.0.1"
+SIPP_DTMF_1 = Path("/usr/share/sip-tester/dtmf_2833_1.pcap")
+
+
+def free_pool(count: int = 8) -> RtpPortPool:
+    """A pool starting at a port the OS just handed out (the session retries taken ones)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port % 2 == 0 and port + 2 * count < 65535:
+            return RtpPortPool(port, port + 2 * count - 1)
+
+
+def tone(freq: float, n_frames: int, amplitude: float = 8000.0) -> list[np.ndarray]:
+    t = np.arange(160 * n_frames) / 8000.0
+    samples = (amplitude * np.sin(2 * math.pi * freq * t)).astype(np.int16)
+    return [samples[i * 160 : (i + 1) * 160] for i in range(n_frames)]
+
+
+def goertzel_power(samples: np.ndarray, freq: float) -> float:
+    """Power of one frequency bin (Goertzel), normalised by length."""
+    coeff = 2 * math.cos(2 * math.pi * freq / 8000.0)
+    s1 = s2 = 0.0
+    for x in samples.astype(np.float64):
+        s0 = float(x) + coeff * s1 - s2
+        s2, s1 = s1, s0
+    return (s1 * s1 + s2 * s2 - coeff * s1 * s2) / len(samples) ** 2
+
+
+@pytest.fixture
+async def make_session() -> AsyncIterator[Callable[..., RtpSession]]:
+    sessions: list[RtpSession] = []
+
+    def factory(**kwargs: object) -> RtpSession:
+        kwargs.setdefault("call_sid", f"call-{len(sessions)}")
+        kwargs.setdefault("local_host", HOST)
+        kwargs.setdefault("port_pool", free_pool())
+        session = RtpSession(**kwargs)  # type: ignore[arg-type]
+        sessions.append(session)
+        return session
+
+    yield factory
+    for session in sessions:
+        session.close()
+
+
+class Receiver(asyncio.DatagramProtocol):
+    """A plain UDP socket for the test side."""
+
+    def __init__(self) -> None:
+        self.packets: list[tuple[bytes, tuple[str, int]]] = []
+        self.got = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.packets.append((data, addr))
+        self.got.set()
+
+
+async def udp_peer() -> tuple[asyncio.DatagramTransport, Receiver, int]:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(Receiver, local_addr=(HOST, 0))
+    return transport, proto, transport.get_extra_info("sockname")[1]
+
+
+async def run_clock(
+    ticks: int, a: RtpSession, b: RtpSession, frames: list[np.ndarray]
+) -> list[np.ndarray | None]:
+    """A stand-in mixer clock: every 20 ms, a writes one frame and b reads one."""
+    heard: list[np.ndarray | None] = []
+    for i in range(ticks):
+        a.write_frame(frames[i] if i < len(frames) else np.zeros(160, np.int16))
+        await asyncio.sleep(0.02)
+        heard.append(b.read_frame())
+    return heard
+
+
+@pytest.mark.parametrize("payload_type", [0, 8])
+async def test_tone_between_two_sessions(
+    make_session: Callable[..., RtpSession], payload_type: int
+) -> None:
+    a = make_session()
+    b = make_session()
+    port_a = await a.open()
+    port_b = await b.open()
+    assert port_a % 2 == 0 and port_b % 2 == 0
+    a.set_remote(HOST, port_b, payload_type, 101)
+    b.set_remote(HOST, port_a, payload_type, 101)
+    out_before = metrics.RTP_PACKETS_OUT._value.get()
+    heard = await run_clock(60, a, b, tone(440.0, 50))
+    frames = [f for f in heard if f is not None]
+    assert len(frames) >= 40
+    assert all(f.dtype == np.int16 and len(f) == 160 for f in frames)
+    audio = np.concatenate(frames[5:35])
+    p440 = goertzel_power(audio, 440.0)
+    assert p440 > 1e6  # amplitude 8000 sine: (8000/2)**2 = 1.6e7
+    for other in (300.0, 700.0, 1000.0, 2000.0):
+        assert p440 > 100 * goertzel_power(audio, other)
+    assert a.stats.packets_sent == 60
+    assert a.stats.bytes_sent == 60 * 160
+    assert b.stats.packets_received >= 55
+    assert b.stats.lost == 0 and b.stats.discarded == 0
+    assert metrics.RTP_PACKETS_OUT._value.get() - out_before >= 60
+
+
+async def test_first_packet_has_marker_and_fields_advance(
+    make_session: Callable[..., RtpSession],
+) -> None:
+    transport, peer, peer_port = await udp_peer()
+    try:
+        a = make_session()
+        await a.open()
+        a.set_remote(HOST, peer_port, 8, None)
+        for frame in tone(440.0, 3):
+            a.write_frame(frame)
+        for _ in range(50):
+            if len(peer.packets) == 3:
+                break
+            await asyncio.sleep(0.01)
+        packets = [RtpPacket.parse(d) for d, _ in peer.packets]
+        assert [p.marker for p in packets] == [True, False, False]
+        assert {p.payload_type for p in packets} == {8}
+        assert len({p.ssrc for p in packets}) == 1
+        seqs = [p.sequence_number for p in packets]
+        assert [(s - seqs[0]) & 0xFFFF for s in seqs] == [0, 1, 2]
+        tss = [p.timestamp for p in packets]
+        assert [(t - tss[0]) & 0xFFFFFFFF for t in tss] == [0, 160, 320]
+    finally:
+        transport.close()
+
+
+async def test_dtmf_both_ways(make_session: Callable[..., RtpSession]) -> None:
+    digits: list[tuple[str, int]] = []
+    a = make_session()
+    b = make_session(on_dtmf=lambda d, ms: digits.append((d, ms)))
+    port_a, port_b = await a.open(), await b.open()
+    a.set_remote(HOST, port_b, 0, 101)
+    b.set_remote(HOST, port_a, 0, 101)
+    a.send_dtmf("5", 100)
+    a.send_dtmf("#", 60)
+    await run_clock(20, a, b, tone(440.0, 20))
+    assert digits == [("5", 100), ("#", 60)]
+    assert b.stats.lost == 0
+    # Without negotiated telephone-event nothing is sent (and nothing breaks).
+    a.set_remote(HOST, port_b, 0, None)
+    a.send_dtmf("1", 100)
+    await run_clock(10, a, b, [])
+    assert digits == [("5", 100), ("#", 60)]
+
+
+async def test_latching_to_actual_source(make_session: Callable[..., RtpSession]) -> None:
+    sdp_t, sdp_peer, sdp_port = await udp_peer()
+    real_t, real_peer, _ = await udp_peer()
+    try:
+        s = make_session()
+        port = await s.open()
+        s.set_remote(HOST, sdp_port, 0, 101)
+        s.write_frame(np.zeros(160, np.int16))
+        await asyncio.wait_for(sdp_peer.got.wait(), 2)
+        assert not s.endpoint.latched
+        # The peer's RTP actually comes from another port (NAT): latch onto it.
+        pkt = RtpPacket(0, 1, 0, 1234, b"\xff" * 160, marker=True).serialize()
+        real_t.sendto(pkt, (HOST, port))
+        for _ in range(100):
+            if s.stats.packets_received:
+                break
+            await asyncio.sleep(0.01)
+        assert s.remote == real_t.get_extra_info("sockname")[:2]
+        s.write_frame(np.zeros(160, np.int16))
+        await asyncio.wait_for(real_peer.got.wait(), 2)
+        assert len(sdp_peer.packets) == 1
+        # Packets from a third address do not steal the latch.
+        sdp_t.sendto(RtpPacket(0, 2, 160, 1234, b"\xff" * 160).serialize(), (HOST, port))
+        await asyncio.sleep(0.05)
+        s.write_frame(np.zeros(160, np.int16))
+        await asyncio.sleep(0.05)
+        assert len(real_peer.packets) == 2
+        assert len(sdp_peer.packets) == 1
+    finally:
+        sdp_t.close()
+        real_t.close()
+
+
+async def test_inactivity_timeout_fires_once(make_session: Callable[..., RtpSession]) -> None:
+    fired: list[float] = []
+    loop = asyncio.get_running_loop()
+    s = make_session(inactivity_timeout=0.2, on_timeout=lambda: fired.append(loop.time()))
+    start = loop.time()
+    await s.open()
+    await asyncio.sleep(0.6)
+    assert len(fired) == 1
+    assert fired[0] - start >= 0.2
+
+
+async def test_traffic_keeps_session_alive(make_session: Callable[..., RtpSession]) -> None:
+    fired: list[int] = []
+    a = make_session()
+    b = make_session(inactivity_timeout=0.15, on_timeout=lambda: fired.append(1))
+    port_a, port_b = await a.open(), await b.open()
+    a.set_remote(HOST, port_b, 0, None)
+    b.set_remote(HOST, port_a, 0, None)
+    await run_clock(20, a, b, [])  # 0.4 s of packets
+    assert fired == []
+    await asyncio.sleep(0.4)  # then silence
+    assert fired == [1]
+
+
+async def test_suspended_inactivity(make_session: Callable[..., RtpSession]) -> None:
+    fired: list[int] = []
+    s = make_session(inactivity_timeout=0.1, on_timeout=lambda: fired.append(1))
+    await s.open()
+    s.suspend_inactivity(True)
+    await asyncio.sleep(0.3)
+    assert fired == []
+    s.suspend_inactivity(False)
+    await asyncio.sleep(0.3)
+    assert fired == [1]
+
+
+async def test_bad_datagrams_do_not_break_a_live_session(
+    make_session: Callable[..., RtpSession],
+) -> None:
+    a = make_session()
+    b = make_session()
+    port_a, port_b = await a.open(), await b.open()
+    a.set_remote(HOST, port_b, 0, 101)
+    b.set_remote(HOST, port_a, 0, 101)
+    t, _, _ = await udp_peer()
+    malformed = metrics.RTP_DISCARDED.labels(reason="malformed")._value.get()
+    unknown = metrics.RTP_DISCARDED.labels(reason="unknown_payload")._value.get()
+    try:
+        bad = [
+            b"\x80",
+            b"hello world, not rtp",
+            bytes.fromhex("4000000100000001000000ff") + bytes(160),  # version 1
+            bytes.fromhex("8f00000100000001000000ff"),  # CSRCs missing
+            bytes.fromhex("a000000100000001000000ff") + b"\x00\xff",  # bad padding
+            RtpPacket(0, 9, 0, 5, bytes(1501)).serialize(),  # payload too big
+            RtpPacket(0, 9, 0, 5, b"").serialize(),  # empty audio
+        ]
+        wrong_pt = [RtpPacket(pt, 9, 0, 5, bytes(160)).serialize() for pt in (8, 18, 96, 127)]
+        for data in bad + wrong_pt:
+            t.sendto(data, (HOST, port_b))
+        # asyncio's sendto skips empty datagrams: send that one with a plain socket.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(b"", (HOST, port_b))
+        bad.append(b"")
+        await asyncio.sleep(0.05)
+        assert b.stats.discarded == len(bad) + len(wrong_pt)
+        assert b.stats.packets_received == 0
+        assert not b.endpoint.latched  # garbage never moves the latch
+        assert metrics.RTP_DISCARDED.labels(reason="malformed")._value.get() - malformed == len(bad)
+        assert metrics.RTP_DISCARDED.labels(reason="unknown_payload")._value.get() - unknown == len(
+            wrong_pt
+        )
+        heard = await run_clock(20, a, b, tone(440.0, 20))
+        assert sum(f is not None for f in heard) >= 15
+        assert b.remote == (HOST, port_a)
+    finally:
+        t.close()
+
+
+async def test_open_skips_ports_in_use_and_close_releases(
+    make_session: Callable[..., RtpSession],
+) -> None:
+    pool = free_pool(4)
+    first = pool.low
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        try:
+            blocker.bind((HOST, first))
+        except OSError as exc:  # pragma: no cover - raced by another process
+            assert exc.errno == errno.EADDRINUSE
+        s = make_session(port_pool=pool)
+        port = await s.open()
+        assert port != first and port % 2 == 0
+        assert pool.in_use == 1
+        s.close()
+        s.close()
+        await asyncio.sleep(0)  # the socket really closes on the next loop iteration
+        await asyncio.sleep(0)
+        assert pool.in_use == 0
+        s.write_frame(np.zeros(160, np.int16))  # after close: no error
+    finally:
+        blocker.close()
+
+
+async def test_open_exhausted_pool(make_session: Callable[..., RtpSession]) -> None:
+    pool = free_pool(1)
+    a = make_session(port_pool=pool)
+    await a.open()
+    b = make_session(port_pool=pool)
+    with pytest.raises(RuntimeError):
+        await b.open()
+    a.close()
+    await asyncio.sleep(0.01)
+    assert await b.open() == pool.low
+
+
+@pytest.fixture
+def sipp_dtmf_1() -> list[bytes]:
+    """The UDP payloads of sipp's RFC 4733 capture of digit 1 (skip when not installed)."""
+    if not SIPP_DTMF_1.exists():
+        pytest.skip("sipp's pcap files not installed")
+    return udp_payloads(SIPP_DTMF_1)
+
+
+async def test_dtmf_from_sipp_capture_at_live_session(
+    make_session: Callable[..., RtpSession], sipp_dtmf_1: list[bytes]
+) -> None:
+    """Replay the 'digit 1' packets sipp ships, as sipp's play_pcap_audio would."""
+    payloads = sipp_dtmf_1
+    digits: list[tuple[str, int]] = []
+    s = make_session(on_dtmf=lambda d, ms: digits.append((d, ms)))
+    port = await s.open()
+    s.set_remote(HOST, 9, 0, 101)
+    t, _, _ = await udp_peer()
+    try:
+        for data in payloads:
+            t.sendto(data, (HOST, port))
+            await asyncio.sleep(0.002)
+        # And our own sender's packets for another digit.
+        for p in dtmf_packets("9", 120, payload_type=101, ssrc=3, sequence_number=1, timestamp=5):
+            t.sendto(p.serialize(), (HOST, port))
+        await asyncio.sleep(0.05)
+    finally:
+        t.close()
+    assert digits == [("1", 280), ("9", 120)]
+
+
+def free_udp_port(even: bool = False) -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if not even or port % 2 == 0:
+            return port
+
+
+@pytest.mark.skipif(not Path("/usr/bin/sipp").exists(), reason="sipp not installed")
+async def test_tone_through_sipp_rtp_echo(make_session: Callable[..., RtpSession]) -> None:
+    """sipp's RTP echo (a real, independent RTP implementation) returns our 440 Hz tone."""
+    media_port = free_udp_port(even=True)
+    proc = await asyncio.create_subprocess_exec(
+        "/usr/bin/sipp",
+        "-sn",
+        "uas",
+        "-rtp_echo",
+        "-mp",
+        str(media_port),
+        "-p",
+        str(free_udp_port()),
+        "-i",
+        HOST,
+        "-nostdin",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        s = make_session()
+        await s.open()
+        s.set_remote(HOST, media_port, 0, None)
+        # Wait until sipp echoes (it needs a moment to bind).
+        for _ in range(100):
+            s.write_frame(np.zeros(160, np.int16))
+            await asyncio.sleep(0.02)
+            if s.stats.packets_received:
+                break
+        assert s.stats.packets_received, "sipp never echoed"
+        assert s.remote == (HOST, media_port)
+        frames = tone(440.0, 60)
+        heard = []
+        for frame in frames:
+            s.write_frame(frame)
+            await asyncio.sleep(0.02)
+            got = s.read_frame()
+            if got is not None:
+                heard.append(got)
+        audio = np.concatenate(heard[-40:])
+        p440 = goertzel_power(audio, 440.0)
+        assert p440 > 1e6
+        assert p440 > 100 * goertzel_power(audio, 1000.0)
+    finally:
+        proc.kill()
+        await proc.wait()
