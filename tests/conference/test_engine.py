@@ -9,7 +9,7 @@ import pytest
 
 from confstream import metrics
 from confstream.conference.base import Frame, Tap
-from confstream.conference.engine import Engine
+from confstream.conference.engine import MAX_BEHIND_TICKS, Engine
 from confstream.conference.sources import QueueSource
 from confstream.media.analysis import tone, tone_levels
 
@@ -325,4 +325,28 @@ async def test_clock_skips_ahead_when_far_behind() -> None:
     assert conf.skipped == skipped
     jumps = np.diff(tap.timestamps)
     assert jumps.max() >= 20 * 9  # the gap shows in the timeline
-    assert max(engine.lateness_samples) < 0.1
+    # by construction: anything later than MAX_BEHIND_TICKS + 1 frames is skipped
+    assert max(engine.lateness_samples) < (MAX_BEHIND_TICKS + 1) * 0.02
+
+
+def test_add_tap_mixes_its_own_source_and_remove_tap_stops_it() -> None:
+    engine = Engine()
+    people, plain_tap = three_party(engine)
+    conf = engine.get("CF1")
+    assert conf is not None
+    returned = QueueSource()
+    returned.append(tone(1500, 2.0))
+    bidi = RecordingTap(own_source=returned)
+    conf.add_tap(bidi)
+    conf.add_source(returned)  # idempotent: not mixed twice
+    assert conf.sources == [returned]
+    run(engine, 10)
+    assert levels(people[0].heard_audio(last=10), (1500.0,))[1500.0] > 0.05
+    assert levels(bidi.audio("outbound"), (1500.0,))[1500.0] < ABSENT
+    # exact: the plain tap's outbound is the bidi tap's outbound plus the returned audio
+    diff = plain_tap.outbound[-1].astype(int) - bidi.outbound[-1].astype(int)
+    np.testing.assert_array_equal(diff, tone(1500, 2.0)[9 * 160 : 10 * 160])
+    conf.remove_tap(bidi)
+    assert conf.sources == []
+    run(engine, 10)
+    assert levels(plain_tap.audio("outbound", last=10), (1500.0,))[1500.0] < ABSENT

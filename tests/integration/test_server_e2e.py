@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,5 +207,13 @@ def test_restart_closes_what_was_in_progress(server: ServerProcess, tmp_path: Pa
     with server.api(account) as api:
         after = api.get(f"/Conferences/{conf['sid']}.json").json()
         assert after["status"] == "completed"
+        # Twilio lists only the participants still in a conference: none are.
         parts = api.get(f"/Conferences/{conf['sid']}/Participants.json").json()["participants"]
-        assert parts and all(p["status"] == "completed" for p in parts)
+        assert parts == []
+    with sqlite3.connect(server.workdir / "confstream.db") as db:
+        rows = db.execute(
+            "SELECT status, reason_ended FROM participants WHERE conference_sid = ?",
+            (conf["sid"],),
+        ).fetchall()
+    assert len(rows) == 1
+    assert rows[0][0] == "completed" and "restart" in rows[0][1]

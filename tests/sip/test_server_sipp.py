@@ -198,7 +198,7 @@ async def test_cancel_answers_487_and_leaves(
     gateway.join_delay["slow"] = 1.0
     cancel = (
         "CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n"
-        "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3];rport\n"
+        "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-2];rport\n"  # a pause is not counted
         'From: "sipp" <sip:[service]-caller@[local_ip]:[local_port]>'
         ";tag=[pid]SIPpTag00[call_number]\n"
         "To: <sip:[service]@[remote_ip]:[remote_port]>\n"
@@ -214,7 +214,7 @@ async def test_cancel_answers_487_and_leaves(
         + _msg(cancel)
         + '  <recv response="200"/>\n'
         + '  <recv response="487"/>\n'
-        + _plain_send(ack(2, branch="[branch-6]"))
+        + _plain_send(ack(2, branch="[branch-5]"))
         + '  <pause milliseconds="1500"/>\n'
     )
     code, log = await run_sipp(
@@ -229,22 +229,22 @@ async def test_cancel_answers_487_and_leaves(
 async def test_options_and_unserved_methods(
     tmp_path: Path, server: SipServer, gateway: MemoryGateway
 ) -> None:
-    def request(method: str) -> str:
+    def request(method: str, cseq: int) -> str:
         return (
             f"{method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n"
             "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport\n"
             "From: <sip:probe@[local_ip]:[local_port]>;tag=[call_number]x\n"
             "To: <sip:[service]@[remote_ip]:[remote_port]>\n"
-            f"Call-ID: [call_id]\nCSeq: 1 {method}\nMax-Forwards: 70\n"
+            f"Call-ID: [call_id]\nCSeq: {cseq} {method}\nMax-Forwards: 70\n"
             "Contact: <sip:probe@[local_ip]:[local_port]>\nContent-Length: 0\n"
         )
 
     body = (
-        _msg(request("OPTIONS"))
+        _msg(request("OPTIONS", 1))
         + _check("200", "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS", "a1")
-        + _msg(request("REGISTER").replace("Call-ID: [call_id]", "Call-ID: r[call_id]"))
+        + _msg(request("REGISTER", 2))
         + _check("405", "Allow: INVITE", "a2")
-        + _msg(request("FROBNICATE").replace("Call-ID: [call_id]", "Call-ID: f[call_id]"))
+        + _msg(request("FROBNICATE", 3))
         + '  <recv response="501"/>\n'
         + _refs("a1", "a2")
     )

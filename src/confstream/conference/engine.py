@@ -159,8 +159,10 @@ class ConferenceMedia:
         return p
 
     def add_source(self, s: AudioSource) -> None:
-        """Mix platform audio in from the next tick until the source reports ``finished``."""
-        self.sources.append(s)
+        """Mix platform audio in from the next tick until the source reports ``finished``
+        (adding the same source twice has no effect)."""
+        if not any(x is s for x in self.sources):
+            self.sources.append(s)
 
     def remove_source(self, s: AudioSource) -> None:
         """Stop mixing a source now (no error if it is not here)."""
@@ -174,14 +176,22 @@ class ConferenceMedia:
         return source
 
     def add_tap(self, t: Tap) -> None:
-        """Deliver this conference's mixes to ``t`` from the next tick."""
-        if t not in self.taps:
+        """Deliver this conference's mixes to ``t`` from the next tick.
+
+        The tap's ``own_source`` (a bidirectional stream's returned audio), if any, is added to
+        the conference's sources too, so the caller need not (it may: adding is idempotent).
+        """
+        if not any(x is t for x in self.taps):
             self.taps.append(t)
+        if t.own_source is not None:
+            self.add_source(t.own_source)
 
     def remove_tap(self, t: Tap) -> None:
-        """Stop delivering to ``t`` (no error if it is not here)."""
+        """Stop delivering to ``t`` and stop mixing its ``own_source`` (no error if absent)."""
         with contextlib.suppress(ValueError):
             self.taps.remove(t)
+        if t.own_source is not None:
+            self.remove_source(t.own_source)
 
     def emit_dtmf(self, call_sid: str, digit: str, duration_ms: int) -> None:
         """A participant pressed a key: tell every tap (a failing tap is logged, not dropped)."""
