@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     rtp_inactivity_timeout: float = 30.0
     sip_nonce_ttl: float = 300.0
     sip_realm: str = "confstream"
+    # Digest algorithms offered in 401 challenges, in order. MD5 only by default: baresip 1.0
+    # (libre) and sipp 3.6 abandon the call when any challenge names an algorithm they lack.
+    # "SHA-256,MD5" offers both (RFC 8760 order); answers with either are always checked.
+    sip_digest_algorithms: Annotated[list[str], NoDecode] = ["MD5"]
 
     log_level: str = "info"
 
@@ -68,6 +72,17 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             for item in value:
                 ipaddress.ip_network(str(item), strict=False)
+        return value
+
+    @field_validator("sip_digest_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip().upper() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for item in value:
+                if item not in ("MD5", "SHA-256"):
+                    raise ValueError(f"unsupported digest algorithm {item!r} (MD5, SHA-256)")
         return value
 
     @field_validator("rtp_ports")

@@ -4,12 +4,19 @@ digest client (SHA-256, stale nonce, replay), 100 concurrent sipp calls, a sipvi
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import socket
+import sys
+import time
 from pathlib import Path
 
 from confstream import metrics
+from confstream.sip.transaction import TimerConfig
 
 from .peers import (
+    ACCOUNT,
+    TOKEN,
     MemoryGateway,
     _msg,
     authenticated_invite_prologue,
@@ -69,6 +76,14 @@ def _udp_blast(port: int) -> None:
                 pass  # too large for a datagram: fine
 
 
+def _bad_cseq(port: int) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.bind(("127.0.0.1", 0))
+        s.sendto((GOOD_HEAD.format(n=10) + "CSeq: x\r\n\r\n").encode(), ("127.0.0.1", port))
+        return s.recv(4096)
+
+
 async def _tcp_blast(port: int) -> None:
     for item in [*CORPUS, b"INVITE sip:x SIP/2.0\r\nContent-Length: 9999999\r\n\r\n"]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -89,19 +104,174 @@ async def test_malformed_corpus_then_a_call_still_works(tmp_path: Path) -> None:
         await asyncio.get_running_loop().run_in_executor(None, _udp_blast, server.port)
         await _tcp_blast(server.port)
         # a 400 is sent where a Via could be read
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(2)
-            s.bind(("127.0.0.1", 0))
-            s.sendto(
-                (GOOD_HEAD.format(n=10) + "CSeq: x\r\n\r\n").encode(), ("127.0.0.1", server.port)
-            )
-            assert s.recv(4096).startswith(b"SIP/2.0 400 ")
-        code, log = await run_sipp(
-            tmp_path, write_scenario(tmp_path / "c.xml", CALL), server.port, "r"
-        )
+        reply = await asyncio.get_running_loop().run_in_executor(None, _bad_cseq, server.port)
+        assert reply.startswith(b"SIP/2.0 400 "), reply
+        scen = write_scenario(tmp_path / "c.xml", CALL)
+        code, log = await run_sipp(tmp_path, scen, server.port, "r")
         assert code == 0, log
         assert len(gateway.joins) == 1
     finally:
         await server.stop()
     assert metrics.SIP_PARSE_ERRORS._value.get() - before >= 15
     assert pool.in_use == 0
+
+
+async def test_load_100_concurrent_calls(tmp_path: Path) -> None:
+    gateway = MemoryGateway()
+    server, pool = await start_server(gateway, timers=TimerConfig(t1=0.05, t4=0.3))
+    try:
+        body = (
+            authenticated_invite_prologue()
+            + '  <pause milliseconds="5000"/>\n'
+            + _msg(in_dialog("BYE", 3))
+            + '  <recv response="200" crlf="true"/>\n'
+        )
+        scen = write_scenario(tmp_path / "load.xml", body)
+        code, log = await run_sipp(
+            tmp_path, scen, server.port, "load", calls=100, rate=25, limit=100, seconds=60
+        )
+        assert code == 0, log
+        assert len(gateway.joins) == 100
+        assert len({sid for _, _, sid in gateway.joins}) == 100
+        for _ in range(100):  # Timer J/L (64*T1 = 3.2 s here) ends the last transactions
+            if server.live_transactions == 0 and not server.calls and not gateway.members:
+                break
+            await asyncio.sleep(0.1)
+        assert server.calls == {}
+        assert server.live_transactions == 0
+        assert gateway.members == {}
+        assert len(gateway.leaves) == 100
+        assert pool.in_use == 0
+    finally:
+        await server.stop()
+
+
+async def test_sipvicious_scan_leaves_the_server_answering(tmp_path: Path) -> None:
+    gateway = MemoryGateway()
+    server, pool = await start_server(gateway)
+    bindir = Path(sys.executable).parent
+    try:
+        for args in (
+            ["sipvicious_svmap", "-p", str(server.port), "127.0.0.1"],
+            ["sipvicious_svmap", "-m", "INVITE", "-p", str(server.port), "127.0.0.1"],
+            ["sipvicious_svwar", "-e", "100-140", "-p", str(server.port), "127.0.0.1"],
+            ["sipvicious_svwar", "-m", "INVITE", "-e", "100-120", "-p", str(server.port),
+             "127.0.0.1"],
+        ):  # fmt: skip
+            proc = await asyncio.create_subprocess_exec(
+                str(bindir / args[0]), *args[1:],
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            if args[0] == "sipvicious_svmap":
+                assert b"confstream" in out, out  # it found us, via the Server header
+        scen = write_scenario(tmp_path / "c.xml", CALL)
+        code, log = await run_sipp(tmp_path, scen, server.port, "r")
+        assert code == 0, log
+    finally:
+        await server.stop()
+    assert pool.in_use == 0
+
+
+# -- a raw digest client over UDP -----------------------------------------------------------
+
+
+def _h(alg: str, text: str) -> str:
+    return hashlib.new({"MD5": "md5", "SHA-256": "sha256"}[alg], text.encode()).hexdigest()
+
+
+class RawCaller:
+    """A minimal UAC on a blocking UDP socket (run in a thread): enough to test digest."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(3)
+        self.local = self.sock.getsockname()[1]
+        self.n = 0
+
+    def request(self, method: str, cseq: int, extra: str = "", call_id: str = "raw1") -> str:
+        self.n += 1
+        body = (
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            "m=audio 4000 RTP/AVP 8\r\n"
+        )
+        msg = (
+            f"{method} sip:room@127.0.0.1:{self.port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.local};branch=z9hG4bKraw{self.n}\r\n"
+            f"From: <sip:me@127.0.0.1>;tag=raw\r\nTo: <sip:room@127.0.0.1>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
+            f"Contact: <sip:me@127.0.0.1:{self.local}>\r\n{extra}"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+        )
+        self.sock.sendto(msg.encode(), ("127.0.0.1", self.port))
+        while True:
+            reply = self.sock.recv(65535).decode()
+            if not reply.startswith("SIP/2.0 100"):
+                return reply
+
+    def authorization(self, challenge: str, alg: str, password: str, nc: str = "00000001") -> str:
+        nonce = re.search(r'nonce="([^"]+)"', challenge)
+        assert nonce is not None
+        uri = f"sip:room@127.0.0.1:{self.port}"
+        ha1 = _h(alg, f"{ACCOUNT}:confstream:{password}")
+        ha2 = _h(alg, f"INVITE:{uri}")
+        resp = _h(alg, f"{ha1}:{nonce.group(1)}:{nc}:c0ffee:auth:{ha2}")
+        return (
+            f'Authorization: Digest username="{ACCOUNT}", realm="confstream", '
+            f'nonce="{nonce.group(1)}", uri="{uri}", response="{resp}", algorithm={alg}, '
+            f'qop=auth, nc={nc}, cnonce="c0ffee"\r\n'
+        )
+
+
+def _sha256_flow(port: int) -> list[str]:
+    caller = RawCaller(port)
+    try:
+        first = caller.request("INVITE", 1)
+        challenge = next(line for line in first.split("\r\n") if "algorithm=SHA-256" in line)
+        ok = caller.request("INVITE", 2, caller.authorization(challenge, "SHA-256", TOKEN))
+        replay = caller.request(
+            "INVITE", 3, caller.authorization(challenge, "SHA-256", TOKEN), call_id="raw2"
+        )
+        return [first, ok, replay]
+    finally:
+        caller.sock.close()
+
+
+def _stale_flow(port: int) -> str:
+    caller = RawCaller(port)
+    try:
+        first = caller.request("INVITE", 1)
+        challenge = next(line for line in first.split("\r\n") if "algorithm=MD5" in line)
+        time.sleep(1.2)  # nonce_ttl is 1 s in this test
+        return caller.request("INVITE", 2, caller.authorization(challenge, "MD5", TOKEN))
+    finally:
+        caller.sock.close()
+
+
+async def test_sha256_digest_and_nc_replay_refused() -> None:
+    gateway = MemoryGateway()
+    server, _ = await start_server(gateway)
+    try:
+        loop = asyncio.get_running_loop()
+        first, ok, replay = await loop.run_in_executor(None, _sha256_flow, server.port)
+        assert first.startswith("SIP/2.0 401 ")
+        assert ok.startswith("SIP/2.0 200 "), ok
+        assert "a=rtpmap:8 PCMA/8000" in ok
+        assert replay.startswith("SIP/2.0 403 "), replay
+        assert len(gateway.joins) == 1
+    finally:
+        await server.stop()
+
+
+async def test_expired_nonce_gets_stale_challenge() -> None:
+    gateway = MemoryGateway()
+    server, _ = await start_server(gateway, nonce_ttl=1.0)
+    try:
+        reply = await asyncio.get_running_loop().run_in_executor(None, _stale_flow, server.port)
+        assert reply.startswith("SIP/2.0 401 "), reply
+        assert "stale=true" in reply
+        assert gateway.joins == []
+    finally:
+        await server.stop()

@@ -198,7 +198,8 @@ async def test_cancel_answers_487_and_leaves(
     gateway.join_delay["slow"] = 1.0
     cancel = (
         "CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n"
-        "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-2];rport\n"  # a pause is not counted
+        # [branch-2]: the INVITE's branch (sipp does not count the pause)
+        "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-2];rport\n"
         'From: "sipp" <sip:[service]-caller@[local_ip]:[local_port]>'
         ";tag=[pid]SIPpTag00[call_number]\n"
         "To: <sip:[service]@[remote_ip]:[remote_port]>\n"

@@ -7,6 +7,7 @@ import asyncio
 import audioop
 import base64
 import contextlib
+import itertools
 import json
 import socket
 import uuid
@@ -19,13 +20,13 @@ import pytest
 from prometheus_client import REGISTRY
 from twilio.request_validator import RequestValidator
 
+from callbacks.recorder import Recorder, http_recorder
 from confstream.callbacks.webhooks import CallbackSender
 from confstream.settings import Settings
 from confstream.streams.manager import StreamManager, StreamSpec
 
-from callbacks.recorder import Recorder, http_recorder
 from .conference_driver import ToneConference
-from .peers import LOOPBACK, Conn, Receiver, Tls, raw_server, ws_receiver
+from .peers import LOOPBACK, Conn, Tls, raw_server, ws_receiver
 
 TOKEN = "auth-token-for-tests"
 ACCOUNT = str(uuid.uuid4())
@@ -81,7 +82,7 @@ class Harness:
 
     async def wait_stopped(self, sid: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout), self.changed:
-            await self.changed.wait_for(lambda: ("stopped" in [s for s, _ in self.status_of(sid)]))
+            await self.changed.wait_for(lambda: "stopped" in [s for s, _ in self.status_of(sid)])
 
     async def wait_status(self, sid: str, status: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout), self.changed:
@@ -216,7 +217,7 @@ def check_messages(conn: Conn, spec: StreamSpec, params: dict[str, str]) -> None
         assert [m["chunk"] for m in mt] == [str(i) for i in range(1, len(mt) + 1)]
         stamps = [int(m["timestamp"]) for m in mt]
         assert stamps[0] == 0
-        assert all(b - a == 20 for a, b in zip(stamps, stamps[1:], strict=False))
+        assert all(b - a == 20 for a, b in itertools.pairwise(stamps))
         for m in mt:
             assert set(m) == {"track", "chunk", "timestamp", "payload"}
             assert all(isinstance(v, str) for v in m.values())
@@ -224,7 +225,12 @@ def check_messages(conn: Conn, spec: StreamSpec, params: dict[str, str]) -> None
     # inbound and outbound alternate per tick
     assert [m["media"]["track"] for m in media[:4]] == ["inbound", "outbound"] * 2
     (dtmf,) = conn.events("dtmf")
-    assert dtmf["dtmf"] == {"track": "inbound_track", "digit": "7", "duration": 160, "callSid": "CALLER-1"}
+    assert dtmf["dtmf"] == {
+        "track": "inbound_track",
+        "digit": "7",
+        "duration": 160,
+        "callSid": "CALLER-1",
+    }
     assert msgs[-1] == {
         "event": "stop",
         "sequenceNumber": str(len(msgs) - 1),
@@ -356,9 +362,15 @@ async def test_redirect_is_not_followed(tls: Tls) -> None:
 
 
 async def test_connect_timeout(tls: Tls) -> None:
-    async with raw_server(None, tls.server_ctx) as srv, harness(tls, stream_connect_timeout=0.5) as h:
+    async with (
+        raw_server(None, tls.server_ctx) as srv,
+        harness(tls, stream_connect_timeout=0.5) as h,
+    ):
         await expect_failure(
-            h, h.spec(f"wss://localhost:{srv.port}/"), 31901, "connection_refused_timeout_or_ssl_error"
+            h,
+            h.spec(f"wss://localhost:{srv.port}/"),
+            31901,
+            "connection_refused_timeout_or_ssl_error",
         )
 
 
@@ -459,7 +471,7 @@ async def test_slow_receiver_bounded_queue_drops_oldest(tls: Tls) -> None:
         await ok.wait_for(lambda: len(ok.conns[0].events("media")) >= n + 20)
         stamps = [int(m["media"]["timestamp"]) for m in ok.conns[0].events("media")]
         inbound = stamps[::2]
-        assert all(b - a == 20 for a, b in zip(inbound, inbound[1:], strict=False))
+        assert all(b - a == 20 for a, b in itertools.pairwise(inbound))
         await h.manager.stop(s1.sid)  # bounded even though the receiver reads nothing
         await h.manager.stop(s2.sid)
         assert h.status_of(s1.sid)[-1] == ("stopped", None)
@@ -487,3 +499,136 @@ async def test_stop_conference_and_close(tls: Tls) -> None:
             "stream-started",
             "stream-stopped",
         ]
+
+
+# ---------------------------------------------------------------------------- bidirectional
+
+
+def tone(
+    hz: float, seconds: float, rate: int = 8000, amplitude: int = 8000
+) -> np.ndarray[Any, Any]:
+    n = np.arange(int(rate * seconds))
+    return (np.sin(2 * np.pi * hz * n / rate) * amplitude).astype(np.int16)
+
+
+def band_power(frames: list[np.ndarray[Any, Any]], hz: float, rate: int = 8000) -> float:
+    """Power of ``frames`` within +/-20 Hz of ``hz``, relative to their total power."""
+    x = np.concatenate(frames).astype(np.float64)
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / rate)
+    total = float(spec.sum()) or 1.0
+    return float(spec[np.abs(freqs - hz) < 20].sum()) / total
+
+
+async def until(pred: Any, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    """Poll a condition set from engine ticks (which have no event to wait on)."""
+    async with asyncio.timeout(timeout):
+        while not pred():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def ignored_total() -> float:
+    return REGISTRY.get_sample_value("confstream_stream_inbound_ignored_total") or 0.0
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "L16@16000h"])
+async def test_returned_audio_is_heard_not_echoed_and_mark_follows_it(tls: Tls, codec: str) -> None:
+    async with ws_receiver(tls) as rx, harness(tls) as h:
+        spec = h.spec(rx.url(), realtime=True, codec=codec)
+        await h.manager.start(spec)
+        await rx.wait_for(lambda: rx.conns and len(rx.conns[0].events("media")) >= 4)
+        conn = rx.conns[0]
+        session = h.manager.session(spec.sid)
+        assert session is not None and session.source is not None
+        rate = 16000 if codec == "L16@16000h" else 8000
+        audio = tone(1000, 1.0, rate)
+        if codec == "PCMU":
+            payload = audioop.lin2ulaw(audio.astype("<i2").tobytes(), 2)
+        else:
+            payload = audio.astype("<i2").tobytes()
+        heard_before = len(h.conf.talker.heard)
+        out_before = len(conn.events("media"))
+        # any chunking: three uneven pieces
+        cuts = [0, 1001, 5003, len(payload)]
+        for a, b in itertools.pairwise(cuts):
+            piece = base64.b64encode(payload[a:b]).decode()
+            await conn.send({"event": "media", "streamSid": spec.sid, "media": {"payload": piece}})
+        await conn.send({"event": "mark", "streamSid": spec.sid, "mark": {"name": "after-1s"}})
+        await rx.wait_for(lambda: conn.events("mark"), timeout=10)
+        # the mark came back only once all the audio before it had been mixed
+        assert session.source.played_samples >= 8000 - 80
+        (mark,) = conn.events("mark")
+        assert mark["mark"] == {"name": "after-1s"}
+        assert mark["streamSid"] == spec.sid
+        # the talker hears everyone but itself: here only the returned audio
+        heard = h.conf.talker.heard[heard_before:]
+        loud = [f for f in heard if np.sqrt(np.mean(f.astype(np.float64) ** 2)) > 1000]
+        assert len(loud) >= 45  # ~50 frames of returned audio reached the participants
+        assert band_power(loud, 1000) > 0.9
+        # the stream's own outbound track carries the talker, not its returned audio
+        out = [
+            decode(m["media"]["payload"], codec)
+            for m in conn.events("media")[out_before:]
+            if m["media"]["track"] == "outbound"
+        ]
+        assert band_power(out, 1000, rate) < 0.01
+        assert band_power(out, 440, rate) > 0.8
+        await h.manager.stop(spec.sid)
+        assert [m["sequenceNumber"] for m in conn.messages[1:]] == [
+            str(i) for i in range(1, len(conn.messages))
+        ]
+
+
+async def test_clear_echoes_pending_marks_and_dtmf_reaches_participants(tls: Tls) -> None:
+    async with ws_receiver(tls) as rx, harness(tls) as h:
+        spec = h.spec(rx.url(), realtime=True)
+        await h.manager.start(spec)
+        await rx.wait_for(lambda: rx.conns and len(rx.conns[0].events("media")) >= 2)
+        conn = rx.conns[0]
+        session = h.manager.session(spec.sid)
+        assert session is not None and session.source is not None
+        long = audioop.lin2ulaw(tone(1000, 10.0).astype("<i2").tobytes(), 2)
+        await conn.send({"event": "media", "media": {"payload": base64.b64encode(long).decode()}})
+        await conn.send({"event": "mark", "mark": {"name": "a"}})
+        await conn.send({"event": "media", "media": {"payload": base64.b64encode(long).decode()}})
+        await conn.send({"event": "mark", "mark": {"name": "b"}})
+        await asyncio.sleep(0.3)
+        assert conn.events("mark") == []
+        await conn.send({"event": "clear", "streamSid": spec.sid})
+        await rx.wait_for(lambda: len(conn.events("mark")) == 2)
+        assert [m["mark"]["name"] for m in conn.events("mark")] == ["a", "b"]
+        assert session.source.queued_samples == 0
+        assert session.source.played_samples < 8000 * 5
+        await conn.send({"event": "dtmf", "streamSid": spec.sid, "dtmf": {"digit": "5"}})
+        await until(lambda: h.conf.listener.dtmf)
+        assert h.conf.listener.dtmf == [("5", 200)]
+        assert h.conf.talker.dtmf == [("5", 200)]
+        before = ignored_total()
+        await conn.send({"event": "bogus"})
+        await conn.ws.send(b"\x00\x01")
+        await until(lambda: ignored_total() >= before + 2)
+        assert h.manager.active(h.conf.sid) == [spec.sid]  # malformed input does not end it
+        await h.manager.stop(spec.sid)
+
+
+async def test_not_realtime_ignores_returned_messages(tls: Tls) -> None:
+    async with ws_receiver(tls) as rx, harness(tls) as h:
+        spec = h.spec(rx.url(), realtime=False)
+        await h.manager.start(spec)
+        await rx.wait_for(lambda: rx.conns and len(rx.conns[0].events("media")) >= 2)
+        conn = rx.conns[0]
+        before = ignored_total()
+        heard_before = len(h.conf.listener.heard)
+        audio = audioop.lin2ulaw(tone(1000, 0.5).astype("<i2").tobytes(), 2)
+        await conn.send({"event": "media", "media": {"payload": base64.b64encode(audio).decode()}})
+        await conn.send({"event": "mark", "mark": {"name": "x"}})
+        await conn.send({"event": "clear"})
+        await conn.send({"event": "dtmf", "dtmf": {"digit": "1"}})
+        await until(lambda: ignored_total() >= before + 4)
+        await asyncio.sleep(0.6)
+        assert conn.events("mark") == []
+        assert h.conf.listener.dtmf == []
+        heard = h.conf.listener.heard[heard_before:]
+        assert max(float(np.abs(f).max()) for f in heard) > 0  # hears the talker
+        assert band_power(heard, 1000) < 0.01
+        await h.manager.stop(spec.sid)

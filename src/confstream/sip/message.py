@@ -90,6 +90,9 @@ MULTI_VALUED = frozenset(
     }
 )
 
+#: Headers that must not repeat (a second instance makes the message malformed).
+SINGLE_VALUED = ("call-id", "cseq", "from", "to", "content-length", "max-forwards")
+
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 
 
@@ -603,6 +606,9 @@ def _parse(data: bytes) -> SipRequest | SipResponse:
             headers.add(key, value)
     if len(headers) > MAX_HEADERS * 4:
         raise SipParseError("too many header values")
+    for single in SINGLE_VALUED:
+        if len(headers.get_all(single)) > 1:
+            raise SipParseError(f"repeated {single} header")
 
     msg: SipRequest | SipResponse
     if start.startswith("SIP/"):

@@ -70,7 +70,7 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -494,28 +494,27 @@ class StreamSession:
                 await on_started()
             except Exception:
                 log.exception("stream %s: on_started hook failed", self.spec.sid)
-            sender = asyncio.ensure_future(self._sender(ws))
-            receiver = asyncio.ensure_future(self._receiver(ws))
-            stop_wait = asyncio.ensure_future(self._stop.wait())
+            sender: asyncio.Future[None] = asyncio.ensure_future(self._sender(ws))
+            receiver: asyncio.Future[None] = asyncio.ensure_future(self._receiver(ws))
+            stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
             try:
                 done, _ = await asyncio.wait(
                     {sender, receiver, stop_wait}, return_when=asyncio.FIRST_COMPLETED
                 )
-                if stop_wait in done and sender not in done and receiver not in done:
-                    return await self._graceful_stop(ws, sender, receiver)
-                # The connection ended (or a task failed) on its own.
                 for t in (sender, receiver):
                     if t.done() and not t.cancelled():
-                        exc = t.exception()
-                        if exc is not None and not isinstance(exc, ConnectionClosed):
-                            log.error("stream %s: task failed: %r", self.spec.sid, exc)
-                            return Outcome(31903, f"internal error: {exc!r}", "general_error", True)
-                if ws.state is State.OPEN and self._stop.is_set():
-                    return await self._graceful_stop(ws, sender, receiver)
+                        err = t.exception()
+                        if err is not None and not isinstance(err, ConnectionClosed):
+                            # A bug on our side: end the stream properly anyway.
+                            log.error("stream %s: task failed: %r", self.spec.sid, err)
+                            self._detach()
+                            await self._stop_and_close(ws, 1011, "internal error")
+                            return Outcome(31903, f"internal error: {err!r}", "general_error", True)
                 if ws.state is State.OPEN:
-                    # Receiver task ended while open: cannot happen; close cleanly.
-                    return await self._graceful_stop(ws, sender, receiver)
-                with contextlib.suppress(asyncio.TimeoutError, Exception):
+                    # Stop requested (or, defensively, a task ended while the socket is open).
+                    return await self._graceful_stop(ws, sender)
+                # The receiver closed the connection or it broke: no ``stop`` can be sent.
+                with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.wait_closed(), CLOSE_TIMEOUT_S)
                 return self._closed_outcome(ws, None, started=True)
             finally:
@@ -528,9 +527,7 @@ class StreamSession:
         finally:
             metrics.STREAMS_ACTIVE.dec()
 
-    async def _graceful_stop(
-        self, ws: ClientConnection, sender: asyncio.Future[None], receiver: asyncio.Future[None]
-    ) -> Outcome:
+    async def _graceful_stop(self, ws: ClientConnection, sender: asyncio.Future[None]) -> Outcome:
         """Detach, flush queued audio (bounded), send ``stop``, close with 1000."""
         self._detach()
         self._wake.set()
@@ -545,14 +542,18 @@ class StreamSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
         if ws.state is State.OPEN:
-            try:
-                async with asyncio.timeout(FLUSH_TIMEOUT_S):
-                    await self._send(ws, self.protocol.stop(), "stop")
-                    await ws.close(1000, self._stop_reason[:100])
-            except (TimeoutError, ConnectionClosed, OSError):
-                pass
+            await self._stop_and_close(ws, 1000, self._stop_reason)
             return Outcome(started=True)
         return self._closed_outcome(ws, None, started=True)
+
+    async def _stop_and_close(self, ws: ClientConnection, code: int, reason: str) -> None:
+        """Send ``stop`` and close the socket, within :data:`FLUSH_TIMEOUT_S`."""
+        try:
+            async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                await self._send(ws, self.protocol.stop(), "stop")
+                await ws.close(code, reason.encode("utf-8")[:120].decode("utf-8", "ignore"))
+        except (TimeoutError, ConnectionClosed, OSError):
+            pass
 
     def _detach(self) -> None:
         if self._attached:
