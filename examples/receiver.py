@@ -6,7 +6,8 @@ Run it, then point a stream at it:
     # in another shell: start the server trusting that CA and allowing loopback
     CONFSTREAM_STREAM_CA_FILE=var/receiver-ca.pem CONFSTREAM_ALLOWED_NETWORKS=127.0.0.0/8 make run
     # then, with a conference in progress:
-    curl -u "$SID:$TOKEN" "http://127.0.0.1:8080/api/laml/2010-04-01/Accounts/$SID/Conferences/$CONF/Streams.json" \
+    B=http://127.0.0.1:8080/api/laml/2010-04-01/Accounts/$SID
+    curl -u "$SID:$TOKEN" "$B/Conferences/$CONF/Streams.json" \
          -d Url=wss://127.0.0.1:8765/ -d Track=both_tracks
 
 For local use it makes its own certificate authority with ``trustme`` and writes the CA
@@ -32,7 +33,8 @@ from websockets.asyncio.server import ServerConnection, serve
 # Decoding tables for G.711 (what the stream sends by default), made once.
 _ULAW = np.array(
     [
-        (1 - 2 * ((c ^ 0xFF) >> 7)) * (((((c ^ 0xFF) & 0x0F) << 3) + 0x84 << (((c ^ 0xFF) >> 4) & 7)) - 0x84)
+        (1 - 2 * ((c ^ 0xFF) >> 7))
+        * (((((c ^ 0xFF) & 0x0F) << 3) + 0x84 << (((c ^ 0xFF) >> 4) & 7)) - 0x84)
         for c in range(256)
     ],
     dtype=np.int16,
@@ -83,7 +85,9 @@ async def handle(ws: ServerConnection, wav_dir: Path | None) -> None:
             media = msg["media"]
             pcm = decode(media["payload"], encoding)
             if int(media["chunk"]) % 50 == 1:  # about once a second per track
-                print(f"{media['track']:8} t={media['timestamp']:>7} ms  {level_dbfs(pcm):6.1f} dBFS")
+                print(
+                    f"{media['track']:8} t={media['timestamp']:>7} ms  {level_dbfs(pcm):6.1f} dBFS"
+                )
             if wav_dir is not None:
                 if media["track"] not in writers:
                     w = wave.open(str(wav_dir / f"{msg['streamSid']}-{media['track']}.wav"), "wb")

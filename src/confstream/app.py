@@ -133,7 +133,7 @@ def print_first_account(account: Account, settings: Settings, http_port: int) ->
     print(
         f"\nconfstream: first account  AccountSid={account.sid}  AuthToken={account.auth_token}\n"
         f"  curl -u {account.sid}:{account.auth_token} {base}/Conferences.json\n"
-        f"  dial sip:myroom@{sip_host}:{sip_port} (digest user = AccountSid, password = AuthToken)\n",
+        f"  dial sip:myroom@{sip_host}:{sip_port} (digest user AccountSid, password AuthToken)\n",
         flush=True,
     )
 

@@ -18,7 +18,9 @@ TICK_DURATION = Histogram(
     "CPU time spent in one mixer tick",
     buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02),
 )
-TICKS_SKIPPED = Counter("confstream_ticks_skipped_total", "Ticks skipped because the clock fell behind")
+TICKS_SKIPPED = Counter(
+    "confstream_ticks_skipped_total", "Ticks skipped because the clock fell behind"
+)
 CONFERENCES_ACTIVE = Gauge("confstream_conferences_active", "Conferences with live media")
 PARTICIPANTS_ACTIVE = Gauge("confstream_participants_active", "Participants in live conferences")
 

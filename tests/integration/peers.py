@@ -24,6 +24,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from confstream.media.analysis import tone
 from confstream.media.wav import write_wav
+from confstream.tools.sipp import caller_scenario as sipp_caller_scenario
 
 CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
 
@@ -101,7 +102,7 @@ class ServerProcess:
     def start(self) -> None:
         self.http_port = self.http_port or free_port()
         self.sip_port = self.sip_port or free_port()
-        self.log = open(self.workdir / "server.log", "ab")  # noqa: SIM115
+        self.log = open(self.workdir / "server.log", "ab")
         self.proc = subprocess.Popen(
             [CONFSTREAM, "serve"], env=self._env(), stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -146,128 +147,44 @@ def tone_wav(path: Path, freq: float, seconds: float, fmt: str = "pcm16") -> Pat
     return path
 
 
-def sipp_caller_scenario(path: Path, wav: Path, seconds: float, dtmf_digit: str | None = None) -> Path:
-    """A sipp UAC: INVITE, answers the 401 challenge, plays ``wav`` (µ-law) as RTP, then BYE.
-
-    The ACK of the 401 carries the INVITE's branch ([branch-3]: INVITE, 100, 401, ACK).
-    """
-    dtmf = (
-        f'<nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_{dtmf_digit}.pcap"/>'
-        "</action></nop>\n  <pause milliseconds=\"1000\"/>\n"
-        if dtmf_digit is not None
-        else ""
-    )
-    path.write_text(
-        f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="confstream caller">
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:caller@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=caller 1 1 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0 101
-a=rtpmap:0 PCMU/8000
-a=rtpmap:101 telephone-event/8000
-a=fmtp:101 0-15
-a=sendrecv
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="401" auth="true"/>
-  <send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
-From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 2 INVITE
-Contact: <sip:caller@[local_ip]:[local_port]>
-[authentication]
-Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=caller 1 1 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0 101
-a=rtpmap:0 PCMU/8000
-a=rtpmap:101 telephone-event/8000
-a=fmtp:101 0-15
-a=sendrecv
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send><![CDATA[
-ACK [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 ACK
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <nop><action><exec rtp_stream="{wav},-1,0"/></action></nop>
-  {dtmf}<pause milliseconds="{int(seconds * 1000)}"/>
-  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 3 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
-    )
-    return path
-
-
 async def start_sipp_caller(
-    workdir: Path, server_sip_port: int, account: Account, room: str, freq: float,
-    seconds: float, dtmf_digit: str | None = None,
+    workdir: Path,
+    server_sip_port: int,
+    account: Account,
+    room: str,
+    freq: float,
+    seconds: float,
+    dtmf_digit: str | None = None,
 ) -> asyncio.subprocess.Process:
     """One sipp caller in its own process, playing a µ-law tone of ``freq`` Hz."""
     wav = tone_wav(workdir / f"tone-{freq:g}.ulaw.wav", freq, 2.0, fmt="ulaw")
     scenario = sipp_caller_scenario(workdir / f"caller-{freq:g}.xml", wav, seconds, dtmf_digit)
     return await asyncio.create_subprocess_exec(
-        "sipp", f"127.0.0.1:{server_sip_port}", "-sf", str(scenario), "-s", room,
-        "-au", account.sid, "-ap", account.token, "-m", "1", "-i", "127.0.0.1",
-        "-p", str(free_port(socket.SOCK_DGRAM)), "-mp", str(free_rtp_range(8).split("-")[0]),
-        "-timeout", str(int(seconds) + 30), "-timeout_error", "-nostdin",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=workdir,
+        "sipp",
+        f"127.0.0.1:{server_sip_port}",
+        "-sf",
+        str(scenario),
+        "-s",
+        room,
+        "-au",
+        account.sid,
+        "-ap",
+        account.token,
+        "-m",
+        "1",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_port(socket.SOCK_DGRAM)),
+        "-mp",
+        str(free_rtp_range(8).split("-")[0]),
+        "-timeout",
+        str(int(seconds) + 30),
+        "-timeout_error",
+        "-nostdin",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=workdir,
     )
 
 
@@ -302,10 +219,17 @@ class BaresipCaller:
             f";auth_user={account.sid};auth_pass={account.token}\n"
         )
         self.proc = await asyncio.create_subprocess_exec(
-            "baresip", "-f", str(self.workdir), "-e", f"/dial sip:{room}@127.0.0.1:{sip_port}",
-            "-t", str(int(self.seconds) + 4),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            stdin=asyncio.subprocess.DEVNULL, cwd=self.workdir,
+            "baresip",
+            "-f",
+            str(self.workdir),
+            "-e",
+            f"/dial sip:{room}@127.0.0.1:{sip_port}",
+            "-t",
+            str(int(self.seconds) + 4),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL,
+            cwd=self.workdir,
         )
 
     async def wait(self) -> None:
@@ -345,7 +269,7 @@ class Receiver:
         try:
             async for text in ws:
                 record["messages"].append(json.loads(text))
-        except Exception:  # noqa: BLE001 - the connection's end is what tests look at
+        except Exception:
             pass
         finally:
             record["closed"].set()

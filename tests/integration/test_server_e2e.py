@@ -18,7 +18,7 @@ import pytest
 from confstream.media.analysis import tone_levels
 from confstream.media.g711 import ulaw_decode
 
-from .peers import Account, BaresipCaller, ServerProcess, receiver, start_sipp_caller
+from .peers import BaresipCaller, ServerProcess, receiver, start_sipp_caller
 
 FREQS = (440.0, 660.0, 880.0)
 
@@ -41,8 +41,8 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.1) -> An
     raise AssertionError("condition not met in time")
 
 
-async def await_for(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
+async def await_for(predicate: Any, within: float = 10.0) -> Any:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         value = await asyncio.to_thread(predicate)
         if value:
@@ -114,9 +114,7 @@ async def test_three_baresip_callers_hear_each_other_not_themselves(
             assert levels[f] > 20 * levels[caller.freq], (caller.freq, levels)
 
 
-async def test_stream_of_sip_callers_to_wss_receiver(
-    server: ServerProcess, tmp_path: Path
-) -> None:
+async def test_stream_of_sip_callers_to_wss_receiver(server: ServerProcess, tmp_path: Path) -> None:
     async with receiver(tmp_path) as rec:
         assert rec.ca_file is not None
         server.env["CONFSTREAM_STREAM_CA_FILE"] = str(rec.ca_file)
@@ -157,9 +155,10 @@ async def test_stream_of_sip_callers_to_wss_receiver(
         for proc in callers:
             await asyncio.wait_for(proc.wait(), 30)
 
-    assert conn["headers"].get("authorization") == "Bearer s3cret" or conn["headers"].get(
-        "Authorization"
-    ) == "Bearer s3cret"
+    assert (
+        conn["headers"].get("authorization") == "Bearer s3cret"
+        or conn["headers"].get("Authorization") == "Bearer s3cret"
+    )
     messages = conn["messages"]
     assert messages[0] == {"event": "connected", "protocol": "Call", "version": "0.2.0"}
     start = messages[1]
@@ -179,9 +178,7 @@ async def test_stream_of_sip_callers_to_wss_receiver(
     seqs = [int(m["sequenceNumber"]) for m in messages[1:]]
     assert seqs == list(range(1, len(seqs) + 1))
     assert messages[-1]["event"] == "stop"
-    pcm = np.concatenate(
-        [ulaw_decode(base64.b64decode(m["media"]["payload"])) for m in media[50:]]
-    )
+    pcm = np.concatenate([ulaw_decode(base64.b64decode(m["media"]["payload"])) for m in media[50:]])
     levels = tone_levels(pcm, FREQS, 8000)
     assert levels[440.0] > 20 * levels[880.0]
     assert levels[660.0] > 20 * levels[880.0]

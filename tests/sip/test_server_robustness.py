@@ -208,7 +208,8 @@ class RawCaller:
         self.sock.sendto(msg.encode(), ("127.0.0.1", self.port))
         while True:
             reply = self.sock.recv(65535).decode()
-            if not reply.startswith("SIP/2.0 100"):
+            # skip 100s and retransmitted answers to earlier requests (never ACKed here)
+            if not reply.startswith("SIP/2.0 100") and f"CSeq: {cseq} " in reply:
                 return reply
 
     def authorization(self, challenge: str, alg: str, password: str, nc: str = "00000001") -> str:

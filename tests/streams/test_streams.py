@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -632,3 +633,21 @@ async def test_not_realtime_ignores_returned_messages(tls: Tls) -> None:
         assert max(float(np.abs(f).max()) for f in heard) > 0  # hears the talker
         assert band_power(heard, 1000) < 0.01
         await h.manager.stop(spec.sid)
+
+
+async def test_tls_verifies_the_host_name_while_connecting_to_the_checked_ip(tls: Tls) -> None:
+    # A certificate for "localhost" only: the connection goes to 127.0.0.1 (the checked
+    # address) but the certificate must match the URL's host name.
+    cert = tls.ca.issue_cert("localhost")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    named_only = Tls(tls.ca, tls.ca_file, ctx)
+    async with ws_receiver(named_only) as rx, harness(tls, allowed_networks=["127.0.0.0/8"]) as h:
+        ok = h.spec(rx.url(host="localhost"))
+        await h.manager.start(ok)
+        await h.wait_status(ok.sid, "in-progress")
+        await h.manager.stop(ok.sid)
+        assert rx.conns[0].headers["Host"] == f"localhost:{rx.port}"
+        bad = h.spec(rx.url(host="127.0.0.1"))
+        await expect_failure(h, bad, 31910, "connection_refused_timeout_or_ssl_error")
+        assert len(rx.conns) == 1

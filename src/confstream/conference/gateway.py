@@ -24,9 +24,7 @@ class ConferenceGateway(Protocol):
         """The account's AuthToken (the SIP digest password), or None for no such account."""
         ...
 
-    async def join(
-        self, account_sid: str, conference_name: str, participant: Participant
-    ) -> str:
+    async def join(self, account_sid: str, conference_name: str, participant: Participant) -> str:
         """Add ``participant`` (its ``call_sid`` already set, a UUID) to the account's conference
         named ``conference_name``, creating it ``in-progress`` when needed. Returns the
         ConferenceSid. Raises :class:`JoinRefused`."""

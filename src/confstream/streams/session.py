@@ -498,7 +498,7 @@ class StreamSession:
             receiver: asyncio.Future[None] = asyncio.ensure_future(self._receiver(ws))
             stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
             try:
-                done, _ = await asyncio.wait(
+                await asyncio.wait(
                     {sender, receiver, stop_wait}, return_when=asyncio.FIRST_COMPLETED
                 )
                 for t in (sender, receiver):
