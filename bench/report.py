@@ -28,9 +28,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def histogram_delta(
-    before: dict[float, float], after: dict[float, float]
-) -> dict[float, float]:
+def histogram_delta(before: dict[float, float], after: dict[float, float]) -> dict[float, float]:
     """Cumulative bucket counts (``le`` -> count) accumulated between two scrapes."""
     return {le: after.get(le, 0.0) - before.get(le, 0.0) for le in sorted(after)}
 
@@ -121,10 +119,7 @@ def point_rows(p: dict[str, Any]) -> list[tuple[str, str, str]]:
             "frames dropped",
             f"{p['frames_dropped']:.0f}",
             f"stream queue {p['stream_frames_dropped']:.0f} + RTP discards "
-            + (
-                ", ".join(f"{k} {v:.0f}" for k, v in sorted(p["rtp_discarded"].items()))
-                or "0"
-            )
+            + (", ".join(f"{k} {v:.0f}" for k, v in sorted(p["rtp_discarded"].items())) or "0")
             + f"; sink saw {p['sink_gaps']} timeline gaps",
         ),
         (
@@ -141,9 +136,7 @@ def point_rows(p: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def write_report(
-    results: dict[str, Any], md_path: Path, png_path: Path | None
-) -> None:
+def write_report(results: dict[str, Any], md_path: Path, png_path: Path | None) -> None:
     """Write the markdown report (and the plot when ``png_path`` is given)."""
     m = results["machine"]
     lines = [

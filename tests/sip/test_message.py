@@ -27,7 +27,7 @@ INVITE = (
     b"i: call-1@host\r\n"
     b"CSeq: 7 INVITE\r\n"
     b"m: <sip:alice@10.0.0.1:5062;transport=udp>\r\n"
-    b"Subject: a long\r\n  folded\tsubject\r\n"
+    b"Subject: a long\r\n \t folded subject\r\n"
     b"Allow: INVITE, ACK\r\nAllow: BYE\r\n"
     b"c: application/sdp\r\n"
     b"l: 4\r\n\r\nv=0\r\nEXTRA"

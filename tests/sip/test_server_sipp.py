@@ -198,8 +198,8 @@ async def test_cancel_answers_487_and_leaves(
     gateway.join_delay["slow"] = 1.0
     cancel = (
         "CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n"
-        # [branch-2]: the INVITE's branch (sipp does not count the pause)
-        "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-2];rport\n"
+        # [branch-3]: the INVITE's branch (100 and the pause come between)
+        "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3];rport\n"
         'From: "sipp" <sip:[service]-caller@[local_ip]:[local_port]>'
         ";tag=[pid]SIPpTag00[call_number]\n"
         "To: <sip:[service]@[remote_ip]:[remote_port]>\n"
@@ -212,10 +212,11 @@ async def test_cancel_answers_487_and_leaves(
         + _plain_send(ack(1, branch="[branch-3]"))
         + _msg(invite(2, auth=True))
         + '  <recv response="100"/>\n'
+        + '  <pause milliseconds="300"/>\n'  # the join (1 s) is now under way
         + _msg(cancel)
         + '  <recv response="200"/>\n'
         + '  <recv response="487"/>\n'
-        + _plain_send(ack(2, branch="[branch-5]"))
+        + _plain_send(ack(2, branch="[branch-6]"))
         + '  <pause milliseconds="1500"/>\n'
     )
     code, log = await run_sipp(
