@@ -8,5 +8,7 @@ Parts, each its own process so the server is measured alone:
   streams and timestamps each burst's arrival;
 * :mod:`bench.run` — starts the server, the sink and the load generator, creates the streams,
   samples the server's CPU, memory and ``/metrics``, and hands the figures to
-  :mod:`bench.report`, which writes ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+  :mod:`bench.report`, which writes ``docs/benchmarks.md`` and ``docs/benchmarks.png``;
+  with ``--with-janus`` it runs the same RTP load against Janus AudioBridge for comparison
+  (the load generator's ``--janus URL`` mode).
 """

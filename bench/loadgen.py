@@ -260,7 +260,9 @@ class LoadGenerator(asyncio.DatagramProtocol):
         events_out: TextIO | None = None,
         progress_out: TextIO | None = None,
         local_host: str = "127.0.0.1",
+        janus_url: str | None = None,
     ) -> None:
+        self.janus_url = janus_url
         self.server = server
         self.account = account
         self.token = token
@@ -326,8 +328,9 @@ class LoadGenerator(asyncio.DatagramProtocol):
         )
         self.sip_transport = transport
         self.sip_port = transport.get_extra_info("sockname")[1]
+        dial = self._janus_dial_all() if self.janus_url else self._dial_all()
         tasks = [
-            asyncio.create_task(self._dial_all()),
+            asyncio.create_task(dial),
             asyncio.create_task(self._media_loop()),
             asyncio.create_task(self._timers()),
             asyncio.create_task(self._progress_loop()),
@@ -423,6 +426,79 @@ class LoadGenerator(asyncio.DatagramProtocol):
             caller.invite_started = time.monotonic()
             caller.state = "inviting"
             self._send_invite(caller, None)
+
+    # -- Janus AudioBridge (the side-by-side peer of BENCHMARK.md) --------------------------
+    async def _janus_dial_all(self) -> None:
+        """Join every caller to a Janus AudioBridge room as a plain-RTP participant: one room
+        per conference (8 kHz, ``allow_rtp_participants``), one plugin handle per caller,
+        ``join`` with an ``rtp`` object; the ``joined`` event gives the port to send to."""
+        import httpx
+
+        assert self.janus_url is not None
+        url = self.janus_url.rstrip("/")
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                body = {**body, "transaction": uuid.uuid4().hex}
+                r = await http.post(url + path, json=body)
+                data: dict[str, Any] = r.json()
+                return data
+
+            session = (await call("", {"janus": "create"}))["data"]["id"]
+            handles: dict[int, Caller] = {}
+            attach = {"janus": "attach", "plugin": "janus.plugin.audiobridge"}
+            admin = await call(f"/{session}", attach)
+            admin_handle = admin["data"]["id"]
+            for room in self.rooms:
+                await call(f"/{session}/{admin_handle}", {"janus": "message", "body": {
+                    "request": "create", "room": 1000 + room.index, "sampling_rate": 8000,
+                    "allow_rtp_participants": True, "permanent": False}})  # fmt: skip
+
+            async def poll() -> None:
+                while True:
+                    try:
+                        r = await http.get(f"{url}/{session}", params={"maxev": 50})
+                        events = r.json()
+                    except (httpx.HTTPError, ValueError):
+                        await asyncio.sleep(0.2)
+                        continue
+                    for ev in events if isinstance(events, list) else [events]:
+                        data = ev.get("plugindata", {}).get("data", {})
+                        caller = handles.get(ev.get("sender", -1))
+                        if caller is None or data.get("audiobridge") != "joined":
+                            continue
+                        rtp = data.get("rtp")
+                        if rtp and caller.state == "inviting":
+                            caller.remote_rtp = (rtp.get("ip", self.local_host), int(rtp["port"]))
+                            caller.state = "answered"
+                            caller.answered_at = time.time()
+                            caller.setup_seconds = time.monotonic() - caller.invite_started
+
+            poller = asyncio.create_task(poll())
+            try:
+                start = time.monotonic()
+                gap = self.ramp / max(1, len(self.callers))
+                for i, caller in enumerate(self.callers):
+                    delay = start + i * gap - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    caller.invite_started = time.monotonic()
+                    caller.state = "inviting"
+                    caller.got_response = True  # no SIP retransmissions
+                    handle = await call(
+                        f"/{session}", {"janus": "attach", "plugin": "janus.plugin.audiobridge"}
+                    )
+                    handles[handle["data"]["id"]] = caller
+                    await call(f"/{session}/{handle['data']['id']}", {"janus": "message", "body": {
+                        "request": "join", "room": 1000 + caller.room.index, "codec": "pcmu",
+                        "display": f"caller-{caller.index}",
+                        "rtp": {"ip": self.local_host, "port": caller.room.port,
+                                "payload_type": 0}}})  # fmt: skip
+                await asyncio.Event().wait()
+            finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         try:
@@ -542,6 +618,11 @@ class LoadGenerator(asyncio.DatagramProtocol):
                     self._send_sip(caller.bye_bytes)
 
     async def _hangup_all(self) -> None:
+        if self.janus_url:
+            for caller in self.callers:
+                if caller.state == "answered":
+                    caller.state = "ended"
+            return
         for caller in self.callers:
             if caller.state == "answered":
                 caller.cseq += 1
@@ -673,6 +754,7 @@ async def _main(args: argparse.Namespace, events_out: TextIO | None) -> int:
         ramp=args.ramp,
         events_out=events_out,
         progress_out=sys.stdout,
+        janus_url=args.janus,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -688,6 +770,11 @@ async def _main(args: argparse.Namespace, events_out: TextIO | None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n")[0])
     p.add_argument("--sip", required=True, help="server SIP HOST:PORT (UDP)")
+    p.add_argument(
+        "--janus",
+        default=None,
+        help="Janus HTTP API URL: join Janus AudioBridge rooms instead of SIP",
+    )
     p.add_argument("--account", required=True, help="AccountSid (digest username)")
     p.add_argument("--token", required=True, help="AuthToken (digest password)")
     p.add_argument("--callers", type=int, default=100)

@@ -8,12 +8,15 @@ Pure functions over plain data (dicts from :mod:`bench.run`), so they are unit-t
   ``histogram_quantile`` does. The server is not changed for the benchmark; the price is that a
   quantile is only as fine as the buckets (0.5, 1, 2, 5, 10, 20, 50, 100, 500 ms) and the
   *max* is reported as the upper bound of the highest non-empty bucket ("≤ X ms");
+* :func:`match_events` — pairs each marked event sent by a caller with the first burst onset
+  of the same conference seen at the sink: end-to-end latency;
 * :func:`write_report` — the markdown table per load point and the PNG plot.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,67 @@ def histogram_max_bound(buckets: dict[float, float]) -> float | None:
             bound = le
         prev = count
     return bound
+
+
+def match_events(
+    events: list[dict[str, Any]],
+    onsets: list[dict[str, Any]],
+    t0: float,
+    t1: float,
+    rooms: set[str],
+    track: str = "inbound",
+    window: float = 0.5,
+) -> tuple[list[float], int, int]:
+    """Latencies of events sent in ``[t0, t1)`` in ``rooms``: for each, the first onset of the
+    same room and track arriving within ``window`` seconds after it. Returns (latencies,
+    events expected, onsets that matched no event)."""
+    by_room: dict[str, list[float]] = defaultdict(list)
+    for o in onsets:
+        if o["track"] == track:
+            by_room[o["room"]].append(o["t"])
+    for times in by_room.values():
+        times.sort()
+    latencies: list[float] = []
+    expected = 0
+    used: set[tuple[str, float]] = set()
+    for e in events:
+        if not (t0 <= e["t"] < t1) or e["room"] not in rooms:
+            continue
+        expected += 1
+        for t in by_room.get(e["room"], []):
+            if e["t"] < t <= e["t"] + window:
+                latencies.append(t - e["t"])
+                used.add((e["room"], t))
+                break
+    stray = sum(
+        1
+        for room, times in by_room.items()
+        for t in times
+        if t0 + window <= t < t1 and (room, t) not in used
+    )
+    return latencies, expected, stray
+
+
+#: Fixed remarks on what the figures mean, printed with every report.
+METHOD_NOTES = [
+    "End-to-end latency starts when the burst's first RTP packet leaves the caller, so a real "
+    "phone's 20 ms packetisation is not in it; it ends when the sink has the `media` message "
+    "decoded (TLS, WebSocket, JSON, base64), on the `inbound` track.",
+    "Server CPU and RSS are the server process only (psutil on its pid). The load generator "
+    "and the sink run in their own processes; on a 2-core machine they share the core the "
+    "server is not pinned to, so at high load their own delays can add to the measured "
+    "latencies.",
+    "Frames dropped adds the server's own counters over the window: "
+    "`confstream_stream_frames_dropped_total` (full stream send queues) and "
+    "`confstream_rtp_discarded_total` by reason (late, duplicate, overflow, malformed...). "
+    "`overflow` means a jitter buffer held more than its target + 2 packets, which happens when "
+    "the mixer clock runs late and skips ticks. The sink independently counts timeline gaps "
+    "(`timestamp` steps other than 20 ms).",
+    "Stream start latency: wall time of the REST create request leaving the harness to the "
+    "first `media` message at the sink, streams created one after the other.",
+    "Every point runs a fresh server process with a fresh SQLite file. Other work on the "
+    "machine during the run (see the load average below) is not controlled.",
+]
 
 
 def _ms(value: float | None, digits: int = 1) -> str:
@@ -165,6 +229,7 @@ def write_report(results: dict[str, Any], md_path: Path, png_path: Path | None) 
         "(onset on the `inbound` track) minus its send time, on the same host clock.",
         "",
     ]
+    lines += ["## Method notes", ""] + [f"- {n}" for n in METHOD_NOTES] + [""]
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     lines += ["## Results", ""]
@@ -209,6 +274,7 @@ def plot(results: dict[str, Any], png_path: Path) -> None:
     ax_cpu.set_xlabel("participants (streams = participants / 10)")
     ax_cpu.set_ylabel("% of one core")
     ax_cpu.set_title("Server CPU")
+    ax_cpu.set_ylim(0, max(100.0, *(p["cpu_percent"] * 1.1 for p in points)))
     ax_cpu.legend()
     ax_cpu.grid(alpha=0.3)
 
@@ -225,6 +291,7 @@ def plot(results: dict[str, Any], png_path: Path) -> None:
     ax_lat.set_xlabel("participants")
     ax_lat.set_ylabel("ms")
     ax_lat.set_title("Latency")
+    ax_lat.set_ylim(bottom=0)
     ax_lat.legend()
     ax_lat.grid(alpha=0.3)
     fig.suptitle(f"confstream, {results['date']}, {results['machine']['cpu']}")

@@ -20,6 +20,11 @@ For each load point N (default 100, 250, 500, 1000), in a fresh temporary direct
    ``--profile-seconds`` *after* the window, so profiling never touches the figures.
 6. Everything is stopped (callers hang up with BYE, the server gets SIGTERM).
 
+``--with-janus``: after the confstream points, the same RTP load (same callers, rooms of 10,
+same audio, same window) runs against Janus AudioBridge (Debian package ``janus``, only its
+HTTP transport and AudioBridge plugin loaded, pinned like the server; callers join as plain-RTP
+participants through the HTTP API) and the report compares CPU per participant-frame.
+
 One more run with ``StreamCodec=L16@16000h`` follows at ``--l16-point`` (default: the
 smallest point; ``--l16-point 0`` skips it). ``--quick`` is a smoke run (N=20, 5 s).
 """
@@ -55,6 +60,7 @@ from bench.report import (
     histogram_delta,
     histogram_max_bound,
     histogram_quantile,
+    match_events,
     percentile,
     write_report,
 )
@@ -80,6 +86,18 @@ def free_port() -> int:
             except OSError:
                 continue
         return port
+
+
+def rtp_port_range(needed: int = 2500) -> str:
+    """An RTP range outside the kernel's ephemeral ports (which the load generator's and the
+    sink's sockets use), so the server never finds its RTP port taken: above the ephemeral
+    range when there is room for ``needed`` even ports, else below it."""
+    low, high = 32768, 60999
+    with contextlib.suppress(OSError, ValueError):
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    if 65535 - (high + 1) >= 2 * needed:
+        return f"{high + 1}-65535"
+    return f"{max(1024, low - 2 * needed)}-{low - 1}"
 
 
 def machine_info() -> dict[str, Any]:
@@ -220,7 +238,7 @@ class Server:
             CONFSTREAM_DATABASE_URL=self.db_url,
             CONFSTREAM_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
             CONFSTREAM_SIP_LISTEN=f"127.0.0.1:{self.sip_port}",
-            CONFSTREAM_RTP_PORTS="40000-49999",
+            CONFSTREAM_RTP_PORTS=rtp_port_range(),
             CONFSTREAM_ALLOWED_NETWORKS="127.0.0.0/8",
             CONFSTREAM_STREAM_CA_FILE=str(self.tls.ca_file),
             CONFSTREAM_LOG_LEVEL="warning",
@@ -331,49 +349,6 @@ def vm_hwm_mib(pid: int) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Matching marked events to arrivals
-
-
-def match_events(
-    events: list[dict[str, Any]],
-    onsets: list[dict[str, Any]],
-    t0: float,
-    t1: float,
-    rooms: set[str],
-    track: str = "inbound",
-    window: float = 0.5,
-) -> tuple[list[float], int, int]:
-    """Latencies of events sent in ``[t0, t1)`` in ``rooms``: for each, the first onset of the
-    same room and track arriving within ``window`` seconds after it. Returns (latencies,
-    events expected, onsets that matched no event)."""
-    by_room: dict[str, list[float]] = defaultdict(list)
-    for o in onsets:
-        if o["track"] == track:
-            by_room[o["room"]].append(o["t"])
-    for times in by_room.values():
-        times.sort()
-    latencies: list[float] = []
-    expected = 0
-    used: set[tuple[str, float]] = set()
-    for e in events:
-        if not (t0 <= e["t"] < t1) or e["room"] not in rooms:
-            continue
-        expected += 1
-        for t in by_room.get(e["room"], []):
-            if e["t"] < t <= e["t"] + window:
-                latencies.append(t - e["t"])
-                used.add((e["room"], t))
-                break
-    stray = sum(
-        1
-        for room, times in by_room.items()
-        for t in times
-        if t0 + window <= t < t1 and (room, t) not in used
-    )
-    return latencies, expected, stray
-
-
-# --------------------------------------------------------------------------------------------
 # One load point
 
 
@@ -386,6 +361,8 @@ class PointConfig:
     streams: int | None = None
     profile_seconds: float = 0.0
     settle: float = 2.0
+    #: Seconds allowed for creating all streams (an overloaded server answers slowly).
+    create_budget: float = 60.0
 
 
 @dataclass
@@ -455,18 +432,29 @@ def run_point(cfg: PointConfig, workdir: Path, pin: Pinning) -> dict[str, Any]:
         if len(names) < k:
             problems.append(f"only {len(names)} of {k} conferences found in-progress")
         created: dict[str, float] = {}
+        budget = time.monotonic() + cfg.create_budget
         for name in names:
+            if time.monotonic() > budget:
+                problems.append(
+                    f"stream creation stopped after {cfg.create_budget:.0f} s: "
+                    f"{len(created)} of {len(names)} created"
+                )
+                break
             t = time.time()
-            r = api.post(
-                f"/Conferences/{by_name[name]}/Streams.json",
-                data={
-                    "Url": f"wss://127.0.0.1:{sink_port}/{name}",
-                    "Track": "both_tracks",
-                    "StreamCodec": cfg.codec,
-                    "Parameter1.Name": "room",
-                    "Parameter1.Value": name,
-                },
-            )
+            try:
+                r = api.post(
+                    f"/Conferences/{by_name[name]}/Streams.json",
+                    data={
+                        "Url": f"wss://127.0.0.1:{sink_port}/{name}",
+                        "Track": "both_tracks",
+                        "StreamCodec": cfg.codec,
+                        "Parameter1.Name": "room",
+                        "Parameter1.Value": name,
+                    },
+                )
+            except httpx.HTTPError as exc:
+                problems.append(f"stream create for {name}: {exc!r}")
+                continue
             if r.status_code >= 300:
                 problems.append(f"stream create for {name}: {r.status_code} {r.text[:200]}")
                 continue
@@ -628,6 +616,151 @@ def summarize_collapsed(text: str, top: int = 25) -> list[str]:
     return lines
 
 
+JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
+
+
+def janus_config(workdir: Path, http_port: int) -> Path:
+    """A Janus config folder with only the HTTP transport and the AudioBridge plugin."""
+    conf = workdir / "janus"
+    for sub in ("plugins", "transports", "events", "loggers"):
+        (conf / sub).mkdir(parents=True, exist_ok=True)
+    for sub, name in (("plugins", "libjanus_audiobridge.so"), ("transports", "libjanus_http.so")):
+        link = conf / sub / name
+        if not link.exists():
+            link.symlink_to(JANUS_LIB / sub / name)
+    ports = rtp_port_range()
+    (conf / "janus.jcfg").write_text(
+        f"""general: {{
+  configs_folder = "{conf}"
+  plugins_folder = "{conf / "plugins"}"
+  transports_folder = "{conf / "transports"}"
+  events_folder = "{conf / "events"}"
+  loggers_folder = "{conf / "loggers"}"
+  debug_level = 3
+  session_timeout = 0
+}}
+media: {{ rtp_port_range = "{ports}" }}
+nat: {{ }}
+"""
+    )
+    (conf / "janus.transport.http.jcfg").write_text(
+        f'general: {{ base_path = "/janus" http = true port = {http_port} https = false }}\n'
+        "admin: { admin_http = false }\n"
+    )
+    (conf / "janus.plugin.audiobridge.jcfg").write_text(
+        f'general: {{ rtp_port_range = "{ports}" local_ip = "127.0.0.1" }}\n'
+    )
+    return conf
+
+
+def run_janus_point(cfg: PointConfig, workdir: Path, pin: Pinning) -> dict[str, Any]:
+    """The same RTP load against Janus AudioBridge: its CPU per participant-frame."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    http_port = free_port()
+    conf = janus_config(workdir, http_port)
+    n = cfg.callers
+    ramp = cfg.ramp if cfg.ramp is not None else max(2.0, n / 50)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with (workdir / "janus.log").open("ab") as jlog:
+        janus = subprocess.Popen(
+            [*pin.server, "janus", "-F", str(conf), "-C", str(conf / "janus.jcfg"), "-o"],
+            stdout=jlog, stderr=subprocess.STDOUT, cwd=workdir,
+        )  # fmt: skip
+    gen: LineProc | None = None
+    try:
+        url = f"http://127.0.0.1:{http_port}/janus"
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/info", timeout=1).status_code == 200:
+                    break
+            if janus.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("janus did not start; see janus.log")
+            time.sleep(0.2)
+        jproc = psutil.Process(janus.pid)
+        gen = LineProc(
+            [*pin.load, sys.executable, "-m", "bench.loadgen", "--sip", "127.0.0.1:9",
+             "--account", "-", "--token", "-", "--janus", url, "--callers", str(n),
+             "--room-size", str(ROOM_SIZE), "--ramp", str(ramp)],
+            cwd=ROOT, log=workdir / "loadgen.log", env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + ramp + 40
+        answered = 0
+        while time.monotonic() < deadline:
+            answered = gen.wait_for("progress", 10)["answered"]
+            if answered >= n:
+                break
+        log(f"janus N={n}: {answered} joined")
+        time.sleep(cfg.settle + 1)
+        c0, w0 = jproc.cpu_times(), time.monotonic()
+        rss_max = 0.0
+        while time.monotonic() - w0 < cfg.duration:
+            rss_max = max(rss_max, jproc.memory_info().rss / 2**20)
+            time.sleep(0.5)
+        c1, window = jproc.cpu_times(), time.monotonic() - w0
+        gen.stop()
+        summary = next((x for x in gen.drain() if x.get("event") == "summary"), {})
+    finally:
+        if gen is not None:
+            gen.stop()
+        janus.terminate()
+        try:
+            janus.wait(10)
+        except subprocess.TimeoutExpired:
+            janus.kill()
+            janus.wait()
+    cpu_s = (c1.user + c1.system) - (c0.user + c0.system)
+    answered = int(summary.get("answered", answered))
+    frames = answered * window / 0.020
+    return {
+        "callers": n,
+        "answered": answered,
+        "window_s": window,
+        "cpu_percent": 100 * cpu_s / window,
+        "cpu_us_per_participant_frame": cpu_s / frames * 1e6 if frames else None,
+        "rss_steady_mib": rss_max,
+        "rtp_received_by_callers": summary.get("rtp_received"),
+    }
+
+
+def janus_lines(results: dict[str, Any]) -> list[str]:
+    """The report's side-by-side table: CPU per participant-frame, confstream vs Janus."""
+    ours = {p["callers"]: p for p in results["points"] if p["codec"] == "PCMU"}
+    lines = [
+        "Same RTP load (N callers in rooms of 10, 8 kHz PCMU, same audio, same window length),",
+        "Janus 1.1.2 AudioBridge from Debian, only its HTTP transport and AudioBridge plugin",
+        "loaded, pinned like the confstream server. confstream's figures include its streams",
+        "(N/10 both-track wss:// streams); Janus has none.",
+        "",
+        "| N | confstream CPU % | Janus CPU % | confstream µs / participant-frame | "
+        "Janus µs / participant-frame | ratio confstream / Janus |",
+        "|---|---|---|---|---|---|",
+    ]
+    for j in results.get("janus_points", []):
+        o = ours.get(j["callers"])
+        ocpu = o["cpu_us_per_participant_frame"] if o else None
+        jcpu = j["cpu_us_per_participant_frame"]
+        ratio = f"{ocpu / jcpu:.2f}" if ocpu and jcpu else "n/a"
+        cells = [
+            f"{j['callers']} ({j['answered']} joined)",
+            f"{o['cpu_percent']:.1f}" if o else "n/a",
+            f"{j['cpu_percent']:.1f}",
+            f"{ocpu:.1f}" if ocpu else "n/a",
+            f"{jcpu:.1f}" if jcpu else "n/a",
+            ratio,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+#: What the report says about the Janus AudioBridge comparison of BENCHMARK.md.
+JANUS_STATUS = [
+    "Not part of this run: add `--with-janus` (needs the Debian package `janus`) to run the",
+    "same RTP load against Janus AudioBridge after the confstream points and report the CPU",
+    "ratio per participant-frame.",
+]
+
+
 # --------------------------------------------------------------------------------------------
 # Entry point
 
@@ -655,11 +788,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="PNG path (default next to --output)")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--workdir", default=None, help="keep logs here (default: a temp dir)")
+    p.add_argument(
+        "--render",
+        default=None,
+        metavar="JSON",
+        help="only rewrite the report from the raw results of an earlier --json",
+    )
     return p  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    out = Path(args.output)
+    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    if args.render:
+        rendered: dict[str, Any] = json.loads(Path(args.render).read_text())
+        rendered["janus"] = janus_lines(rendered) if rendered.get("janus_points") else JANUS_STATUS
+        write_report(rendered, out, png)
+        log(f"wrote {out} and {png} from {args.render}")
+        return 0
     if args.quick:
         args.points, args.duration, args.profile_seconds = "20", 5.0, 0.0
         args.l16_point = args.l16_point if args.l16_point is not None else 0
@@ -692,7 +839,16 @@ def main(argv: list[str] | None = None) -> int:
     profile: list[str] = []
     for cfg in plan:
         log(f"point N={cfg.callers} codec={cfg.codec} duration={cfg.duration}s")
-        point = run_point(cfg, base / f"n{cfg.callers}-{cfg.codec.replace('@', '-')}", pin)
+        workdir = base / f"n{cfg.callers}-{cfg.codec.replace('@', '-')}"
+        try:
+            point = run_point(cfg, workdir, pin)
+        except Exception as exc:
+            log(f"N={cfg.callers} {cfg.codec} failed: {exc}")
+            results["notes"].append(
+                f"N={cfg.callers} {cfg.codec}: the run failed ({str(exc)[:300]!r}); "
+                f"logs were in {workdir}"
+            )
+            continue
         if point["profile"]:
             profile = [
                 f"N={cfg.callers}, {cfg.profile_seconds:.0f} s after the window",
@@ -705,11 +861,21 @@ def main(argv: list[str] | None = None) -> int:
             f"problems {point['problems']}"
         )
     results["profile"] = profile
-    results["janus"] = [
-        "Not run in this report: see the Janus section of `bench/__init__.py` for status."
-    ]
-    out = Path(args.output)
-    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    results["janus"] = JANUS_STATUS
+    if args.with_janus:
+        results["janus_points"] = []
+        for n in points:
+            log(f"janus N={n}")
+            try:
+                jp = run_janus_point(
+                    PointConfig(n, "PCMU", args.duration, args.ramp), base / f"janus-n{n}", pin
+                )
+            except Exception as exc:
+                results["notes"].append(f"Janus N={n} failed: {str(exc)[:300]!r}")
+                continue
+            log(f"janus N={n}: cpu {jp['cpu_percent']:.1f}%")
+            results["janus_points"].append(jp)
+        results["janus"] = janus_lines(results)
     write_report(results, out, png)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))

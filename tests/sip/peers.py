@@ -4,6 +4,7 @@ fixture helper, and sipp scenario files written per call."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import textwrap
 from dataclasses import dataclass, field
@@ -73,12 +74,20 @@ def free_udp_port() -> int:
 
 
 def free_rtp_range(size: int = 400) -> tuple[int, int]:
-    """A range of UDP ports for the pool; a busy port is skipped by RtpSession.open()."""
-    for _ in range(100):
-        low = (free_udp_port() // 2) * 2
-        if 1024 < low and low + size < 65000:
-            return low, low + size
-    raise RuntimeError("no RTP range")
+    """A range for the server's RTP pool, below the kernel's ephemeral range (32768+) so that
+    it never overlaps the ports sipp gets (kernel-chosen); a busy port is skipped by
+    RtpSession.open(), so parallel runs sharing part of a range still work."""
+    low = 10000 + 2 * random.randrange(0, (30000 - 10000 - size) // 2)
+    return low, low + size
+
+
+def sipp_media_port() -> int:
+    """An even, currently free, kernel-chosen port for sipp's -mp (it also binds port+2)."""
+    for _ in range(50):
+        port = free_udp_port()
+        if port % 2 == 0 and port + 2 < 65536:
+            return port
+    return free_udp_port() & ~1
 
 
 async def start_server(
@@ -95,6 +104,8 @@ async def start_server(
         rtp_ports=f"{low}-{high}",
         rtp_inactivity_timeout=rtp_inactivity_timeout,
         sip_nonce_ttl=nonce_ttl,
+        # Offer both (MD5 first, for sipp 3.6) so the SHA-256 path is exercised too.
+        sip_digest_algorithms=["MD5", "SHA-256"],
     )
     pool = RtpPortPool(low, high)
     server = SipServer(settings, gateway, pool, timers=timers or TimerConfig(t1=0.1, t4=0.5))
@@ -224,7 +235,7 @@ async def run_sipp(
     args = [
         "sipp", f"127.0.0.1:{server_port}", "-sf", str(scenario_file), "-s", room,
         "-au", user, "-ap", password, "-m", str(calls), "-i", "127.0.0.1",
-        "-p", str(free_udp_port()), "-mp", str(free_rtp_range(8)[0]), "-t", transport,
+        "-p", str(free_udp_port()), "-mp", str(sipp_media_port()), "-t", transport,
         "-timeout", f"{int(seconds)}", "-timeout_error", "-nostdin", "-trace_err",
         "-max_recv_loops", "10000",
     ]  # fmt: skip

@@ -157,7 +157,10 @@ class SipServer:
         self.port_pool = port_pool
         self.timers = timers or TimerConfig()
         self.auth = DigestAuthenticator(
-            settings.sip_realm, secret=nonce_secret, nonce_ttl=settings.sip_nonce_ttl
+            settings.sip_realm,
+            secret=nonce_secret,
+            nonce_ttl=settings.sip_nonce_ttl,
+            algorithms=tuple(settings.sip_digest_algorithms),
         )
         self.transport = SipTransport(self._on_message)
         self.port = 0

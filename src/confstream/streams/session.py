@@ -389,6 +389,9 @@ class StreamSession:
         stop_wait = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({connect_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled: leave nothing behind
+            connect_task.cancel()
+            raise
         finally:
             stop_wait.cancel()
         if not connect_task.done():
@@ -477,6 +480,8 @@ class StreamSession:
                 "connection_refused",
                 f"connection to {host}:{port} refused: {exc.strerror or exc}",
             ) from exc
+        except Exception as exc:  # e.g. a host name that cannot be IDNA-encoded
+            raise StreamFailure(31920, "general_error", f"cannot connect: {exc}") from exc
 
     async def _stream(
         self, ws: ClientConnection, on_started: Callable[[], Awaitable[None]]
