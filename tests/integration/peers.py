@@ -1,5 +1,6 @@
-"""Real peers for end-to-end tests: the server as a subprocess, sipp and baresip callers, and a
-TLS WebSocket receiver with a trustme certificate chain."""
+"""Real peers for end-to-end tests: the server as a subprocess, sipp and baresip callers.
+
+The TLS WebSocket receiver is tests.streams.peers.ws_receiver (trustme certificate chain)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,15 @@ import contextlib
 import json
 import os
 import socket
-import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import trustme
-from websockets.asyncio.server import ServerConnection, serve
 
 from confstream.media.analysis import tone
 from confstream.media.wav import write_wav
@@ -219,6 +216,8 @@ class BaresipCaller:
             f";auth_user={account.sid};auth_pass={account.token}\n"
         )
         self.proc = await asyncio.create_subprocess_exec(
+            "stdbuf",  # line-buffered log, so tests can follow the call as it happens
+            "-oL",
             "baresip",
             "-f",
             str(self.workdir),
@@ -226,8 +225,8 @@ class BaresipCaller:
             f"/dial sip:{room}@127.0.0.1:{sip_port}",
             "-t",
             str(int(self.seconds) + 4),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stdout=open(self.workdir / "baresip.log", "wb"),  # noqa: ASYNC230
+            stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
             cwd=self.workdir,
         )
@@ -235,6 +234,9 @@ class BaresipCaller:
     async def wait(self) -> None:
         assert self.proc is not None
         await asyncio.wait_for(self.proc.wait(), self.seconds + 20)
+
+    def log(self) -> str:
+        return (self.workdir / "baresip.log").read_text(errors="replace")
 
     def heard(self) -> np.ndarray[Any, np.dtype[np.int16]]:
         """What baresip decoded from the server (8 kHz PCM16)."""
@@ -246,44 +248,16 @@ class BaresipCaller:
             return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
 
 
-@dataclass
-class Receiver:
-    """A real wss:// server with a trustme certificate, recording every connection."""
-
-    ca: trustme.CA
-    host: str = "127.0.0.1"
-    port: int = 0
-    connections: list[dict[str, Any]] = field(default_factory=list)
-    ca_file: Path | None = None
-    read: bool = True
-
-    async def handler(self, ws: ServerConnection) -> None:
-        record: dict[str, Any] = {
-            "headers": dict(ws.request.headers) if ws.request else {},
-            "path": ws.request.path if ws.request else "",
-            "messages": [],
-            "ws": ws,
-            "closed": asyncio.Event(),
-        }
-        self.connections.append(record)
-        try:
-            async for text in ws:
-                record["messages"].append(json.loads(text))
-        except Exception:
-            pass
-        finally:
-            record["closed"].set()
+async def await_for(predicate: Any, within: float = 10.0) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
 
 
-@contextlib.asynccontextmanager
-async def receiver(tmp: Path) -> AsyncIterator[Receiver]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(tls)
-    rec = Receiver(ca=ca)
-    rec.ca_file = tmp / "receiver-ca.pem"
-    ca.cert_pem.write_to_path(str(rec.ca_file))
-    async with serve(rec.handler, "127.0.0.1", 0, ssl=tls) as server:
-        rec.port = next(iter(server.sockets)).getsockname()[1]
-        yield rec
+def conference_named(api: httpx.Client, room: str) -> dict[str, Any] | None:
+    confs = api.get("/Conferences.json", params={"FriendlyName": room}).json()["conferences"]
+    return confs[0] if confs else None

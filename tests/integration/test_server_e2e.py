@@ -4,51 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import sqlite3
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import pytest
 
 from confstream.media.analysis import tone_levels
-from confstream.media.g711 import ulaw_decode
 
-from .peers import BaresipCaller, ServerProcess, receiver, start_sipp_caller
+from .peers import BaresipCaller, ServerProcess, await_for, conference_named, start_sipp_caller
 
 FREQS = (440.0, 660.0, 880.0)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path)
-    yield srv
-    if srv.proc is not None:
-        srv.stop()
-
-
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
-async def await_for(predicate: Any, within: float = 10.0) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_fresh_server_answers_the_quickstart_curl(server: ServerProcess) -> None:
@@ -70,11 +36,6 @@ def test_fresh_server_answers_the_quickstart_curl(server: ServerProcess) -> None
     assert "confstream_tick_lateness_seconds_count" in metrics
 
 
-def _conference(api: httpx.Client, room: str) -> dict[str, Any] | None:
-    confs = api.get("/Conferences.json", params={"FriendlyName": room}).json()["conferences"]
-    return confs[0] if confs else None
-
-
 async def test_three_baresip_callers_hear_each_other_not_themselves(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -85,7 +46,7 @@ async def test_three_baresip_callers_hear_each_other_not_themselves(
         await caller.dial(server.sip_port, account, "standup")
 
     with server.api(account) as api:
-        conf = await await_for(lambda: _conference(api, "standup"))
+        conf = await await_for(lambda: conference_named(api, "standup"))
         assert conf["status"] == "in-progress"
 
         def three_live() -> list[dict[str, Any]] | None:
@@ -100,7 +61,7 @@ async def test_three_baresip_callers_hear_each_other_not_themselves(
         for caller in callers:
             await caller.wait()
         done = await await_for(
-            lambda: (c := _conference(api, "standup")) and c["status"] == "completed" and c
+            lambda: (c := conference_named(api, "standup")) and c["status"] == "completed" and c
         )
         assert done["sid"] == conf["sid"]
 
@@ -114,76 +75,6 @@ async def test_three_baresip_callers_hear_each_other_not_themselves(
             assert levels[f] > 20 * levels[caller.freq], (caller.freq, levels)
 
 
-async def test_stream_of_sip_callers_to_wss_receiver(server: ServerProcess, tmp_path: Path) -> None:
-    async with receiver(tmp_path) as rec:
-        assert rec.ca_file is not None
-        server.env["CONFSTREAM_STREAM_CA_FILE"] = str(rec.ca_file)
-        account = server.create_account()
-        server.start()
-        callers = [
-            await start_sipp_caller(tmp_path, server.sip_port, account, "sales", f, 6.0)
-            for f in FREQS[:2]
-        ]
-        with server.api(account) as api:
-            conf = await await_for(lambda: _conference(api, "sales"))
-            resp = await asyncio.to_thread(
-                api.post,
-                f"/Conferences/{conf['sid']}/Streams.json",
-                data={
-                    "Url": f"wss://127.0.0.1:{rec.port}/media",
-                    "Name": "transcriber",
-                    "Track": "inbound_track",
-                    "AuthorizationBearerToken": "s3cret",
-                    "Parameter1.Name": "customer",
-                    "Parameter1.Value": "acme",
-                },
-            )
-            assert resp.status_code == 200, resp.text
-            stream = resp.json()
-            assert stream["name"] == "transcriber"
-            assert stream["conference_sid"] == conf["sid"]
-            await await_for(lambda: rec.connections and len(rec.connections[0]["messages"]) > 150)
-            stopped = await asyncio.to_thread(
-                api.post,
-                f"/Conferences/{conf['sid']}/Streams/transcriber.json",
-                data={"Status": "stopped"},
-            )
-            assert stopped.status_code == 200
-            assert stopped.json()["status"] == "stopped"
-            conn = rec.connections[0]
-            await asyncio.wait_for(conn["closed"].wait(), 10)
-        for proc in callers:
-            await asyncio.wait_for(proc.wait(), 30)
-
-    assert (
-        conn["headers"].get("authorization") == "Bearer s3cret"
-        or conn["headers"].get("Authorization") == "Bearer s3cret"
-    )
-    messages = conn["messages"]
-    assert messages[0] == {"event": "connected", "protocol": "Call", "version": "0.2.0"}
-    start = messages[1]
-    assert start["event"] == "start" and start["sequenceNumber"] == "1"
-    assert start["start"]["conferenceSid"] == conf["sid"]
-    assert start["start"]["callSid"] == conf["sid"]
-    assert start["start"]["accountSid"] == account.sid
-    assert start["start"]["tracks"] == ["inbound"]
-    assert start["start"]["customParameters"] == {"customer": "acme"}
-    assert start["start"]["mediaFormat"] == {
-        "encoding": "audio/x-mulaw",
-        "sampleRate": 8000,
-        "channels": 1,
-    }
-    media = [m for m in messages if m["event"] == "media"]
-    assert [m["media"]["chunk"] for m in media] == [str(i) for i in range(1, len(media) + 1)]
-    seqs = [int(m["sequenceNumber"]) for m in messages[1:]]
-    assert seqs == list(range(1, len(seqs) + 1))
-    assert messages[-1]["event"] == "stop"
-    pcm = np.concatenate([ulaw_decode(base64.b64decode(m["media"]["payload"])) for m in media[50:]])
-    levels = tone_levels(pcm, FREQS, 8000)
-    assert levels[440.0] > 20 * levels[880.0]
-    assert levels[660.0] > 20 * levels[880.0]
-
-
 def test_restart_closes_what_was_in_progress(server: ServerProcess, tmp_path: Path) -> None:
     account = server.create_account()
     server.start()
@@ -191,7 +82,7 @@ def test_restart_closes_what_was_in_progress(server: ServerProcess, tmp_path: Pa
     async def call_and_kill() -> dict[str, Any]:
         proc = await start_sipp_caller(tmp_path, server.sip_port, account, "ghost", 440.0, 30.0)
         with server.api(account) as api:
-            conf = await await_for(lambda: _conference(api, "ghost"))
+            conf = await await_for(lambda: conference_named(api, "ghost"))
         server.stop(kill=True)
         proc.kill()
         await proc.wait()

@@ -1,4 +1,4 @@
-"""Fixtures for stream tests (the peers themselves live in peers.py)."""
+"""Fixtures shared by the test packages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ssl
 import pytest
 import trustme
 
-from .peers import Tls
+from tests.streams.peers import Tls
 
 
 @pytest.fixture(scope="session")
