@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from confstream.conference.engine import Engine
 from starlette.applications import Starlette
 
 from confstream.api.routes import create_api
 from confstream.conference.base import Frame
+from confstream.conference.engine import Engine
 from confstream.services import Services
 from confstream.settings import Settings
 from confstream.store import Account, Store, open_store
