@@ -34,7 +34,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from confstream.media.analysis import rms_dbfs, tone, tone_levels
 from confstream.media.g711 import ulaw_decode
 from confstream.media.wav import write_wav
-from confstream.tools.sipp import caller_scenario
+from confstream.tools.sipp import caller_command, caller_scenario
 
 TONES = (440.0, 660.0, 880.0)
 CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
@@ -142,27 +142,18 @@ async def run(seconds: float) -> int:
             for i, f in enumerate(TONES):
                 wav = write_wav(work / f"tone{i}.wav", tone(f, 2.0, amplitude=6000), 8000, "ulaw")
                 scenario = caller_scenario(work / f"caller{i}.xml", wav, seconds + 2)
+                command = caller_command(
+                    scenario,
+                    f"127.0.0.1:{sip_port}",
+                    "demo",
+                    sid,
+                    token,
+                    sip_port=free_port(socket.SOCK_DGRAM),
+                    media_port=43000 + 10 * i,
+                )
                 callers.append(
                     await asyncio.create_subprocess_exec(
-                        "sipp",
-                        f"127.0.0.1:{sip_port}",
-                        "-sf",
-                        str(scenario),
-                        "-s",
-                        "demo",
-                        "-au",
-                        sid,
-                        "-ap",
-                        token,
-                        "-m",
-                        "1",
-                        "-i",
-                        "127.0.0.1",
-                        "-p",
-                        str(free_port(socket.SOCK_DGRAM)),
-                        "-mp",
-                        str(43000 + 10 * i),
-                        "-nostdin",
+                        *command,
                         stdout=asyncio.subprocess.DEVNULL,
                         stderr=asyncio.subprocess.DEVNULL,
                         cwd=work,

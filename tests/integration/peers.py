@@ -21,7 +21,7 @@ import numpy as np
 
 from confstream.media.analysis import tone
 from confstream.media.wav import write_wav
-from confstream.tools.sipp import caller_scenario as sipp_caller_scenario
+from confstream.tools.sipp import caller_command, caller_scenario
 
 CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
 
@@ -155,30 +155,19 @@ async def start_sipp_caller(
 ) -> asyncio.subprocess.Process:
     """One sipp caller in its own process, playing a µ-law tone of ``freq`` Hz."""
     wav = tone_wav(workdir / f"tone-{freq:g}.ulaw.wav", freq, 2.0, fmt="ulaw")
-    scenario = sipp_caller_scenario(workdir / f"caller-{freq:g}.xml", wav, seconds, dtmf_digit)
-    return await asyncio.create_subprocess_exec(
-        "sipp",
+    scenario = caller_scenario(workdir / f"caller-{freq:g}.xml", wav, seconds, dtmf_digit)
+    command = caller_command(
+        scenario,
         f"127.0.0.1:{server_sip_port}",
-        "-sf",
-        str(scenario),
-        "-s",
         room,
-        "-au",
         account.sid,
-        "-ap",
         account.token,
-        "-m",
-        "1",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(free_port(socket.SOCK_DGRAM)),
-        "-mp",
-        str(free_rtp_range(8).split("-")[0]),
-        "-timeout",
-        str(int(seconds) + 30),
-        "-timeout_error",
-        "-nostdin",
+        sip_port=free_port(socket.SOCK_DGRAM),
+        media_port=int(free_rtp_range(8).split("-")[0]),
+        timeout_s=int(seconds) + 30,
+    )
+    return await asyncio.create_subprocess_exec(
+        *command,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         cwd=workdir,
