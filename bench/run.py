@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -603,13 +604,18 @@ def summarize_collapsed(text: str, top: int = 25) -> list[str]:
             continue
         count = int(count_text)
         total += count
-        frames = stack.split(";")
+        # "func (path/file.py:123)" -> "func (path/file.py)": aggregate lines of a function
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
         self_counts[frames[-1]] += count
         for frame in set(frames):
             total_counts[frame] += count
     if not total:
         return ["no samples"]
-    lines = [f"{total} samples; self% = time in the function itself, total% = with callees", ""]
+    lines = [
+        f"{total} samples; self% = time in the function itself, total% = with callees;",
+        "self time of the event loop's run() is uvloop's C code (socket I/O, scheduling).",
+        "",
+    ]
     lines.append("self%  total%  function")
     for name, c in sorted(self_counts.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"{100 * c / total:5.1f}  {100 * total_counts[name] / total:6.1f}  {name}")
@@ -788,6 +794,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="PNG path (default next to --output)")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--workdir", default=None, help="keep logs here (default: a temp dir)")
+    p.add_argument(
+        "--with-janus",
+        action="store_true",
+        help="also run the same RTP load against Janus AudioBridge (Debian package janus)",
+    )
     p.add_argument(
         "--render",
         default=None,

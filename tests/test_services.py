@@ -18,12 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.stack import FakeCallParticipant, Stack, make_engine, open_stack
 from confstream.api.errors import ApiError
 from confstream.conference.gateway import ConferenceGateway, JoinRefused
 from confstream.services import Services
 from confstream.settings import Settings
 from confstream.store import open_store
+from tests.api.stack import FakeCallParticipant, Stack, make_engine, open_stack
 
 
 @pytest.fixture

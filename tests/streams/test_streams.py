@@ -21,10 +21,10 @@ import pytest
 from prometheus_client import REGISTRY
 from twilio.request_validator import RequestValidator
 
-from callbacks.recorder import Recorder, http_recorder
 from confstream.callbacks.webhooks import CallbackSender
 from confstream.settings import Settings
 from confstream.streams.manager import StreamManager, StreamSpec
+from tests.callbacks.recorder import Recorder, http_recorder
 
 from .conference_driver import ToneConference
 from .peers import LOOPBACK, Conn, Tls, raw_server, ws_receiver
