@@ -167,3 +167,12 @@ async def test_policy_client_error_carries_policy_error() -> None:
 def test_client_ssl_context_verifies() -> None:
     ctx = client_ssl_context(None)
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+def test_redact_url_hides_credentials_and_query() -> None:
+    from confstream.netpolicy import redact_url
+
+    assert redact_url("https://user:pw@hooks.example.com:8443/cb?token=abc#x") == (
+        "https://***@hooks.example.com:8443/cb?***"
+    )
+    assert redact_url("https://hooks.example.com/cb") == "https://hooks.example.com/cb"

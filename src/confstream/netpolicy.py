@@ -41,7 +41,7 @@ import ssl
 import typing
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpcore
 import httpx
@@ -342,3 +342,17 @@ async def policy_get(
     finally:
         if own:
             await c.aclose()
+
+
+def redact_url(url: str) -> str:
+    """``url`` for logs: user info (``user:pass@``) and the query string are replaced, since
+    users put credentials in callback and announcement URLs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "***" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))

@@ -41,7 +41,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from confstream import metrics
-from confstream.netpolicy import policy_client, policy_error_of
+from confstream.netpolicy import policy_client, policy_error_of, redact_url
 from confstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,9 @@ class CallbackSender:
     def send(self, key: str, callback: Callback) -> None:
         """Queue ``callback`` behind the earlier ones of ``key``. Never blocks."""
         if self._closed:
-            log.warning("callback after close dropped: %s %s", callback.method, callback.url)
+            log.warning(
+                "callback after close dropped: %s %s", callback.method, redact_url(callback.url)
+            )
             metrics.CALLBACKS_SENT.labels(outcome="dropped").inc()
             return
         q = self._queues.setdefault(key, deque())
@@ -152,7 +154,7 @@ class CallbackSender:
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # a bug must not stop the stream's later callbacks
-                    log.exception("callback delivery crashed: %s", cb.url)
+                    log.exception("callback delivery crashed: %s", redact_url(cb.url))
                     metrics.CALLBACKS_SENT.labels(outcome="failed").inc()
                 q.popleft()
         finally:
@@ -171,10 +173,17 @@ class CallbackSender:
             except httpx.HTTPError as exc:
                 perr = policy_error_of(exc)
                 if perr is not None:
-                    log.warning("status callback refused by policy: %s (%s)", cb.url, perr)
+                    log.warning(
+                        "status callback refused by policy: %s (%s)", redact_url(cb.url), perr
+                    )
                     metrics.CALLBACKS_SENT.labels(outcome="refused").inc()
                     return
-                log.info("status callback %s failed (attempt %d): %r", cb.url, attempt + 1, exc)
+                log.info(
+                    "status callback %s failed (attempt %d): %s",
+                    redact_url(cb.url),
+                    attempt + 1,
+                    type(exc).__name__,
+                )
                 retry = True
             else:
                 if resp.is_success:
@@ -183,18 +192,20 @@ class CallbackSender:
                 if resp.status_code >= 500 or resp.status_code in (408, 429):
                     log.info(
                         "status callback %s answered %d (attempt %d)",
-                        cb.url,
+                        redact_url(cb.url),
                         resp.status_code,
                         attempt + 1,
                     )
                     retry = True
                 else:
-                    log.warning("status callback %s answered %d", cb.url, resp.status_code)
+                    log.warning(
+                        "status callback %s answered %d", redact_url(cb.url), resp.status_code
+                    )
                     metrics.CALLBACKS_SENT.labels(outcome="http_error").inc()
                     return
             if retry and attempt + 1 < attempts:
                 await asyncio.sleep(min(RETRY_CAP_S, self.retry_base * (2**attempt)))
-        log.warning("status callback %s gave up after %d attempts", cb.url, attempts)
+        log.warning("status callback %s gave up after %d attempts", redact_url(cb.url), attempts)
         metrics.CALLBACKS_SENT.labels(outcome="failed").inc()
 
     async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
