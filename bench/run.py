@@ -736,7 +736,9 @@ def janus_lines(results: dict[str, Any]) -> list[str]:
         "Same RTP load (N callers in rooms of 10, 8 kHz PCMU, same audio, same window length),",
         "Janus 1.1.2 AudioBridge from Debian, only its HTTP transport and AudioBridge plugin",
         "loaded, pinned like the confstream server. confstream's figures include its streams",
-        "(N/10 both-track wss:// streams); Janus has none.",
+        '(N/10 both-track wss:// streams); Janus has none. "joined" counts Janus participants',
+        "joined by the end of the run. Where either side is near 100 % CPU the per-frame figure",
+        "measures saturation, not cost (ticks are skipped, frames dropped).",
         "",
         "| N | confstream CPU % | Janus CPU % | confstream µs / participant-frame | "
         "Janus µs / participant-frame | ratio confstream / Janus |",
