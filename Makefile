@@ -33,8 +33,9 @@ test: $(STAMP) sysdeps lint typecheck
 demo: $(STAMP) sysdeps
 	$(PY) examples/demo.py
 
-bench: $(STAMP) sysdeps
-	$(PY) -m bench.run
+bench: $(STAMP)
+	@bash scripts/ensure-sysdeps.sh --bench
+	$(PY) -m bench.run --with-janus
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo use when they are missing:
-# sipp (sip-tester), baresip (baresip-core) and PostgreSQL's initdb/pg_ctl.
+# sipp (sip-tester), baresip (baresip-core) and PostgreSQL's initdb/pg_ctl; with --bench also
+# Janus (the AudioBridge peer the benchmark runs side by side).
 set -euo pipefail
 need=()
+if [ "${1:-}" = "--bench" ]; then
+  command -v janus >/dev/null 2>&1 || need+=(janus)
+fi
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
