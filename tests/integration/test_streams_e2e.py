@@ -353,3 +353,69 @@ async def test_ending_the_conference_stops_its_streams_and_hangs_up(
         # The server hung the caller up (BYE) long before its 20 s file ends.
         # (libre reports a BYE received as "session closed: Connection reset by peer")
         await await_for(lambda: "session closed" in listener.log())
+
+
+async def test_rest_mute_and_hold_act_on_live_sip_audio(
+    server: ServerProcess, tmp_path: Path, tls: Tls
+) -> None:
+    server.env["CONFSTREAM_STREAM_CA_FILE"] = str(tls.ca_file)
+    account = server.create_account()
+    server.start()
+    tones = (440.0, 880.0)
+
+    def levels_since(conn: Conn, chunk: int) -> dict[float, float]:
+        frames = [
+            ulaw_decode(base64.b64decode(m["media"]["payload"]))
+            for m in conn.events("media")
+            if int(m["media"]["chunk"]) > chunk
+        ]
+        return tone_levels(np.concatenate(frames), tones, 8000)
+
+    async with ws_receiver(tls) as rec:
+        callers = [
+            await start_sipp_caller(tmp_path, server.sip_port, account, "ctl", f, 8.0)
+            for f in tones
+        ]
+        with server.api(account) as api:
+            conf = await await_for(lambda: conference_named(api, "ctl"))
+            path = f"/Conferences/{conf['sid']}"
+            parts = await await_for(
+                lambda: (
+                    (p := api.get(f"{path}/Participants.json").json()["participants"])
+                    and len(p) == 2
+                    and p
+                )
+            )
+            api.post(f"{path}/Streams.json", data={"Url": rec.url(), "Track": "inbound_track"})
+            await rec.wait_for(lambda: rec.conns and len(rec.conns[0].events("media")) > 50)
+            conn = rec.conns[0]
+
+            async def after(change: dict[str, str], call_sid: str) -> dict[float, float]:
+                resp = api.post(f"{path}/Participants/{call_sid}.json", data=change)
+                assert resp.status_code == 200, resp.text
+                mark = len(conn.events("media")) + 5  # a tick or two for the change to land
+                await rec.wait_for(lambda: len(conn.events("media")) > mark + 50)
+                return levels_since(conn, mark)
+
+            both = levels_since(conn, 10)
+            assert both[440.0] > 0.3 and both[880.0] > 0.3, both
+            first, second = parts[0]["call_sid"], parts[1]["call_sid"]
+            muted = await after({"Muted": "true"}, first)
+            silenced = min(tones, key=lambda f: muted[f])
+            other = max(tones, key=lambda f: muted[f])
+            assert muted[silenced] < 0.01 and muted[other] > 0.5, muted
+            fetched = api.get(f"{path}/Participants/{first}.json").json()
+            assert fetched["muted"] is True
+            assert [
+                p["call_sid"]
+                for p in api.get(f"{path}/Participants.json", params={"Muted": "true"}).json()[
+                    "participants"
+                ]
+            ] == [first]
+            unmuted = await after({"Muted": "false"}, first)
+            assert unmuted[silenced] > 0.3, unmuted
+            held = await after({"Hold": "true"}, second)
+            assert held[other] < 0.01 and held[silenced] > 0.5, held
+            assert api.get(f"{path}/Participants/{second}.json").json()["hold"] is True
+        for proc in callers:
+            await asyncio.wait_for(proc.wait(), 30)
