@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Migrations are routine at every start; their step-by-step logs only help when debugging.
+    if settings.log_level.lower() != "debug":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command == "serve":
         from confstream.app import run_server
 
