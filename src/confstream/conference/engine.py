@@ -24,9 +24,12 @@ Per tick, for all conferences at once (``P`` participants, ``C`` conferences):
 1. every participant's :meth:`~confstream.conference.base.Participant.read_frame` goes into row
    ``i`` of one preallocated ``(P, 160)`` int32 matrix, grouped by conference; the row is zero
    when the frame is None, or the participant is muted or on hold (they contribute nothing);
-2. ``inbound[c]`` = sum of conference ``c``'s rows, with ``np.add.reduceat`` over the groups.
-   Measured for P=1000 in 100 conferences (NumPy 2.4, this machine): reduceat 95 µs, cumsum
-   differences 200 µs, an indicator-matrix product in float64 410 µs, ``np.add.at`` 650 µs;
+2. ``inbound[c]`` = sum of conference ``c``'s rows. Conferences are laid out in order of size,
+   so every run of equally sized conferences is one ``(n, size, 160)`` view summed over its
+   middle axis in one call (one call per distinct size). Measured for P=1000 in 100
+   conferences of 10 (NumPy 2.4, this machine): 24 µs, against ``np.add.reduceat`` over the
+   groups 170 µs, cumsum differences 170 µs, an indicator-matrix product in float64 410 µs,
+   ``np.add.at`` 650 µs;
 3. platform sources (announcements, returned stream audio) are read once each: conference-wide
    ones summed into ``platform[c]``, targeted ones kept aside for their participant;
 4. ``outbound[c] = inbound[c] + platform[c]``; each participant's mix-minus is
@@ -41,6 +44,21 @@ Per tick, for all conferences at once (``P`` participants, ``C`` conferences):
 The arrays handed to ``write_frame`` and ``on_frame`` are fresh every tick and read-only, so
 receivers may keep them without copying (one allocation per tick for all participants, one per
 conference with taps); all intermediate buffers are preallocated and grow by doubling.
+
+Fast path for G.711 participants
+--------------------------------
+Decoding and encoding µ-law one participant at a time costs more than the whole mix. A
+participant may therefore offer, besides the :class:`~confstream.conference.base.Participant`
+protocol (which stays the contract for every kind), the optional pair of :class:`UlawMedia`:
+``read_ulaw()`` returns its next frame either as 160 µ-law codes (``bytes``) or as
+``read_frame`` would, and ``write_ulaw(codes)`` takes its mix-minus already encoded as µ-law,
+returning False when it cannot (then ``write_frame`` gets the samples as usual). The engine
+puts every participant's codes in one ``(P, 160)`` uint8 matrix and decodes it with one
+``np.take`` from the 256-entry table, and encodes every mix-minus with one ``np.take`` from the
+65,536-entry table (about 0.1 µs per participant each, against about 1 µs for a per-frame
+lookup). The decoded and encoded values are those of :mod:`confstream.media.g711`, so what is
+mixed and sent is bit-identical to the per-participant path. The bound methods are looked up
+once per membership change.
 
 Timestamps: ``on_frame``'s ``timestamp_ms`` is ``(ticks + skipped) * 20`` for the frame being
 delivered, i.e. 0 for the conference's first frame; a tap that starts later rebases to its
@@ -63,6 +81,8 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +90,7 @@ import numpy.typing as npt
 from confstream import metrics
 from confstream.conference.base import FRAME_MS, FRAME_SAMPLES, AudioSource, Participant, Tap
 from confstream.conference.sources import BufferSource
+from confstream.media.g711 import ULAW_DECODE, ULAW_ENCODE, ULAW_SILENCE
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +103,24 @@ LATENESS_HISTORY = 3000
 ERROR_LOG_INTERVAL = 10.0
 
 Int32Matrix = npt.NDArray[np.int32]
+UInt8Matrix = npt.NDArray[np.uint8]
 Frame = npt.NDArray[np.int16]
+
+#: µ-law decode table widened to the mixer's int32, for ``np.take(..., out=frames)``.
+_ULAW_DECODE_I32 = ULAW_DECODE.astype(np.int32)
+assert _ULAW_DECODE_I32[ULAW_SILENCE] == 0
+
+
+class UlawMedia(Protocol):
+    """The optional fast path of a participant (see the module docstring)."""
+
+    def read_ulaw(self) -> bytes | Frame | None:
+        """160 µ-law codes, or what ``read_frame`` would return. Never blocks."""
+        ...
+
+    def write_ulaw(self, codes: bytes) -> bool:
+        """Send this mix-minus given as 160 µ-law codes; False: not taken, use write_frame."""
+        ...
 
 
 class _ErrorLog:
@@ -110,6 +148,13 @@ def _grow(buf: Int32Matrix, rows: int) -> Int32Matrix:
         return buf
     size = max(rows, 2 * buf.shape[0], 16)
     return np.zeros((size, FRAME_SAMPLES), dtype=np.int32)
+
+
+def _grow_u8(buf: UInt8Matrix, rows: int) -> UInt8Matrix:
+    if buf.shape[0] >= rows:
+        return buf
+    size = max(rows, 2 * buf.shape[0], 16)
+    return np.zeros((size, FRAME_SAMPLES), dtype=np.uint8)
 
 
 def _to_int16(mix: Int32Matrix) -> npt.NDArray[np.int16]:
@@ -222,15 +267,22 @@ class Engine:
         self._dirty = True
         self._order: list[ConferenceMedia] = []
         self._members: list[Participant] = []
+        # Per member: the read method (read_ulaw when offered, else read_frame) and write_ulaw.
+        self._reads: list[Callable[[], bytes | Frame | None]] = []
+        self._writes: list[Callable[[bytes], bool] | None] = []
+        self._any_ulaw_writer = False
         self._conf_of_row: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
-        self._group_starts: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
-        self._nonempty: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        # Runs of equally sized conferences: (first row, last row + 1, size, first conf, end).
+        self._blocks: list[tuple[int, int, int, int, int]] = []
         # Preallocated work buffers (grow by doubling).
         self._frames: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._mix: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._inbound: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._platform: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._outbound: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
+        self._codes_in: UInt8Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.uint8)
+        self._codes_out: UInt8Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.uint8)
+        self._codes_in_view = self._codes_in.data.cast("B")
         #: Ticks run by the clock task (for tests and the benchmark).
         self.clock_ticks = 0
 
@@ -271,27 +323,46 @@ class Engine:
         self._dirty = True
 
     def _rebuild_layout(self) -> None:
-        self._order = list(self._conferences.values())
+        # By size (stable), so that equally sized conferences are adjacent (see step 2).
+        self._order = sorted(self._conferences.values(), key=lambda c: len(c.participants))
         members: list[Participant] = []
         conf_of_row: list[int] = []
-        starts: list[int] = []
-        nonempty: list[int] = []
+        blocks: list[tuple[int, int, int, int, int]] = []
         for ci, conf in enumerate(self._order):
-            if conf.participants:
-                nonempty.append(ci)
-                starts.append(len(members))
-                members.extend(conf.participants.values())
-                conf_of_row.extend([ci] * len(conf.participants))
+            size = len(conf.participants)
+            if not size:
+                continue
+            row = len(members)
+            if blocks and blocks[-1][2] == size:
+                r0, _, _, c0, _ = blocks[-1]
+                blocks[-1] = (r0, row + size, size, c0, ci + 1)
+            else:
+                blocks.append((row, row + size, size, ci, ci + 1))
+            members.extend(conf.participants.values())
+            conf_of_row.extend([ci] * size)
+        self._blocks = blocks
         self._members = members
+        reads: list[Callable[[], bytes | Frame | None]] = []
+        writes: list[Callable[[bytes], bool] | None] = []
+        for p in members:
+            read_ulaw = getattr(p, "read_ulaw", None)
+            write_ulaw = getattr(p, "write_ulaw", None)
+            reads.append(read_ulaw if callable(read_ulaw) else p.read_frame)
+            writes.append(write_ulaw if callable(write_ulaw) else None)
+        self._reads = reads
+        self._writes = writes
+        self._any_ulaw_writer = any(w is not None for w in writes)
         self._conf_of_row = np.array(conf_of_row, dtype=np.intp)
-        self._group_starts = np.array(starts, dtype=np.intp)
-        self._nonempty = np.array(nonempty, dtype=np.intp)
         n_p, n_c = len(members), len(self._order)
         self._frames = _grow(self._frames, n_p)
         self._mix = _grow(self._mix, n_p)
         self._inbound = _grow(self._inbound, n_c)
         self._platform = _grow(self._platform, n_c)
         self._outbound = _grow(self._outbound, n_c)
+        if self._codes_in.shape[0] < n_p:
+            self._codes_in = _grow_u8(self._codes_in, n_p)
+            self._codes_out = _grow_u8(self._codes_out, n_p)
+            self._codes_in_view = self._codes_in.data.cast("B")
         self._dirty = False
 
     # ----------------------------------------------------------------- mixing
@@ -306,20 +377,35 @@ class Engine:
             return
         log_error = self._log_error
 
-        # 1. participants' frames
+        # 1. participants' frames: µ-law codes into one matrix (decoded at once), other frames
+        #    kept aside and copied in after the decode.
         frames = self._frames[:n_p]
+        codes = self._codes_in[:n_p]
+        codes.fill(ULAW_SILENCE)
+        codes_view = self._codes_in_view
         hold_rows: list[int] = []
-        for i, p in enumerate(members):
-            row = frames[i]
+        pcm_rows: list[tuple[int, Participant, Frame]] = []
+        i = 0
+        for p, read in zip(members, self._reads, strict=True):
             try:
-                frame = p.read_frame()
-                silent = p.muted or p.hold or frame is None
+                frame = read()
                 if p.hold:
                     hold_rows.append(i)
-                if silent:
-                    row.fill(0)
+                elif frame is None or p.muted:
+                    pass
+                elif type(frame) is bytes:
+                    start = i * FRAME_SAMPLES
+                    codes_view[start : start + FRAME_SAMPLES] = frame
                 else:
-                    row[:] = frame
+                    pcm_rows.append((i, p, frame))  # type: ignore[arg-type]
+            except Exception:
+                log_error("read_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
+            i += 1
+        np.take(_ULAW_DECODE_I32, codes, out=frames, mode="wrap")
+        for i, p, frame in pcm_rows:
+            row = frames[i]
+            try:
+                row[:] = frame
             except Exception:
                 row.fill(0)
                 log_error("read_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
@@ -328,7 +414,10 @@ class Engine:
         inbound = self._inbound[:n_c]
         inbound.fill(0)
         if n_p:
-            inbound[self._nonempty] = np.add.reduceat(frames, self._group_starts, axis=0)
+            for r0, r1, size, c0, c1 in self._blocks:
+                np.add.reduce(
+                    frames[r0:r1].reshape(c1 - c0, size, FRAME_SAMPLES), axis=1, out=inbound[c0:c1]
+                )
 
         # 3. platform sources
         platform = self._platform[:n_c]
@@ -376,11 +465,19 @@ class Engine:
             if hold_rows:
                 mix[hold_rows] = 0
             heard = _to_int16(mix)
-            for i, p in enumerate(members):
+            blob = b""
+            if self._any_ulaw_writer:
+                encoded = self._codes_out[:n_p]
+                np.take(ULAW_ENCODE, heard.view(np.uint16), out=encoded, mode="wrap")
+                blob = encoded.tobytes()
+            start = 0
+            for i, (p, write_ulaw) in enumerate(zip(members, self._writes, strict=True)):
                 try:
-                    p.write_frame(heard[i])
+                    if write_ulaw is None or not write_ulaw(blob[start : start + FRAME_SAMPLES]):
+                        p.write_frame(heard[i])
                 except Exception:
                     log_error("write_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
+                start += FRAME_SAMPLES
 
         # 5. taps
         inbound16: npt.NDArray[np.int16] | None = None
@@ -463,4 +560,4 @@ class Engine:
         return f"<Engine conferences={len(self._conferences)} running={self.running}>"
 
 
-__all__ = ["ConferenceMedia", "Engine"]
+__all__ = ["ConferenceMedia", "Engine", "UlawMedia"]

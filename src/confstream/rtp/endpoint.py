@@ -17,6 +17,22 @@ Sending (:meth:`RtpEndpoint.write_frame`): one packet per call (the mixer's 20 m
 SSRC and the first sequence number and timestamp are random (RFC 3550 §5.1); the timestamp
 advances by the frame's sample count every call, the marker is set on the first audio packet.
 While a queued DTMF digit plays, its RFC 4733 packets replace the audio packets.
+
+Hot path (every participant, every 20 ms; see ``bench/micro.py``):
+
+* :meth:`RtpEndpoint.receive` handles the common packet (V=2, no padding, extension or CSRCs,
+  the negotiated audio type) with one :func:`struct.unpack_from` and no packet object; anything
+  else goes through :meth:`RtpPacket.parse <confstream.rtp.packet.RtpPacket.parse>`.
+* PCMU payloads are buffered still encoded: :meth:`RtpEndpoint.read_ulaw` hands the conference
+  engine the 160 µ-law codes of a whole 20 ms packet so that it decodes every participant in
+  one table lookup; :meth:`RtpEndpoint.read_frame` decodes them itself. PCMA is decoded on
+  arrival, as before.
+* :meth:`RtpEndpoint.write_ulaw` packetises µ-law codes the engine encoded for everyone at once.
+* The packet counters ``confstream_rtp_packets_received_total``/``_sent_total`` are counted in
+  plain integers (:data:`PENDING`) and added to the Prometheus counters by :func:`flush_metrics`,
+  which the socket adapter schedules once per event-loop iteration: a Prometheus ``inc()`` takes
+  a lock and costs more than the rest of the packet's bookkeeping. Discards are rare and still
+  counted at once.
 """
 
 from __future__ import annotations
@@ -24,18 +40,28 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+import struct
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client import Counter
 
 from confstream import metrics
 from confstream.conference.base import FRAME_SAMPLES, Frame
-from confstream.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from confstream.media.g711 import ULAW_DECODE, alaw_decode, alaw_encode, ulaw_encode
 from confstream.rtp.dtmf import DtmfEvent, DtmfReceiver, DtmfSender
 from confstream.rtp.jitter import JitterBuffer, PutResult
-from confstream.rtp.packet import RtpError, RtpPacket
+from confstream.rtp.packet import MAX_PAYLOAD, RtpError, RtpPacket
 
-__all__ = ["PCMA", "PCMU", "SUPPORTED_PAYLOAD_TYPES", "RtpEndpoint", "RtpStats"]
+__all__ = [
+    "PCMA",
+    "PCMU",
+    "PENDING",
+    "SUPPORTED_PAYLOAD_TYPES",
+    "RtpEndpoint",
+    "RtpStats",
+    "flush_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +72,46 @@ SUPPORTED_PAYLOAD_TYPES = (PCMU, PCMA)
 CLOCK_RATE = 8000
 
 Address = tuple[str, int]
+
+#: The fixed header after its first byte (marker/payload type, sequence, timestamp, SSRC).
+_AFTER_B0 = struct.Struct("!BHII")
+_HEADER = struct.Struct("!BBHII")
+_FAST_MAX = 12 + MAX_PAYLOAD
+_ACCEPTED = PutResult.ACCEPTED
+_NO_EVENTS: list[DtmfEvent] = []
+
+
+class _Pending:
+    """Packet counts not yet added to the Prometheus counters (see :func:`flush_metrics`)."""
+
+    __slots__ = ("packets_in", "packets_out")
+
+    def __init__(self) -> None:
+        self.packets_in = 0
+        self.packets_out = 0
+
+
+#: Process-wide counts waiting for :func:`flush_metrics`.
+PENDING = _Pending()
+_discard_counters: dict[str, Counter] = {}
+
+
+def flush_metrics() -> None:
+    """Add the pending packet counts to ``confstream_rtp_packets_received_total`` and
+    ``confstream_rtp_packets_sent_total``. Cheap when nothing is pending."""
+    n_in, n_out = PENDING.packets_in, PENDING.packets_out
+    PENDING.packets_in = PENDING.packets_out = 0
+    if n_in:
+        metrics.RTP_PACKETS_IN.inc(n_in)
+    if n_out:
+        metrics.RTP_PACKETS_OUT.inc(n_out)
+
+
+def _count_discard(reason: str, n: int = 1) -> None:
+    counter = _discard_counters.get(reason)
+    if counter is None:
+        counter = _discard_counters[reason] = metrics.RTP_DISCARDED.labels(reason=reason)
+    counter.inc(n)
 
 
 @dataclass(slots=True)
@@ -73,8 +139,15 @@ def _encode(payload_type: int, frame: Frame) -> bytes:
     return codes.tobytes()
 
 
-def _decode(payload_type: int, payload: bytes) -> Frame:
-    return alaw_decode(payload) if payload_type == PCMA else ulaw_decode(payload)
+def _pcm(chunk: bytes | Frame) -> Frame:
+    """A buffered item as samples: µ-law codes (bytes) are decoded, frames pass through."""
+    if isinstance(chunk, bytes):
+        return ULAW_DECODE[np.frombuffer(chunk, dtype=np.uint8)]
+    return chunk
+
+
+def _conceal(last: bytes | Frame) -> Frame:
+    return (_pcm(last) >> 1).astype(np.int16)
 
 
 def _is_unspecified(host: str) -> bool:
@@ -96,10 +169,14 @@ class RtpEndpoint:
         self.telephone_event_pt: int | None = None
         self._sdp_remote: Address | None = None
         self._latched: Address | None = None
-        self.jitter = JitterBuffer()
+        #: Where packets go now: the same as :attr:`remote`, kept as a plain attribute for the
+        #: per-packet code. Read it, never set it.
+        self.dest: Address | None = None
+        #: Buffered items: µ-law codes (bytes) for PCMU, decoded frames for PCMA.
+        self.jitter: JitterBuffer[bytes | Frame] = JitterBuffer(conceal=_conceal)
         self._dtmf_in = DtmfReceiver()
         self._dtmf_out = DtmfSender()
-        self._pending: Frame = np.zeros(0, dtype=np.int16)
+        self._pending: Frame | None = None  # samples cut off a longer packet, not yet played
         self._counts = RtpStats()
         self._overflow_seen = 0
         #: Time (the ``now`` passed to :meth:`receive`) of the last valid packet, or None.
@@ -119,6 +196,7 @@ class RtpEndpoint:
         if remote != self._sdp_remote:
             self._latched = None
         self._sdp_remote = remote
+        self.dest = self._latched or self._sdp_remote
         self.payload_type = payload_type
         self.telephone_event_pt = telephone_event_pt
 
@@ -135,11 +213,36 @@ class RtpEndpoint:
 
     def _discard(self, reason: str) -> None:
         self._counts.discarded += 1
-        metrics.RTP_DISCARDED.labels(reason=reason).inc()
+        _count_discard(reason)
 
     def receive(self, data: bytes, addr: Address, now: float) -> list[DtmfEvent]:
         """Handle one datagram from ``addr`` arriving at ``now`` (seconds, monotonic).
         Returns the DTMF key presses it completed. Never raises for bad input."""
+        size = len(data)
+        if 12 < size <= _FAST_MAX and data[0] == 0x80:
+            # The common case: V=2, no padding, no extension, no CSRC, a non-empty payload.
+            b1, seq, ts, ssrc = _AFTER_B0.unpack_from(data, 1)
+            pt = b1 & 0x7F
+            if pt == self.payload_type:
+                counts = self._counts
+                counts.packets_received += 1
+                counts.bytes_received += size - 12
+                PENDING.packets_in += 1
+                self.last_valid = now
+                if self._latched is None:
+                    self._latch(addr)
+                payload = data[12:]
+                result = self.jitter.put(
+                    seq,
+                    ts,
+                    ssrc,
+                    payload if pt == PCMU else alaw_decode(payload),
+                    now,
+                    CLOCK_RATE,
+                )
+                if result != _ACCEPTED:
+                    self._count_put(result)
+                return _NO_EVENTS
         try:
             packet = RtpPacket.parse(data)
         except RtpError:
@@ -151,9 +254,14 @@ class RtpEndpoint:
                 self._discard("malformed")
                 return []
             self._accept(packet, addr, now)
-            frame = _decode(pt, packet.payload)
+            payload = packet.payload
             result = self.jitter.put(
-                packet.sequence_number, packet.timestamp, packet.ssrc, frame, now, CLOCK_RATE
+                packet.sequence_number,
+                packet.timestamp,
+                packet.ssrc,
+                payload if pt == PCMU else alaw_decode(payload),
+                now,
+                CLOCK_RATE,
             )
             self._count_put(result)
             return []
@@ -168,14 +276,18 @@ class RtpEndpoint:
         self._discard("unknown_payload")
         return []
 
+    def _latch(self, addr: Address) -> None:
+        self._latched = (addr[0], addr[1])
+        self.dest = self._latched
+
     def _accept(self, packet: RtpPacket, addr: Address, now: float) -> None:
         counts = self._counts
         counts.packets_received += 1
         counts.bytes_received += len(packet.payload)
-        metrics.RTP_PACKETS_IN.inc()
+        PENDING.packets_in += 1
         self.last_valid = now
         if self._latched is None:
-            self._latched = (addr[0], addr[1])
+            self._latch(addr)
 
     def _count_put(self, result: str) -> None:
         if result == PutResult.ACCEPTED:
@@ -191,23 +303,34 @@ class RtpEndpoint:
     def read_frame(self) -> Frame | None:
         """The next 160-sample frame for the mixer, or None (nothing yet, or silence).
         Packets of other sizes than 20 ms are re-cut into 160-sample frames."""
-        pending = self._pending
+        got = self.read_ulaw()
+        if isinstance(got, bytes):
+            return ULAW_DECODE[np.frombuffer(got, dtype=np.uint8)]
+        return got
+
+    def read_ulaw(self) -> bytes | Frame | None:
+        """Like :meth:`read_frame`, but when the next 20 ms is exactly one PCMU packet it is
+        returned as its 160 µ-law codes (``bytes``), undecoded, for the engine to decode with
+        everyone else's; otherwise the frame or None that :meth:`read_frame` would return."""
         jb = self.jitter
+        pending = self._pending
+        if pending is None:
+            chunk = jb.get()
+            if jb.stats.overflow != self._overflow_seen:
+                self._sync_overflow()
+            if chunk is None or len(chunk) == FRAME_SAMPLES:
+                return chunk
+            pending = _pcm(chunk)
+        # Re-cutting packets of other sizes than 20 ms.
         while len(pending) < FRAME_SAMPLES:
             chunk = jb.get()
             if chunk is None:
-                if not len(pending):
-                    self._sync_overflow()
-                    return None
                 pending = np.concatenate(
                     (pending, np.zeros(FRAME_SAMPLES - len(pending), np.int16))
                 )
                 break
-            if len(chunk) == FRAME_SAMPLES and not len(pending):
-                self._sync_overflow()
-                return chunk
-            pending = np.concatenate((pending, chunk))
-        self._pending = pending[FRAME_SAMPLES:]
+            pending = np.concatenate((pending, _pcm(chunk)))
+        self._pending = pending[FRAME_SAMPLES:] if len(pending) > FRAME_SAMPLES else None
         self._sync_overflow()
         return pending[:FRAME_SAMPLES]
 
@@ -217,7 +340,7 @@ class RtpEndpoint:
         if dropped > 0:
             self._overflow_seen += dropped
             self._counts.discarded += dropped
-            metrics.RTP_DISCARDED.labels(reason="overflow").inc(dropped)
+            _count_discard("overflow", dropped)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -229,12 +352,31 @@ class RtpEndpoint:
         self._dtmf_out.queue(digit, duration_ms)
         return True
 
+    def write_ulaw(self, codes: bytes) -> bytes | None:
+        """The datagram for this tick from audio the caller already encoded as µ-law (one
+        packet's worth of codes), exactly as :meth:`write_frame` would have made it from the
+        decoded samples. Returns None, and changes nothing, when that cannot be done here (the
+        codec is not PCMU, no remote address yet, or a DTMF digit is playing): then call
+        :meth:`write_frame` with the samples instead."""
+        if self.payload_type != PCMU or self.dest is None or self._dtmf_out.busy:
+            return None
+        seq, ts = self._seq, self._ts
+        data = _HEADER.pack(0x80, 0x80 if self._first_audio else 0, seq, ts, self.ssrc) + codes
+        self._first_audio = False
+        samples = len(codes)
+        self._seq = (seq + 1) & 0xFFFF
+        self._ts = (ts + samples) & 0xFFFFFFFF
+        counts = self._counts
+        counts.packets_sent += 1
+        counts.bytes_sent += samples
+        return data
+
     def write_frame(self, frame: Frame) -> bytes | None:
         """The datagram to send for this tick, or None when there is no remote address or no
         negotiated payload type yet (the tick's timestamp still advances)."""
         samples = len(frame) or FRAME_SAMPLES
         pt = self.payload_type
-        if pt is None or self.remote is None:
+        if pt is None or self.dest is None:
             self._ts = (self._ts + samples) & 0xFFFFFFFF
             return None
         step = None
@@ -242,19 +384,21 @@ class RtpEndpoint:
         if te_pt is not None and self._dtmf_out.busy:
             step = self._dtmf_out.next_step(self._ts)
         if step is not None and te_pt is not None:
-            packet = RtpPacket(
-                te_pt, self._seq, step.timestamp, self.ssrc, step.payload, step.marker
-            )
+            payload = step.payload
+            data = RtpPacket(
+                te_pt, self._seq, step.timestamp, self.ssrc, payload, step.marker
+            ).serialize()
         else:
-            packet = RtpPacket(pt, self._seq, self._ts, self.ssrc, _encode(pt, frame))
-            packet.marker = self._first_audio
+            payload = _encode(pt, frame)
+            b1 = pt | (0x80 if self._first_audio else 0)
+            data = _HEADER.pack(0x80, b1, self._seq, self._ts, self.ssrc) + payload
             self._first_audio = False
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + samples) & 0xFFFFFFFF
         counts = self._counts
         counts.packets_sent += 1
-        counts.bytes_sent += len(packet.payload)
-        return packet.serialize()
+        counts.bytes_sent += len(payload)
+        return data
 
     # -- stats -------------------------------------------------------------------------------
 

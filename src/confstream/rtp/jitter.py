@@ -30,13 +30,17 @@ Rules:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from confstream.conference.base import FRAME_SAMPLES, Frame
 
 __all__ = ["MAX_JUMP", "MAX_LATE_RUN", "JitterBuffer", "JitterStats", "PutResult"]
+
+T = TypeVar("T")
 
 #: A sequence number further than this from the expected one means the stream restarted.
 MAX_JUMP = 1000
@@ -77,13 +81,29 @@ class JitterStats:
     resets: int = 0
 
 
-class JitterBuffer:
+class JitterBuffer(Generic[T]):
     """See the module docstring. ``frame_samples`` is the timestamp increment of one packet
     (160 for 20 ms at 8 kHz) and sets the unit of the depth; ``min_depth``/``max_depth`` bound
-    the target depth in packets (defaults 1 and 8)."""
+    the target depth in packets (defaults 1 and 8).
+
+    The buffer does not look at what it stores: by default int16 frames, but the RTP endpoint
+    stores still-encoded µ-law payloads (``bytes``) and decodes them for the whole conference
+    at once. ``conceal`` turns the last played item into the concealment frame; the default,
+    for int16 frames, halves the amplitude.
+
+    Cost: :meth:`put` and :meth:`get` are O(1) per packet (a dict keyed by extended sequence
+    number; ``min()`` over at most ``max_depth + 10`` keys only on start and overflow), and the
+    target depth is only computed when the buffer holds more than ``min_depth + 2`` packets or
+    is waiting to start.
+    """
 
     def __init__(
-        self, *, frame_samples: int = FRAME_SAMPLES, min_depth: int = 1, max_depth: int = 8
+        self,
+        *,
+        frame_samples: int = FRAME_SAMPLES,
+        min_depth: int = 1,
+        max_depth: int = 8,
+        conceal: Callable[[T], Frame | None] | None = None,
     ) -> None:
         if not 1 <= min_depth <= max_depth:
             raise ValueError("need 1 <= min_depth <= max_depth")
@@ -93,19 +113,22 @@ class JitterBuffer:
         self.stats = JitterStats()
         #: RFC 3550 interarrival jitter estimate, in timestamp units.
         self.jitter = 0.0
+        self._conceal_fn: Callable[[T], Frame | None] = (
+            conceal if conceal is not None else _half  # type: ignore[assignment]
+        )
         self._capacity = max_depth + SLACK + 8
         self._ssrc: int | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._frames: dict[int, Frame | None] = {}
+        self._frames: dict[int, T | None] = {}
         self._highest: int | None = None  # highest extended seq seen
         self._base = 0  # first extended seq of this run (for loss)
         self._received_run = 0
         self._lost_before = self.stats.lost  # loss of earlier runs
         self._last_out: int | None = None  # extended seq last played or skipped
         self._playing = False
-        self._last_frame: Frame | None = None
+        self._last_frame: T | None = None
         self._played: set[int] = set()  # recently played extended seqs (duplicate detection)
         self._late_run = 0
         self._transit: float | None = None
@@ -145,7 +168,7 @@ class JitterBuffer:
         sequence_number: int,
         timestamp: int | None,
         ssrc: int,
-        frame: Frame | None,
+        frame: T | None,
         arrival: float,
         clock_rate: int = 8000,
     ) -> str:
@@ -157,24 +180,36 @@ class JitterBuffer:
                 self.reset()
             self._ssrc = ssrc
             self._transit = None
-        ext = self._extend(sequence_number)
-        if self._highest is not None and abs(ext - self._highest) > MAX_JUMP:
-            self.reset()
+        highest = self._highest
+        if highest is None:
             ext = sequence_number
-        if self._highest is None:
-            self._highest = ext
+            self._highest = highest = ext
             self._base = ext
+        else:
+            delta = (sequence_number - highest) & 0xFFFF
+            if delta >= 0x8000:
+                delta -= 0x10000
+            ext = highest + delta
+            if delta > MAX_JUMP or delta < -MAX_JUMP:
+                self.reset()
+                ext = sequence_number
+                self._highest = highest = ext
+                self._base = ext
         # RFC 3550 §6.4.1 / A.8: J += (|D| - J) / 16, in timestamp units.
         if timestamp is not None:
             transit = arrival * clock_rate - timestamp
-            if self._transit is not None:
-                d = transit - self._transit
+            last_transit = self._transit
+            if last_transit is not None:
+                d = transit - last_transit
+                if d < 0:
+                    d = -d
                 # A timestamp wrap shows up as a jump of ~2**32; ignore that one sample.
-                if abs(d) < 2**31:
-                    self.jitter += (abs(d) - self.jitter) / 16.0
+                if d < 2147483648.0:
+                    self.jitter += (d - self.jitter) / 16.0
             self._transit = transit
 
-        if self._last_out is not None and ext <= self._last_out:
+        last_out = self._last_out
+        if last_out is not None and ext <= last_out:
             self._late_run += 1
             if self._late_run >= MAX_LATE_RUN:
                 self.reset()
@@ -185,45 +220,46 @@ class JitterBuffer:
             self.stats.late += 1
             return PutResult.LATE
         self._late_run = 0
-        if ext in self._frames:
-            self.stats.duplicate += 1
+        frames = self._frames
+        stats = self.stats
+        if ext in frames:
+            stats.duplicate += 1
             return PutResult.DUPLICATE
-        if ext > self._highest:
-            self._highest = ext
-        self._frames[ext] = frame
-        self._received_run += 1
-        self.stats.received += 1
-        self._update_lost()
-        if len(self._frames) > self._capacity:
-            oldest = min(self._frames)
-            del self._frames[oldest]
+        if ext > highest:
+            self._highest = highest = ext
+        frames[ext] = frame
+        received = self._received_run = self._received_run + 1
+        stats.received += 1
+        lost = highest - self._base + 1 - received
+        stats.lost = self._lost_before + lost if lost > 0 else self._lost_before
+        if len(frames) > self._capacity:
+            oldest = min(frames)
+            del frames[oldest]
             self._last_out = oldest
-            self.stats.overflow += 1
+            stats.overflow += 1
             return PutResult.OVERFLOW if oldest == ext else PutResult.ACCEPTED
         return PutResult.ACCEPTED
 
-    def _update_lost(self) -> None:
-        assert self._highest is not None
-        expected = self._highest - self._base + 1
-        self.stats.lost = self._lost_before + max(expected - self._received_run, 0)
-
-    def get(self) -> Frame | None:
-        """The next packet's samples, a concealment frame, or None (silence / not started)."""
+    def get(self) -> T | Frame | None:
+        """The next packet's item, a concealment frame, or None (silence / not started)."""
         frames = self._frames
         if not self._playing:
             if not frames or len(frames) < self.target:
                 return self._conceal()
             self._playing = True
             self._last_out = min(frames) - 1
-        assert self._last_out is not None
-        # Latency control: drop the oldest while well above target.
-        limit = self.target + SLACK
-        while len(frames) > limit:
-            oldest = min(frames)
-            del frames[oldest]
-            self._last_out = oldest
-            self.stats.overflow += 1
-        due = self._last_out + 1
+        last_out = self._last_out
+        assert last_out is not None
+        # Latency control: drop the oldest while well above target (the target is at least
+        # min_depth, so below min_depth + SLACK there is nothing to compute).
+        if len(frames) > self.min_depth + SLACK:
+            limit = self.target + SLACK
+            while len(frames) > limit:
+                oldest = min(frames)
+                del frames[oldest]
+                last_out = oldest
+                self.stats.overflow += 1
+        due = last_out + 1
         if due in frames:
             frame = frames.pop(due)
             self._last_out = due
@@ -233,6 +269,7 @@ class JitterBuffer:
             played.add(due)
             self._last_frame = frame
             return frame
+        self._last_out = last_out
         if frames:
             # The due packet is missing and later ones wait: skip it.
             self._last_out = due
@@ -248,4 +285,9 @@ class JitterBuffer:
             return None
         self.stats.concealed += 1
         self._last_frame = None
-        return (last >> 1).astype(np.int16)
+        return self._conceal_fn(last)
+
+
+def _half(frame: Frame) -> Frame:
+    """The default concealment: the last frame at half amplitude."""
+    return (frame >> 1).astype(np.int16)

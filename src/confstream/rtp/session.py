@@ -6,6 +6,14 @@ conference's 20 ms mixer clock calls :meth:`RtpSession.write_frame` (one packet,
 with a non-blocking ``sendto``) and :meth:`RtpSession.read_frame`; the session has no audio
 timer of its own. The inactivity check is one ``loop.call_later`` that re-arms itself for the
 remaining time, so it costs nothing per packet.
+
+The packet counters are batched (see :mod:`confstream.rtp.endpoint`): the first packet handled
+in an event-loop iteration schedules one :func:`~confstream.rtp.endpoint.flush_metrics` with
+``loop.call_soon``, so ``/metrics`` is at most one loop iteration behind.
+
+The conference engine's fast path (:meth:`RtpSession.read_ulaw`, :meth:`RtpSession.write_ulaw`)
+moves µ-law codes instead of samples so that it can decode and encode every participant in one
+NumPy lookup per tick.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from collections.abc import Callable
 
 from confstream import metrics
 from confstream.conference.base import Frame
-from confstream.rtp.endpoint import RtpEndpoint, RtpStats
+from confstream.rtp.dtmf import DtmfEvent
+from confstream.rtp.endpoint import PENDING, RtpEndpoint, RtpStats, flush_metrics
 from confstream.rtp.ports import RtpPortPool
 
 __all__ = ["RtpSession", "RtpStats"]
@@ -25,12 +34,51 @@ __all__ = ["RtpSession", "RtpStats"]
 log = logging.getLogger(__name__)
 
 
+def _bind_errno(exc: OSError) -> int | None:
+    """The errno of a failed bind. uvloop raises a new OSError without one ("could not bind
+    to local_addr") chained to the original, so look at the cause too."""
+    if exc.errno is None and isinstance(exc.__cause__, OSError):
+        return exc.__cause__.errno
+    return exc.errno
+
+
+#: The loop on which a :func:`flush_metrics` is scheduled and not yet run, else None. A loop
+#: that closes before running it leaves it set; the next packet on another loop re-schedules.
+_flush_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _flush() -> None:
+    global _flush_loop
+    _flush_loop = None
+    flush_metrics()
+
+
+def _schedule_flush(loop: asyncio.AbstractEventLoop) -> None:
+    global _flush_loop
+    _flush_loop = loop
+    loop.call_soon(_flush)
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, session: RtpSession) -> None:
         self._session = session
+        self._endpoint = session.endpoint
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._session._on_datagram(data, addr)
+        session = self._session
+        loop = session._loop
+        if session._closed or loop is None:
+            return
+        try:
+            events = self._endpoint.receive(data, addr, loop.time())
+        except Exception:  # defensive: one bad datagram must never kill the session
+            log.exception("call %s: unexpected error handling an RTP datagram", session.call_sid)
+            metrics.RTP_DISCARDED.labels(reason="malformed").inc()
+            return
+        if _flush_loop is not loop:
+            _schedule_flush(loop)
+        if events:
+            session._dtmf_events(events)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (e.g. port unreachable after the peer went away) are not fatal:
@@ -99,7 +147,7 @@ class RtpSession:
                 )
             except OSError as exc:
                 self.port_pool.release(port)
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                if _bind_errno(exc) in (errno.EADDRINUSE, errno.EACCES):
                     last_error = exc
                     continue
                 raise
@@ -177,21 +225,53 @@ class RtpSession:
         """The next 160-sample 8 kHz frame from the jitter buffer, or None (nothing/silence)."""
         return self.endpoint.read_frame()
 
+    def read_ulaw(self) -> bytes | Frame | None:
+        """:meth:`read_frame` for the engine's fast path: a whole 20 ms PCMU packet comes back
+        as its 160 µ-law codes (``bytes``), undecoded; anything else as :meth:`read_frame`."""
+        return self.endpoint.read_ulaw()
+
     def write_frame(self, frame: Frame) -> None:
         """Encode with the negotiated codec and send one packet now (or the DTMF packet that
         replaces it). Does nothing before :meth:`open`/:meth:`set_remote` or after close."""
+        endpoint = self.endpoint
+        data = endpoint.write_frame(frame)
+        if data is not None:
+            self._send(data, endpoint.dest)
+
+    def write_ulaw(self, codes: bytes) -> bool:
+        """:meth:`write_frame` for the engine's fast path, from the frame already encoded as
+        µ-law. Returns False, having done nothing, when this session cannot take µ-law now
+        (another codec, no remote yet, a DTMF digit playing): call :meth:`write_frame`."""
+        endpoint = self.endpoint
+        data = endpoint.write_ulaw(codes)
+        if data is None:
+            return False
         transport = self._transport
-        data = self.endpoint.write_frame(frame)
-        if data is None or transport is None:
+        if transport is not None:  # (_send, inlined: this runs for every participant)
+            try:
+                transport.sendto(data, endpoint.dest)
+            except OSError as exc:  # pragma: no cover - asyncio reports via error_received
+                log.debug("rtp sendto failed: %s", exc)
+                return True
+            PENDING.packets_out += 1
+            loop = self._loop
+            if _flush_loop is not loop and loop is not None:
+                _schedule_flush(loop)
+        return True
+
+    def _send(self, data: bytes, dest: tuple[str, int] | None) -> None:
+        transport = self._transport
+        if transport is None or dest is None:
             return
-        remote = self.endpoint.remote
-        assert remote is not None
         try:
-            transport.sendto(data, remote)
+            transport.sendto(data, dest)
         except OSError as exc:  # pragma: no cover - asyncio normally reports via error_received
             log.debug("rtp sendto failed: %s", exc)
             return
-        metrics.RTP_PACKETS_OUT.inc()
+        PENDING.packets_out += 1
+        loop = self._loop
+        if _flush_loop is not loop and loop is not None:
+            _schedule_flush(loop)
 
     def send_dtmf(self, digit: str, duration_ms: int) -> None:
         """Queue an RFC 4733 digit; its packets replace audio packets on the next ticks.
@@ -204,16 +284,8 @@ class RtpSession:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._closed or self._loop is None:
-            return
-        try:
-            events = self.endpoint.receive(data, addr, self._loop.time())
-        except Exception:  # defensive: one bad datagram must never kill the session
-            log.exception("call %s: unexpected error handling an RTP datagram", self.call_sid)
-            metrics.RTP_DISCARDED.labels(reason="malformed").inc()
-            return
-        if events and self.on_dtmf is not None:
+    def _dtmf_events(self, events: list[DtmfEvent]) -> None:
+        if self.on_dtmf is not None:
             for event in events:
                 try:
                     self.on_dtmf(event.digit, event.duration_ms)

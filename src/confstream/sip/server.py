@@ -92,6 +92,10 @@ class SipParticipant:
     Audio and DTMF go to the RTP session; :meth:`hangup` (REST delete, conference end, RTP
     timeout) sends BYE and tears the call down. ``muted`` and ``hold`` are read by the engine;
     ``hold`` follows re-INVITEs.
+
+    It also offers the engine's µ-law fast path (:class:`~confstream.conference.engine.UlawMedia`):
+    ``read_ulaw`` and ``write_ulaw`` are the RTP session's own bound methods (the endpoint's for
+    reading), set once here so that the per-tick calls go straight to the RTP code.
     """
 
     def __init__(self, call_sid: str, session: RtpSession, on_hangup: Callable[[str], None]):
@@ -100,6 +104,10 @@ class SipParticipant:
         self.hold = False
         self.session = session
         self._on_hangup = on_hangup
+        #: The engine's fast path: 160 µ-law codes, or what read_frame returns.
+        self.read_ulaw: Callable[[], bytes | Frame | None] = session.endpoint.read_ulaw
+        #: The engine's fast path: send a mix-minus given as µ-law codes (False: not taken).
+        self.write_ulaw: Callable[[bytes], bool] = session.write_ulaw
 
     def read_frame(self) -> Frame | None:
         return self.session.read_frame()
