@@ -5,14 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from confstream.api.errors import invalid
+
+RowT = TypeVar("RowT")
 
 API_VERSION = "2010-04-01"
 SIGNALWIRE_BASE = "/api/laml/2010-04-01"
@@ -138,3 +141,19 @@ def page_body(
         "end": paging.offset + max(len(items) - 1, 0),
         "uri": uri(paging.page, paging.offset if paging.offset else None),
     }
+
+
+def page_response(
+    request: Request,
+    list_path: str,
+    key: str,
+    rows: Sequence[RowT],
+    render: Callable[[str, RowT], dict[str, Any]],
+    paging: Paging,
+) -> JSONResponse:
+    """One page of a list. ``rows`` were fetched with ``limit=paging.page_size + 1``: the extra
+    row is not shown, it only tells that a next page exists."""
+    base = base_path(request)
+    items = [render(base, row) for row in rows[: paging.page_size]]
+    has_next = len(rows) > paging.page_size
+    return JSONResponse(page_body(request, list_path, key, items, paging, has_next=has_next))

@@ -39,7 +39,7 @@ from confstream.api.common import (
     JSONResponse,
     base_path,
     form,
-    page_body,
+    page_response,
     parse_bool,
     parse_date,
     parse_paging,
@@ -124,17 +124,14 @@ async def list_conferences(request: Request) -> Response:
     rows = await _services(request).store.list_conferences(
         account.sid, filters, offset=paging.offset, limit=paging.page_size + 1
     )
-    base = base_path(request)
-    items = [conference_json(base, row) for row in rows[: paging.page_size]]
-    body = page_body(
+    return page_response(
         request,
         f"/Accounts/{account.sid}/Conferences",
         "conferences",
-        items,
+        rows,
+        conference_json,
         paging,
-        has_next=len(rows) > paging.page_size,
     )
-    return JSONResponse(body)
 
 
 async def conference_instance(request: Request) -> Response:
@@ -176,17 +173,8 @@ async def list_participants(request: Request) -> Response:
         offset=paging.offset,
         limit=paging.page_size + 1,
     )
-    base = base_path(request)
-    items = [participant_json(base, row) for row in rows[: paging.page_size]]
-    body = page_body(
-        request,
-        f"/Accounts/{account.sid}/Conferences/{conference.sid}/Participants",
-        "participants",
-        items,
-        paging,
-        has_next=len(rows) > paging.page_size,
-    )
-    return JSONResponse(body)
+    path = f"/Accounts/{account.sid}/Conferences/{conference.sid}/Participants"
+    return page_response(request, path, "participants", rows, participant_json, paging)
 
 
 async def participant_instance(request: Request) -> Response:
@@ -234,16 +222,8 @@ async def streams_collection(request: Request) -> Response:
     rows = await services.store.list_streams(
         conference.sid, status=status, offset=paging.offset, limit=paging.page_size + 1
     )
-    items = [stream_json(base, row) for row in rows[: paging.page_size]]
-    body = page_body(
-        request,
-        f"/Accounts/{account.sid}/Conferences/{conference.sid}/Streams",
-        "streams",
-        items,
-        paging,
-        has_next=len(rows) > paging.page_size,
-    )
-    return JSONResponse(body)
+    path = f"/Accounts/{account.sid}/Conferences/{conference.sid}/Streams"
+    return page_response(request, path, "streams", rows, stream_json, paging)
 
 
 async def stream_instance(request: Request) -> Response:
