@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -22,6 +24,7 @@ from starlette.applications import Starlette
 
 from confstream.api import create_api
 from confstream.conference.engine import Engine
+from confstream.metrics import GC_PAUSE
 from confstream.rtp.ports import RtpPortPool
 from confstream.services import Services
 from confstream.settings import Settings
@@ -30,6 +33,28 @@ from confstream.store import Account, Store, open_store
 from confstream.streams.manager import StreamManager
 
 log = logging.getLogger("confstream")
+
+
+class _GcTimer:
+    """Measures every garbage collection into ``confstream_gc_pause_seconds``: a collection
+    stops the 20 ms clock like any other blocking work, so it must be visible."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            GC_PAUSE.labels(generation=str(info["generation"])).observe(
+                time.perf_counter() - self._started
+            )
+
+
+def time_gc() -> None:
+    """Install the collection timer once per process."""
+    if not any(isinstance(cb, _GcTimer) for cb in gc.callbacks):
+        gc.callbacks.append(_GcTimer())
 
 
 @dataclass
@@ -78,6 +103,7 @@ class Server:
             if self._http_task.done():
                 self._http_task.result()
             await asyncio.sleep(0.01)
+        time_gc()
         api.state.ready = True
         log.info(
             "confstream ready: http=%s:%d sip=%s:%d rtp=%s db=%s",

@@ -52,3 +52,11 @@ STREAM_INBOUND_IGNORED = Counter(
 
 # Callbacks
 CALLBACKS_SENT = Counter("confstream_callbacks_total", "Status callbacks delivered", ["outcome"])
+
+# Process
+GC_PAUSE = Histogram(
+    "confstream_gc_pause_seconds",
+    "Time the garbage collector stopped the process, per collection",
+    ["generation"],
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
+)
