@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .peers import ServerProcess
+from confstream.tools.server import ServerProcess
 
 
 @pytest.fixture

@@ -5,14 +5,8 @@ The TLS WebSocket receiver is tests.streams.peers.ws_receiver (trustme certifica
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,122 +15,17 @@ import numpy as np
 
 from confstream.media.analysis import tone
 from confstream.media.wav import write_wav
+from confstream.tools.server import Account, free_port
 from confstream.tools.sipp import caller_command, caller_scenario
-
-CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (SIP listens on both)."""
-    while True:
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
-        with socket.socket(socket.AF_INET, other) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 def free_rtp_range(size: int = 400) -> str:
     """An even-aligned UDP port range whose first port is free (good enough for one run)."""
     for _ in range(50):
-        low = (free_port(socket.SOCK_DGRAM) // 2) * 2
+        low = (free_port() // 2) * 2
         if low + size < 65535 and low > 1024:
             return f"{low}-{low + size}"
     raise RuntimeError("no free RTP range")
-
-
-@dataclass
-class Account:
-    sid: str
-    token: str
-
-
-@dataclass
-class ServerProcess:
-    """``confstream serve`` in a subprocess with its own SQLite file and ports."""
-
-    workdir: Path
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    http_port: int = 0
-    sip_port: int = 0
-
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.workdir / 'confstream.db'}"
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            CONFSTREAM_DATABASE_URL=self.db_url,
-            CONFSTREAM_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
-            CONFSTREAM_SIP_LISTEN=f"127.0.0.1:{self.sip_port}",
-            CONFSTREAM_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
-        )
-        env.setdefault("CONFSTREAM_RTP_PORTS", free_rtp_range())
-        env.update(self.env)
-        return env
-
-    def create_account(self, *extra: str) -> Account:
-        out = subprocess.run(
-            [CONFSTREAM, "accounts", "create", "--database-url", self.db_url, *extra],
-            check=True,
-            capture_output=True,
-            env=self._env(),
-        ).stdout
-        data = json.loads(out)
-        return Account(data["sid"], data["auth_token"])
-
-    def start(self) -> None:
-        self.http_port = self.http_port or free_port()
-        self.sip_port = self.sip_port or free_port()
-        self.log = open(self.workdir / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [CONFSTREAM, "serve"], env=self._env(), stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.read_log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"server not healthy: {self.read_log()}")
-
-    def read_log(self) -> str:
-        return (self.workdir / "server.log").read_text(errors="replace")
-
-    def stop(self, kill: bool = False) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return int(self.proc.returncode)
-
-    def api(self, account: Account) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"{self.base}/api/laml/2010-04-01/Accounts/{account.sid}",
-            auth=(account.sid, account.token),
-            timeout=10,
-        )
 
 
 def tone_wav(path: Path, freq: float, seconds: float, fmt: str = "pcm16") -> Path:
@@ -162,7 +51,7 @@ async def start_sipp_caller(
         room,
         account.sid,
         account.token,
-        sip_port=free_port(socket.SOCK_DGRAM),
+        sip_port=free_port(),
         media_port=int(free_rtp_range(8).split("-")[0]),
         timeout_s=int(seconds) + 30,
     )

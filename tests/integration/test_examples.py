@@ -10,14 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from .peers import (
-    CONFSTREAM,
-    ServerProcess,
-    await_for,
-    conference_named,
-    free_port,
-    start_sipp_caller,
-)
+from confstream.tools.server import CONFSTREAM, ServerProcess, free_port
+
+from .peers import await_for, conference_named, start_sipp_caller
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +23,7 @@ def test_serve_prints_a_first_account_and_a_working_curl_line(tmp_path: Path) ->
     srv.http_port, srv.sip_port = free_port(), free_port()
     proc = subprocess.Popen(
         [CONFSTREAM, "serve", "--show-first-account"],
-        env=srv._env(),
+        env=srv.environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 
 from confstream.media.analysis import tone_levels
+from confstream.tools.server import ServerProcess
 
-from .peers import BaresipCaller, ServerProcess, await_for, conference_named, start_sipp_caller
+from .peers import BaresipCaller, await_for, conference_named, start_sipp_caller
 
 FREQS = (440.0, 660.0, 880.0)
 

@@ -24,15 +24,10 @@ from confstream.media.analysis import tone, tone_levels
 from confstream.media.g711 import alaw_decode, ulaw_decode, ulaw_encode
 from confstream.media.l16 import l16_decode
 from confstream.media.wav import wav_bytes
+from confstream.tools.server import ServerProcess
 
 from ..streams.peers import Conn, Receiver, Tls, ws_receiver
-from .peers import (
-    BaresipCaller,
-    ServerProcess,
-    await_for,
-    conference_named,
-    start_sipp_caller,
-)
+from .peers import BaresipCaller, await_for, conference_named, start_sipp_caller
 
 ANNOUNCE_HZ = 1000.0
 RETURN_HZ = 1200.0

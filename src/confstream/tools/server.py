@@ -1,0 +1,152 @@
+"""``confstream serve`` in a subprocess, the way users run it (used by tests, demo and bench).
+
+Each instance has its own SQLite file in ``workdir``, free HTTP and SIP ports, an RTP range
+outside the kernel's ephemeral ports (so callers' sockets never hold the server's RTP ports),
+and loopback in ``allowed_networks`` so local receivers and callback servers are reachable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (SIP listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+def rtp_port_range(needed: int = 2500) -> str:
+    """An RTP range outside the kernel's ephemeral ports: above them when there is room for
+    ``needed`` even ports, else below them."""
+    low, high = 32768, 60999
+    with contextlib.suppress(OSError, ValueError):
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    if 65535 - (high + 1) >= 2 * needed:
+        return f"{high + 1}-65535"
+    return f"{max(1024, low - 2 * needed)}-{low - 1}"
+
+
+@dataclass(frozen=True)
+class Account:
+    sid: str
+    token: str
+
+
+@dataclass
+class ServerProcess:
+    """One server. ``env`` adds or overrides ``CONFSTREAM_*`` variables; ``prefix`` goes before
+    the command (e.g. ``taskset -c 0``)."""
+
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    prefix: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    http_port: int = 0
+    sip_port: int = 0
+    _log: IO[bytes] | None = None
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.workdir / 'confstream.db'}"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            CONFSTREAM_DATABASE_URL=self.db_url,
+            CONFSTREAM_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
+            CONFSTREAM_SIP_LISTEN=f"127.0.0.1:{self.sip_port}",
+            CONFSTREAM_RTP_PORTS=rtp_port_range(),
+            CONFSTREAM_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
+        )
+        env.update(self.env)
+        return env
+
+    def create_account(self, *extra: str) -> Account:
+        """``confstream accounts create`` against this server's database."""
+        out = subprocess.run(
+            [CONFSTREAM, "accounts", "create", "--database-url", self.db_url, *extra],
+            check=True,
+            capture_output=True,
+            env=self.environment(),
+        ).stdout
+        data = json.loads(out)
+        return Account(data["sid"], data["auth_token"])
+
+    def start(self, healthy_within: float = 30.0) -> None:
+        """Start the server and wait for ``/healthz`` to answer 200."""
+        self.http_port = self.http_port or free_port()
+        self.sip_port = self.sip_port or free_port()
+        self._log = (self.workdir / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [*self.prefix, CONFSTREAM, "serve"],
+            env=self.environment(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        deadline = time.monotonic() + healthy_within
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"server not healthy:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            text = (self.workdir / "server.log").read_text(errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
+        return ""
+
+    def stop(self, kill: bool = False) -> int | None:
+        """SIGTERM (an orderly shutdown) or SIGKILL; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode
+
+    def api(self, account: Account, timeout: float = 15.0) -> httpx.Client:
+        """An HTTP client for the account's SignalWire base path."""
+        return httpx.Client(
+            base_url=f"{self.base}/api/laml/2010-04-01/Accounts/{account.sid}",
+            auth=(account.sid, account.token),
+            timeout=timeout,
+        )
