@@ -41,7 +41,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,40 +64,14 @@ from bench.report import (
     percentile,
     write_report,
 )
+from confstream.tools.server import Account, ServerProcess, free_port, rtp_port_range
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
 ROOM_SIZE = 10
 
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def free_port() -> int:
-    """A port free for TCP and UDP on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-
-
-def rtp_port_range(needed: int = 2500) -> str:
-    """An RTP range outside the kernel's ephemeral ports (which the load generator's and the
-    sink's sockets use), so the server never finds its RTP port taken: above the ephemeral
-    range when there is room for ``needed`` even ports, else below it."""
-    low, high = 32768, 60999
-    with contextlib.suppress(OSError, ValueError):
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    if 65535 - (high + 1) >= 2 * needed:
-        return f"{high + 1}-65535"
-    return f"{max(1024, low - 2 * needed)}-{low - 1}"
 
 
 def machine_info() -> dict[str, Any]:
@@ -214,97 +187,29 @@ class LineProc:
 # The server
 
 
-@dataclass
-class Server:
-    workdir: Path
-    tls: Tls
-    prefix: list[str]
-    http_port: int = 0
-    sip_port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    account: tuple[str, str] = ("", "")
-    log_file: IO[bytes] | None = None
+class Server(ServerProcess):
+    """The server under test: quiet logs, the sink's CA trusted, pinned with ``prefix``."""
 
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.workdir / 'confstream.db'}"
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            CONFSTREAM_DATABASE_URL=self.db_url,
-            CONFSTREAM_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
-            CONFSTREAM_SIP_LISTEN=f"127.0.0.1:{self.sip_port}",
-            CONFSTREAM_RTP_PORTS=rtp_port_range(),
-            CONFSTREAM_ALLOWED_NETWORKS="127.0.0.0/8",
-            CONFSTREAM_STREAM_CA_FILE=str(self.tls.ca_file),
-            CONFSTREAM_LOG_LEVEL="warning",
+    def __init__(self, workdir: Path, tls: Tls, prefix: list[str]) -> None:
+        super().__init__(
+            workdir,
+            env={
+                "CONFSTREAM_STREAM_CA_FILE": str(tls.ca_file),
+                "CONFSTREAM_ALLOWED_NETWORKS": "127.0.0.0/8",
+                "CONFSTREAM_LOG_LEVEL": "warning",
+            },
+            prefix=prefix,
         )
-        return env
+        self.account = Account("", "")
 
-    def start(self) -> None:
+    def start(self, healthy_within: float = 30.0) -> None:
         self.http_port, self.sip_port = free_port(), free_port()
-        out = subprocess.run(
-            [CONFSTREAM, "accounts", "create", "--database-url", self.db_url],
-            check=True,
-            capture_output=True,
-            env=self.env(),
-        ).stdout
-        data = json.loads(out)
-        self.account = (data["sid"], data["auth_token"])
-        self.log_file = (self.workdir / "server.log").open("ab")
-        self.proc = subprocess.Popen(
-            [*self.prefix, CONFSTREAM, "serve"],
-            env=self.env(),
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"server not healthy:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            text = (self.workdir / "server.log").read_text(errors="replace")
-            return "\n".join(text.splitlines()[-lines:])
-        return ""
-
-    def api(self) -> httpx.Client:
-        sid, token = self.account
-        return httpx.Client(
-            base_url=f"{self.base}/api/laml/2010-04-01/Accounts/{sid}",
-            auth=(sid, token),
-            timeout=15,
-        )
+        self.account = self.create_account()
+        super().start(healthy_within)
 
     def metrics(self) -> dict[str, Any]:
         text = httpx.get(f"{self.base}/metrics", timeout=10).text
         return parse_metrics(text)
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.log_file is not None:
-            self.log_file.close()
-        return self.proc.returncode
 
 
 def parse_metrics(text: str) -> dict[str, Any]:
@@ -402,7 +307,7 @@ def run_point(cfg: PointConfig, workdir: Path, pin: Pinning) -> dict[str, Any]:
             cwd=ROOT, log=workdir / "sink.log", env=env,
         )  # fmt: skip
         sink_port = sink.wait_for("listening", 20)["port"]
-        sid, token = server.account
+        sid, token = server.account.sid, server.account.token
         gen = LineProc(
             [*pin.load, sys.executable, "-m", "bench.loadgen", "--sip",
              f"127.0.0.1:{server.sip_port}", "--account", sid, "--token", token,
@@ -424,7 +329,7 @@ def run_point(cfg: PointConfig, workdir: Path, pin: Pinning) -> dict[str, Any]:
         if answered == 0:
             raise RuntimeError(f"no caller was answered; server log:\n{server.log_tail()}")
         # 2. streams, one per conference
-        api = server.api()
+        api = server.api(server.account)
         confs = api.get(
             "/Conferences.json", params={"Status": "in-progress", "PageSize": 1000}
         ).json()
