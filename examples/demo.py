@@ -13,9 +13,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import signal
-import socket
 import ssl
 import sys
 import tempfile
@@ -34,17 +31,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from confstream.media.analysis import rms_dbfs, tone, tone_levels
 from confstream.media.g711 import ulaw_decode
 from confstream.media.wav import write_wav
+from confstream.tools.server import ServerProcess, free_port
 from confstream.tools.sipp import caller_command, caller_scenario
 
 TONES = (440.0, 660.0, 880.0)
 CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
 console = Console()
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Meter:
@@ -97,47 +89,23 @@ async def run(seconds: float) -> int:
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(tls)
 
-    http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
-    env = dict(
-        os.environ,
-        CONFSTREAM_DATABASE_URL=f"sqlite:///{work / 'demo.db'}",
-        CONFSTREAM_HTTP_LISTEN=f"127.0.0.1:{http_port}",
-        CONFSTREAM_SIP_LISTEN=f"127.0.0.1:{sip_port}",
-        CONFSTREAM_RTP_PORTS="42000-42100",
-        CONFSTREAM_ALLOWED_NETWORKS="127.0.0.0/8",
-        CONFSTREAM_STREAM_CA_FILE=str(ca_file),
-        CONFSTREAM_LOG_LEVEL="warning",
+    server = ServerProcess(
+        work,
+        env={
+            "CONFSTREAM_STREAM_CA_FILE": str(ca_file),
+            "CONFSTREAM_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "CONFSTREAM_LOG_LEVEL": "warning",
+        },
     )
-    created = await asyncio.create_subprocess_exec(
-        CONFSTREAM,
-        "accounts",
-        "create",
-        "--friendly-name",
-        "demo",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    account = json.loads((await created.communicate())[0])
-    sid, token = account["sid"], account["auth_token"]
-    server = await asyncio.create_subprocess_exec(
-        CONFSTREAM,
-        "serve",
-        env=env,
-        stdout=open(work / "server.log", "wb"),  # noqa: ASYNC230
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    account = server.create_account("--friendly-name", "demo")
+    sid, token = account.sid, account.token
+    server.start()
+    http_port, sip_port = server.http_port, server.sip_port
     meter = Meter()
     callers: list[asyncio.subprocess.Process] = []
     base = f"http://127.0.0.1:{http_port}/api/laml/2010-04-01/Accounts/{sid}"
     try:
         async with httpx.AsyncClient(auth=(sid, token), timeout=10) as api:
-            for _ in range(100):
-                try:
-                    if (await api.get(f"http://127.0.0.1:{http_port}/healthz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
             console.print(f"server up: REST :{http_port}, SIP :{sip_port} (log in {work})")
             for i, f in enumerate(TONES):
                 wav = write_wav(work / f"tone{i}.wav", tone(f, 2.0, amplitude=6000), 8000, "ulaw")
@@ -148,7 +116,7 @@ async def run(seconds: float) -> int:
                     "demo",
                     sid,
                     token,
-                    sip_port=free_port(socket.SOCK_DGRAM),
+                    sip_port=free_port(),
                     media_port=43000 + 10 * i,
                 )
                 callers.append(
@@ -195,14 +163,8 @@ async def run(seconds: float) -> int:
         for proc in callers:
             if proc.returncode is None:
                 proc.kill()
-        if server.returncode is None:
-            server.send_signal(signal.SIGTERM)
-            await server.wait()
-    console.print(
-        "server shut down cleanly"
-        if server.returncode == 0
-        else f"server exit: {server.returncode}"
-    )
+        code = server.stop()
+    console.print("server shut down cleanly" if code == 0 else f"server exit: {code}")
     return 0 if meter.media > 0 else 1
 
 
