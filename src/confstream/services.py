@@ -28,8 +28,8 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,7 @@ from confstream.store.models import (
     STREAM_ACTIVE_STATUSES,
     STREAM_STOPPED,
 )
+from confstream.streams.spec import StreamRequest, StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +78,6 @@ class StreamsLike(Protocol):
     async def start(self, spec: Any) -> Any: ...
     async def stop(self, sid: str, reason: str) -> Any: ...
     async def stop_conference(self, conference_sid: str) -> Any: ...
-
-
-@dataclass
-class StreamRequest:
-    """A validated ``Create a Conference Stream`` request (see confstream.api.streams)."""
-
-    url: str
-    name: str | None = None
-    track: str = "both_tracks"
-    codec: str = "PCMU"
-    realtime: bool = False
-    status_callback: str | None = None
-    status_callback_method: str = "POST"
-    parameters: dict[str, str] = field(default_factory=dict)
-    bearer_token: str | None = None
 
 
 @dataclass
@@ -365,24 +351,12 @@ class Services:
         fresh = await self.store.get_stream_by_sid(row.sid)
         return fresh if fresh is not None else row
 
-    def _stream_spec(self, account: Account, row: Stream, request: StreamRequest) -> Any:
-        from confstream.streams.manager import StreamSpec
-
-        return StreamSpec(
+    def _stream_spec(self, account: Account, row: Stream, request: StreamRequest) -> StreamSpec:
+        return request.bind(
             sid=row.sid,
             account_sid=account.sid,
-            conference_sid=row.conference_sid,
-            url=request.url,
-            name=request.name,
-            # validated by confstream.api.streams against the same literal sets
-            track=cast(Any, request.track),
-            codec=cast(Any, request.codec),
-            realtime=request.realtime,
-            parameters=dict(request.parameters),
-            bearer_token=request.bearer_token,
-            status_callback=request.status_callback,
-            status_callback_method=cast(Any, request.status_callback_method),
             auth_token=account.auth_token,
+            conference_sid=row.conference_sid,
         )
 
     async def stop_stream(self, stream: Stream, reason: str = REASON_STREAM_API) -> Stream:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from confstream.media.codecs import StreamCodec
 from confstream.streams.protocol import (
-    CODECS,
     ClearIn,
     DtmfIn,
     InboundError,
@@ -18,8 +18,8 @@ from confstream.streams.protocol import (
     MediaIn,
     StreamProtocol,
     parse_inbound,
-    tracks_for,
 )
+from confstream.streams.vocabulary import MediaTrack, Track
 
 SID = "6f0b1c3e-8a42-4f7e-9a57-0f9d2b1e4c11"
 ACC = "0c8d2a55-2d5e-4b8b-9a1e-7a3c5d9e1f20"
@@ -79,7 +79,7 @@ def test_media_format_per_codec(codec: str, encoding: str, rate: int) -> None:
     fmt = json.loads(proto(codec=codec).start())["start"]["mediaFormat"]
     assert fmt == {"encoding": encoding, "sampleRate": rate, "channels": 1}
     assert isinstance(fmt["sampleRate"], int)
-    assert CODECS[codec].frame_bytes == rate // 50 * (1 if codec.startswith("PCM") else 2)
+    assert StreamCodec(codec).frame_bytes == rate // 50 * (1 if codec.startswith("PCM") else 2)
 
 
 def test_counters_media_dtmf_mark_stop() -> None:
@@ -133,12 +133,12 @@ def test_counters_media_dtmf_mark_stop() -> None:
     }
 
 
-def test_tracks_for() -> None:
-    assert tracks_for("inbound_track") == ("inbound",)
-    assert tracks_for("outbound_track") == ("outbound",)
-    assert tracks_for("both_tracks") == ("inbound", "outbound")
+def test_track_media_tracks() -> None:
+    assert Track("inbound_track").media_tracks == ("inbound",)
+    assert Track("outbound_track").media_tracks == ("outbound",)
+    assert Track("both_tracks").media_tracks == (MediaTrack.INBOUND, MediaTrack.OUTBOUND)
     with pytest.raises(ValueError):
-        tracks_for("all")
+        Track("all")
     with pytest.raises(ValueError):
         proto(codec="OPUS")
 

@@ -1,4 +1,4 @@
-"""Validation of ``Create a Conference Stream`` parameters (CONTRACT §1 table).
+"""Validation of ``Create a Conference Stream`` parameters (docs/api.md).
 
 Rules, and the code answered (422 unless noted):
 
@@ -27,13 +27,22 @@ from urllib.parse import urljoin, urlsplit
 from confstream import netpolicy
 from confstream.api.common import parse_bool
 from confstream.api.errors import ApiError
-from confstream.services import StreamRequest
 from confstream.settings import Settings
 from confstream.store import Account
+from confstream.streams.spec import StreamRequest
+from confstream.streams.vocabulary import (
+    DEFAULT_CALLBACK_METHOD,
+    DEFAULT_CODEC,
+    DEFAULT_TRACK,
+    CallbackMethod,
+    StreamCodec,
+    Track,
+)
 
-TRACKS = ("inbound_track", "outbound_track", "both_tracks")
-CODECS = ("PCMU", "PCMA", "L16", "L16@16000h", "L16@24000h")
-METHODS = ("GET", "POST")
+#: The accepted values, in the order error messages list them.
+TRACKS = tuple(t.value for t in Track)
+CODECS = tuple(c.value for c in StreamCodec)
+METHODS = tuple(m.value for m in CallbackMethod)
 #: Custom parameters: N runs 1..99; name + value must stay under this many characters.
 MAX_PARAMETER_INDEX = 99
 MAX_PARAMETER_CHARS = 500
@@ -90,13 +99,19 @@ async def parse_stream_request(
         if name is not None and len(name) > MAX_NAME_CHARS:
             problems.add(20001, f"Name must be at most {MAX_NAME_CHARS} characters")
 
-    track = params.get("Track", "both_tracks") or "both_tracks"
-    if track not in TRACKS:
-        problems.add(31941, f"Track must be one of {', '.join(TRACKS)}, not {track!r}")
+    track = DEFAULT_TRACK
+    raw_track = params.get("Track") or DEFAULT_TRACK.value
+    try:
+        track = Track(raw_track)
+    except ValueError:
+        problems.add(31941, f"Track must be one of {', '.join(TRACKS)}, not {raw_track!r}")
 
-    codec = params.get("StreamCodec", "PCMU") or "PCMU"
-    if codec not in CODECS:
-        problems.add(20001, f"StreamCodec must be one of {', '.join(CODECS)}, not {codec!r}")
+    codec = DEFAULT_CODEC
+    raw_codec = params.get("StreamCodec") or DEFAULT_CODEC.value
+    try:
+        codec = StreamCodec(raw_codec)
+    except ValueError:
+        problems.add(20001, f"StreamCodec must be one of {', '.join(CODECS)}, not {raw_codec!r}")
 
     realtime = False
     try:
@@ -104,8 +119,12 @@ async def parse_stream_request(
     except ApiError as exc:
         problems.add(exc.code, exc.message)
 
-    method = (params.get("StatusCallbackMethod") or "POST").upper()
-    if method not in METHODS:
+    method = DEFAULT_CALLBACK_METHOD
+    try:
+        method = CallbackMethod(
+            (params.get("StatusCallbackMethod") or DEFAULT_CALLBACK_METHOD.value).upper()
+        )
+    except ValueError:
         problems.add(21209, "StatusCallbackMethod must be GET or POST")
 
     callback = (params.get("StatusCallback") or "").strip() or None

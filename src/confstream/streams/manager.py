@@ -1,4 +1,4 @@
-"""Runs every Conference Stream of the server: start, stop, status, callbacks (CONTRACT §2-§4).
+"""Runs every Conference Stream of the server: start, stop, status, callbacks (docs/protocol.md).
 
 The REST/services layer calls exactly :class:`StreamManager`'s public methods. Guarantees:
 
@@ -11,11 +11,11 @@ The REST/services layer calls exactly :class:`StreamManager`'s public methods. G
   failure, server shutdown). ``in-progress`` is reported (status hook, then ``stream-started``
   callback) only after the upgrade and the ``start`` message. A failure sends ``stream-error``
   with the SignalWire ``StreamError`` value before ``stream-stopped``.
-* Callback parameters (CONTRACT §3): ``AccountSid, ConferenceSid, CallSid (= ConferenceSid),
-  StreamSid, StreamName (the Name, or the StreamSid when none), StreamEvent, StreamTrack,
-  StreamError (stream-error only), Timestamp`` (ISO 8601 UTC). Signed with the account's
-  AuthToken; delivered in order per stream by :class:`~confstream.callbacks.webhooks.
-  CallbackSender`.
+* Callback parameters (docs/protocol.md, "Status callbacks"): ``AccountSid, ConferenceSid,
+  CallSid (= ConferenceSid), StreamSid, StreamName (the Name, or the StreamSid when none),
+  StreamEvent, StreamTrack, StreamError (stream-error only), Timestamp`` (ISO 8601 UTC).
+  Signed with the account's AuthToken; delivered in order per stream by
+  :class:`~confstream.callbacks.webhooks.CallbackSender`.
 * :meth:`StreamManager.stop` is idempotent and bounded (:data:`STOP_TIMEOUT_S`): past it the
   session task is cancelled and still reported stopped.
 """
@@ -31,14 +31,9 @@ from typing import Any
 from confstream.callbacks.webhooks import Callback, CallbackSender, iso_timestamp
 from confstream.netpolicy import client_ssl_context
 from confstream.settings import Settings
-from confstream.streams.session import (
-    ConferenceMediaLike,
-    Outcome,
-    StreamFailure,
-    StreamSession,
-    StreamSpec,
-    validate_stream_url,
-)
+from confstream.streams.failures import Failure, Outcome, StreamError, StreamFailure
+from confstream.streams.session import ConferenceMediaLike, StreamSession, validate_stream_url
+from confstream.streams.spec import StreamSpec
 
 __all__ = ["STOP_TIMEOUT_S", "StatusHook", "StreamManager", "StreamSpec"]
 
@@ -87,16 +82,20 @@ class StreamManager:
         try:
             validate_stream_url(spec.url)
         except StreamFailure as f:
-            await self._finish(spec, Outcome(f.code, f.message, f.stream_error))
+            await self._finish(spec, f.outcome())
             return
         if self._closing:
-            await self._finish(spec, Outcome(31903, "server is shutting down", "general_error"))
+            await self._finish(
+                spec, Outcome.failed(Failure.SHUTTING_DOWN, "server is shutting down")
+            )
             return
         media = self._media_of(spec.conference_sid)
         if media is None:
             await self._finish(
                 spec,
-                Outcome(31903, "conference has no live media (not in progress)", "general_error"),
+                Outcome.failed(
+                    Failure.NO_LIVE_MEDIA, "conference has no live media (not in progress)"
+                ),
             )
             return
         session = StreamSession(spec, self.settings, media, ssl_context=self._ssl)
@@ -170,7 +169,7 @@ class StreamManager:
             outcome = Outcome(started=True)
         except Exception as exc:  # a bug: still end the stream properly
             log.exception("stream %s crashed", spec.sid)
-            outcome = Outcome(31903, f"internal error: {exc!r}", "general_error")
+            outcome = Outcome.failed(Failure.INTERNAL_ERROR, f"internal error: {exc!r}")
         finally:
             self._sessions.pop(spec.sid, None)
             self._tasks.pop(spec.sid, None)
@@ -192,14 +191,16 @@ class StreamManager:
                 outcome.error_code,
                 outcome.error_message,
             )
-            self._callback(spec, "stream-error", outcome.stream_error or "general_error")
+            self._callback(spec, "stream-error", outcome.stream_error or StreamError.GENERAL_ERROR)
         try:
             await self.on_status(spec.sid, "stopped", outcome.error_code, outcome.error_message)
         except Exception:
             log.exception("stream %s: status hook failed", spec.sid)
         self._callback(spec, "stream-stopped")
 
-    def _callback(self, spec: StreamSpec, event: str, stream_error: str | None = None) -> None:
+    def _callback(
+        self, spec: StreamSpec, event: str, stream_error: StreamError | None = None
+    ) -> None:
         if not spec.status_callback:
             return
         params = {
@@ -209,12 +210,12 @@ class StreamManager:
             "StreamSid": spec.sid,
             "StreamName": spec.name or spec.sid,
             "StreamEvent": event,
-            "StreamTrack": spec.track,
+            "StreamTrack": spec.track.value,
         }
         if stream_error is not None:
-            params["StreamError"] = stream_error
+            params["StreamError"] = stream_error.value
         params["Timestamp"] = iso_timestamp()
-        method = "GET" if spec.status_callback_method.upper() == "GET" else "POST"
+        method = spec.status_callback_method
         self.callbacks.send(
-            spec.sid, Callback(spec.status_callback, method, params, spec.auth_token)
+            spec.sid, Callback(spec.status_callback, method.value, params, spec.auth_token)
         )

@@ -33,10 +33,9 @@ import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-Track = Literal["inbound", "outbound"]
-TrackOption = Literal["inbound_track", "outbound_track", "both_tracks"]
+from confstream.media.codecs import StreamCodec, codec_named
+from confstream.streams.vocabulary import MediaTrack, Track
 
 PROTOCOL_NAME = "Call"
 PROTOCOL_VERSION = "0.2.0"
@@ -45,40 +44,6 @@ DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 DTMF_DEFAULT_MS = 200
 DTMF_MIN_MS = 40
 DTMF_MAX_MS = 5000
-
-
-@dataclass(frozen=True)
-class CodecInfo:
-    """A StreamCodec value: its ``mediaFormat.encoding``, sample rate and bytes per 20 ms."""
-
-    name: str
-    encoding: str
-    sample_rate: int
-    frame_bytes: int
-
-    @property
-    def bytes_per_sample(self) -> int:
-        return 1 if self.encoding in ("audio/x-mulaw", "audio/x-alaw") else 2
-
-
-CODECS: dict[str, CodecInfo] = {
-    "PCMU": CodecInfo("PCMU", "audio/x-mulaw", 8000, 160),
-    "PCMA": CodecInfo("PCMA", "audio/x-alaw", 8000, 160),
-    "L16": CodecInfo("L16", "audio/x-L16", 8000, 320),
-    "L16@16000h": CodecInfo("L16@16000h", "audio/x-L16", 16000, 640),
-    "L16@24000h": CodecInfo("L16@24000h", "audio/x-L16", 24000, 960),
-}
-
-
-def tracks_for(option: str) -> tuple[Track, ...]:
-    """``inbound_track``/``outbound_track``/``both_tracks`` to the ``start.tracks`` list."""
-    if option == "inbound_track":
-        return ("inbound",)
-    if option == "outbound_track":
-        return ("outbound",)
-    if option == "both_tracks":
-        return ("inbound", "outbound")
-    raise ValueError(f"unknown track option {option!r}")
 
 
 def _dumps(obj: object) -> str:
@@ -94,20 +59,18 @@ class StreamProtocol:
         stream_sid: str,
         account_sid: str,
         conference_sid: str,
-        tracks: Sequence[Track],
-        codec: str,
+        tracks: Sequence[MediaTrack],
+        codec: StreamCodec | str,
         custom_parameters: Mapping[str, str] | None = None,
     ) -> None:
-        if codec not in CODECS:
-            raise ValueError(f"unknown StreamCodec {codec!r}")
         self.stream_sid = stream_sid
         self.account_sid = account_sid
         self.conference_sid = conference_sid
-        self.tracks = tuple(tracks)
-        self.codec = CODECS[codec]
+        self.tracks = tuple(MediaTrack(t) for t in tracks)
+        self.codec = codec_named(codec)  # UnknownCodecError (a ValueError) for other names
         self.custom_parameters = dict(custom_parameters or {})
         self.sequence = 0  # last sequenceNumber built
-        self.chunks: dict[str, int] = {"inbound": 0, "outbound": 0}
+        self.chunks: dict[MediaTrack, int] = dict.fromkeys(MediaTrack, 0)
         # Precomputed, JSON-safe pieces of media messages (see module docstring).
         self._sid_json = _dumps(stream_sid)
         self._media_mid = '","streamSid":' + self._sid_json + ',"media":{"track":"'
@@ -133,10 +96,10 @@ class StreamProtocol:
                     "accountSid": self.account_sid,
                     "callSid": self.conference_sid,
                     "conferenceSid": self.conference_sid,
-                    "tracks": list(self.tracks),
+                    "tracks": [t.value for t in self.tracks],
                     "customParameters": self.custom_parameters,
                     "mediaFormat": {
-                        "encoding": self.codec.encoding,
+                        "encoding": self.codec.media_format,
                         "sampleRate": self.codec.sample_rate,
                         "channels": 1,
                     },
@@ -144,7 +107,7 @@ class StreamProtocol:
             }
         )
 
-    def media_b64(self, track: Track, payload_b64: str, timestamp_ms: int) -> str:
+    def media_b64(self, track: MediaTrack, payload_b64: str, timestamp_ms: int) -> str:
         """A ``media`` message from an already base64-encoded payload."""
         seq = self._next()
         chunk = self.chunks[track] + 1
@@ -163,7 +126,7 @@ class StreamProtocol:
             + '"}}'
         )
 
-    def media(self, track: Track, payload: bytes, timestamp_ms: int) -> str:
+    def media(self, track: MediaTrack, payload: bytes, timestamp_ms: int) -> str:
         """A ``media`` message; ``payload`` is one frame in the stream's codec."""
         return self.media_b64(track, base64.b64encode(payload).decode("ascii"), timestamp_ms)
 
@@ -174,7 +137,7 @@ class StreamProtocol:
                 "sequenceNumber": str(self._next()),
                 "streamSid": self.stream_sid,
                 "dtmf": {
-                    "track": "inbound_track",
+                    "track": Track.INBOUND.value,
                     "digit": digit,
                     "duration": int(duration_ms),
                     "callSid": call_sid,

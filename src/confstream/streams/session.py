@@ -1,4 +1,4 @@
-"""One Conference Stream: the WebSocket client connection and the tap feeding it (CONTRACT §2).
+"""One Conference Stream: the WebSocket client connection and the tap feeding it (docs/protocol.md).
 
 This is the only stream module that touches sockets; message building and parsing live in
 :mod:`confstream.streams.protocol`.
@@ -22,10 +22,12 @@ Life of a session (:meth:`StreamSession.run`):
    receiver closed the socket or it broke, there is nothing to send ``stop`` on.
 
 Send queue: at most ``settings.stream_queue_ms / 20`` ticks of audio (default 1000 ms = 50
-ticks; each tick holds one frame per track). On overflow the oldest tick is dropped and its
-frames counted in ``metrics.STREAM_FRAMES_DROPPED``; the timestamps of later frames show the gap.
-``dtmf`` and ``mark`` messages are queued in order with the audio and never dropped (at most
-:data:`MAX_CONTROL_ITEMS` pending, beyond which they are dropped and counted too).
+ticks), oldest dropped first and counted in ``metrics.STREAM_FRAMES_DROPPED``; ``dtmf`` and
+``mark`` kept in order and never dropped for audio (rules in :mod:`confstream.streams.sendqueue`).
+
+Audio is encoded with :func:`confstream.media.codecs.get_encoder` (one encoder per track, as the
+resampling codecs keep state) and returned audio decoded with
+:func:`~confstream.media.codecs.get_decoder`.
 
 Bidirectional (``realtime``): ``media`` from the receiver is decoded to 8 kHz int16 and queued in
 a :class:`~confstream.conference.sources.QueueSource` that is this tap's ``own_source`` (so the
@@ -35,28 +37,9 @@ to the conference's participants. Not realtime: such messages are ignored, logge
 stream, counted in ``metrics.STREAM_INBOUND_IGNORED``. Malformed messages are ignored and
 counted the same way in both modes (Twilio's warning 31951).
 
-Outcome codes (error_code, StreamError) when the stream ends on a failure:
-
-=========================================  ======  =======================================
-Failure                                    code    StreamError
-=========================================  ======  =======================================
-URL not ``wss://``/malformed, address      31922   invalid_url
-refused by the policy
-Host name does not resolve                 31902   connection_refused
-TCP connection refused / unreachable       31902   connection_refused
-Connect timeout (any phase)                31901   connection_refused_timeout_or_ssl_error
-TLS failure (certificate, protocol)        31910   connection_refused_timeout_or_ssl_error
-Non-101 answer to the upgrade              31920   connection_refused
-Other handshake failure                    31920   general_error
-Receiver closed with a code other than     31921   general_error
-1000/1001
-Connection lost without a close frame      31903   general_error
-No pong in time                            31903   general_error
-WebSocket protocol violation by receiver   31924   general_error
-Internal error                             31903   general_error
-=========================================  ======  =======================================
-
-A receiver closing with 1000 (normal) or 1001 (going away) ends the stream without an error.
+How a failure becomes ``error_code``, ``StreamError`` and a close code is one table in
+:mod:`confstream.streams.failures`. A receiver closing with 1000 (normal) or 1001 (going away)
+ends the stream without an error.
 """
 
 from __future__ import annotations
@@ -67,10 +50,8 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -80,80 +61,53 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from confstream import metrics
 from confstream.conference.base import AudioSource, Frame, Tap
 from confstream.conference.sources import QueueSource
-from confstream.media import g711
-from confstream.media.l16 import l16_decode, l16_encode
-from confstream.media.resample import Resampler
+from confstream.media.codecs import Decoder, get_decoder, get_encoder
 from confstream.netpolicy import PolicyError, client_ssl_context, resolve_checked
 from confstream.settings import Settings
+from confstream.streams.failures import (
+    STOP_CLOSE_CODE,
+    Failure,
+    Outcome,
+    StreamFailure,
+    failure_of_close,
+)
 from confstream.streams.protocol import (
-    CODECS,
     ClearIn,
     DtmfIn,
     InboundError,
     MarkIn,
     MediaIn,
     StreamProtocol,
-    Track,
     parse_inbound,
-    tracks_for,
 )
+from confstream.streams.sendqueue import ControlItem, MediaItem, SendQueue
+from confstream.streams.spec import StreamSpec
+from confstream.streams.vocabulary import MediaTrack
+
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "FLUSH_TIMEOUT_S",
+    "MAX_INBOUND_MESSAGE",
+    "ConferenceMediaLike",
+    "Outcome",
+    "StreamFailure",
+    "StreamSession",
+    "StreamSpec",
+    "validate_stream_url",
+]
 
 log = logging.getLogger(__name__)
 
 FRAME_MS = 20
 FLUSH_TIMEOUT_S = 2.0  # how long a stopping stream may spend sending queued audio
 CLOSE_TIMEOUT_S = 2.0  # closing handshake bound
-MAX_CONTROL_ITEMS = 1000
 MAX_INBOUND_MESSAGE = 1 << 20  # 1 MiB per receiver message (websockets' default)
-
-StreamErrorValue = Literal[
-    "invalid_url",
-    "connection_refused",
-    "connection_refused_timeout_or_ssl_error",
-    "general_error",
-]
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """Everything needed to run one stream (built by the REST layer)."""
-
-    sid: str
-    account_sid: str
-    auth_token: str
-    conference_sid: str
-    url: str  # as given by the user after relative resolution (may be ws://, http:// etc.)
-    name: str | None
-    track: Literal["inbound_track", "outbound_track", "both_tracks"]
-    codec: Literal["PCMU", "PCMA", "L16", "L16@16000h", "L16@24000h"]
-    realtime: bool
-    parameters: dict[str, str]  # insertion-ordered custom parameters
-    bearer_token: str | None
-    status_callback: str | None
-    status_callback_method: Literal["GET", "POST"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a session ended: ``error_code`` None means no error."""
-
-    error_code: int | None = None
-    error_message: str | None = None
-    stream_error: StreamErrorValue | None = None
-    started: bool = False  # connected and ``start`` sent
-
-
-class StreamFailure(Exception):
-    def __init__(self, code: int, stream_error: StreamErrorValue, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.stream_error = stream_error
-        self.message = message
 
 
 class ConferenceMediaLike(Protocol):
@@ -167,88 +121,29 @@ class ConferenceMediaLike(Protocol):
 
 
 def validate_stream_url(url: str) -> tuple[str, int]:
-    """Return (host, port) of an acceptable stream URL or raise :class:`StreamFailure` 31922.
+    """Return (host, port) of an acceptable stream URL or raise :class:`StreamFailure`
+    (:attr:`Failure.INVALID_URL`).
 
     Acceptable: scheme ``wss`` (any case), a host, a valid port, no whitespace anywhere (a
     trailing or embedded space is a common copy/paste mistake SignalWire also refuses).
     """
     if not url or any(ch.isspace() for ch in url):
-        raise StreamFailure(31922, "invalid_url", f"invalid stream URL {url!r}: contains spaces")
+        raise StreamFailure(Failure.INVALID_URL, f"invalid stream URL {url!r}: contains spaces")
     parts = urlsplit(url)
     if parts.scheme.lower() != "wss":
         raise StreamFailure(
-            31922, "invalid_url", f"invalid stream URL {url!r}: only wss:// is supported"
+            Failure.INVALID_URL, f"invalid stream URL {url!r}: only wss:// is supported"
         )
     if not parts.hostname:
-        raise StreamFailure(31922, "invalid_url", f"invalid stream URL {url!r}: no host")
+        raise StreamFailure(Failure.INVALID_URL, f"invalid stream URL {url!r}: no host")
     try:
         port = parts.port or 443
     except ValueError:
-        raise StreamFailure(31922, "invalid_url", f"invalid stream URL {url!r}: bad port") from None
+        raise StreamFailure(Failure.INVALID_URL, f"invalid stream URL {url!r}: bad port") from None
     return parts.hostname, port
 
 
-# ------------------------------------------------------------------------- audio codecs
-
-
-class _Encoder:
-    """8 kHz int16 frames -> one track's payload bytes in the stream codec (stateful for the
-    resampling codecs, so one encoder per track)."""
-
-    def __init__(self, codec: str) -> None:
-        self.codec = codec
-        info = CODECS[codec]
-        self._resampler = Resampler(8000, info.sample_rate) if info.sample_rate != 8000 else None
-
-    def encode(self, frame: Frame) -> bytes:
-        if self.codec == "PCMU":
-            return g711.ulaw_encode(frame).tobytes()
-        if self.codec == "PCMA":
-            return g711.alaw_encode(frame).tobytes()
-        if self._resampler is not None:
-            frame = self._resampler.process(frame)
-        return l16_encode(frame)
-
-
-class _Decoder:
-    """Receiver payloads in the stream codec -> 8 kHz int16 samples (any length)."""
-
-    def __init__(self, codec: str) -> None:
-        self.codec = codec
-        info = CODECS[codec]
-        self._resampler = Resampler(info.sample_rate, 8000) if info.sample_rate != 8000 else None
-        self._odd = b""  # a dangling byte of L16 split across messages
-
-    def decode(self, payload: bytes) -> Frame:
-        if self.codec == "PCMU":
-            return g711.ulaw_decode(payload)
-        if self.codec == "PCMA":
-            return g711.alaw_decode(payload)
-        data = self._odd + payload
-        if len(data) % 2:
-            self._odd, data = data[-1:], data[:-1]
-        else:
-            self._odd = b""
-        samples = l16_decode(data)
-        if self._resampler is not None:
-            samples = self._resampler.process(samples)
-        return samples
-
-
 # ------------------------------------------------------------------------- the session
-
-
-@dataclass
-class _MediaItem:
-    timestamp_ms: int
-    payloads: list[tuple[Track, str]]  # (track, base64 payload)
-
-
-@dataclass
-class _ControlItem:
-    kind: Literal["dtmf", "mark"]
-    args: tuple[str, ...]
-    duration_ms: int = 0
 
 
 class _NoRedirectConnect(connect):
@@ -275,7 +170,7 @@ class StreamSession:
         self.spec = spec
         self.settings = settings
         self.media = media
-        self.tracks = tracks_for(spec.track)
+        self.tracks = spec.track.media_tracks
         self.protocol = StreamProtocol(
             stream_sid=spec.sid,
             account_sid=spec.account_sid,
@@ -285,11 +180,8 @@ class StreamSession:
             custom_parameters=spec.parameters,
         )
         self._ssl = ssl_context
-        self._encoders = {t: _Encoder(spec.codec) for t in self.tracks}
-        self._queue: deque[_MediaItem | _ControlItem] = deque()
-        self._media_count = 0
-        self._control_count = 0
-        self._capacity = max(1, settings.stream_queue_ms // FRAME_MS)
+        self._encoders = {t: get_encoder(spec.codec) for t in self.tracks}
+        self._queue = SendQueue(max(1, settings.stream_queue_ms // FRAME_MS))
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._stop_reason = "api"
@@ -297,11 +189,10 @@ class StreamSession:
         self._t0: int | None = None
         self._ws: ClientConnection | None = None
         self._warned_inbound = False
-        self.frames_dropped = 0
         self.source: QueueSource | None = None
-        self._decoder: _Decoder | None = None
+        self._decoder: Decoder | None = None
         if spec.realtime:
-            self._decoder = _Decoder(spec.codec)
+            self._decoder = get_decoder(spec.codec)
             self.source = QueueSource(on_mark=self._mark_played)
             self.own_source = self.source
         else:
@@ -316,52 +207,44 @@ class StreamSession:
             return
         if self._t0 is None:
             self._t0 = timestamp_ms
-        payloads: list[tuple[Track, str]] = []
+        payloads: list[tuple[MediaTrack, str]] = []
         try:
             for track in self.tracks:
-                frame = inbound if track == "inbound" else outbound
+                frame = inbound if track is MediaTrack.INBOUND else outbound
                 raw = self._encoders[track].encode(frame)
                 payloads.append((track, base64.b64encode(raw).decode("ascii")))
         except Exception:  # pragma: no cover - a codec bug; lose the frame, keep the stream
             log.exception("stream %s: encoding a frame failed", self.spec.sid)
             return
-        self._queue.append(_MediaItem(timestamp_ms - self._t0, payloads))
-        self._media_count += 1
-        if self._media_count > self._capacity:
-            self._drop_oldest_media()
+        dropped = self._queue.push_media(MediaItem(timestamp_ms - self._t0, payloads))
+        if dropped:
+            metrics.STREAM_FRAMES_DROPPED.inc(dropped)
         self._wake.set()
 
     def on_dtmf(self, call_sid: str, digit: str, duration_ms: int) -> None:
         """Queue a ``dtmf`` message (only for streams carrying the inbound track)."""
-        if self._attached and "inbound" in self.tracks:
-            self._push_control(_ControlItem("dtmf", (call_sid, digit), int(duration_ms)))
+        if self._attached and MediaTrack.INBOUND in self.tracks:
+            self._push_control(ControlItem("dtmf", (call_sid, digit), int(duration_ms)))
 
-    def _drop_oldest_media(self) -> None:
-        for i, item in enumerate(self._queue):
-            if isinstance(item, _MediaItem):
-                del self._queue[i]
-                self._media_count -= 1
-                n = len(item.payloads)
-                self.frames_dropped += n
-                metrics.STREAM_FRAMES_DROPPED.inc(n)
-                return
-
-    def _push_control(self, item: _ControlItem) -> None:
-        if self._control_count >= MAX_CONTROL_ITEMS:
+    def _push_control(self, item: ControlItem) -> None:
+        if not self._queue.push_control(item):
             metrics.STREAM_FRAMES_DROPPED.inc()
             return
-        self._queue.append(item)
-        self._control_count += 1
         self._wake.set()
 
     def _mark_played(self, name: str) -> None:
         """QueueSource callback: the audio queued before mark ``name`` has played (or was
         cleared). Called from the engine tick or from :meth:`_handle_inbound`."""
-        self._push_control(_ControlItem("mark", (name,)))
+        self._push_control(ControlItem("mark", (name,)))
 
     @property
     def queued_ticks(self) -> int:
-        return self._media_count
+        return self._queue.media_count
+
+    @property
+    def frames_dropped(self) -> int:
+        """Audio frames dropped from the send queue so far."""
+        return self._queue.frames_dropped
 
     # ------------------------------------------------------------------ control
 
@@ -384,7 +267,7 @@ class StreamSession:
         try:
             host, port = validate_stream_url(self.spec.url)
         except StreamFailure as f:
-            return Outcome(f.code, f.message, f.stream_error)
+            return f.outcome()
         connect_task = asyncio.ensure_future(self._connect(host, port))
         stop_wait = asyncio.ensure_future(self._stop.wait())
         try:
@@ -402,8 +285,8 @@ class StreamSession:
         try:
             ws = connect_task.result()
         except StreamFailure as f:
-            metrics.STREAM_CONNECT_FAILURES.labels(reason=f.stream_error).inc()
-            return Outcome(f.code, f.message, f.stream_error)
+            metrics.STREAM_CONNECT_FAILURES.labels(reason=f.stream_error.value).inc()
+            return f.outcome()
         self._ws = ws
         try:
             return await self._stream(ws, on_started)
@@ -438,50 +321,45 @@ class StreamSession:
                     max_size=MAX_INBOUND_MESSAGE,
                 )
         except PolicyError as exc:
-            raise StreamFailure(31922, "invalid_url", f"stream URL refused: {exc}") from exc
+            raise StreamFailure(Failure.INVALID_URL, f"stream URL refused: {exc}") from exc
         except TimeoutError as exc:
             raise StreamFailure(
-                31901,
-                "connection_refused_timeout_or_ssl_error",
+                Failure.CONNECT_TIMEOUT,
                 f"connection to {host}:{port} timed out after {timeout:g} s",
             ) from exc
         except socket.gaierror as exc:
             raise StreamFailure(
-                31902, "connection_refused", f"cannot resolve host {host!r}: {exc.strerror}"
+                Failure.UNRESOLVED_HOST, f"cannot resolve host {host!r}: {exc.strerror}"
             ) from exc
         except ssl.SSLError as exc:
             raise StreamFailure(
-                31910,
-                "connection_refused_timeout_or_ssl_error",
+                Failure.TLS_FAILED,
                 f"TLS handshake with {host}:{port} failed: {exc.reason or exc}",
             ) from exc
         except InvalidStatus as exc:
             raise StreamFailure(
-                31920,
-                "connection_refused",
+                Failure.HANDSHAKE_REJECTED,
                 f"WebSocket handshake failed: server answered HTTP "
                 f"{exc.response.status_code} instead of 101",
             ) from exc
         except InvalidURI as exc:
-            raise StreamFailure(31922, "invalid_url", f"invalid stream URL: {exc}") from exc
+            raise StreamFailure(Failure.INVALID_URL, f"invalid stream URL: {exc}") from exc
         except InvalidHandshake as exc:
             if isinstance(exc.__cause__, ssl.SSLError):
                 raise StreamFailure(
-                    31910,
-                    "connection_refused_timeout_or_ssl_error",
+                    Failure.TLS_FAILED,
                     f"TLS handshake with {host}:{port} failed: {exc.__cause__}",
                 ) from exc
             raise StreamFailure(
-                31920, "general_error", f"WebSocket handshake failed: {exc}"
+                Failure.HANDSHAKE_FAILED, f"WebSocket handshake failed: {exc}"
             ) from exc
         except OSError as exc:
             raise StreamFailure(
-                31902,
-                "connection_refused",
+                Failure.CONNECTION_REFUSED,
                 f"connection to {host}:{port} refused: {exc.strerror or exc}",
             ) from exc
         except Exception as exc:  # e.g. a host name that cannot be IDNA-encoded
-            raise StreamFailure(31920, "general_error", f"cannot connect: {exc}") from exc
+            raise StreamFailure(Failure.HANDSHAKE_FAILED, f"cannot connect: {exc}") from exc
 
     async def _stream(
         self, ws: ClientConnection, on_started: Callable[[], Awaitable[None]]
@@ -513,8 +391,12 @@ class StreamSession:
                             # A bug on our side: end the stream properly anyway.
                             log.error("stream %s: task failed: %r", self.spec.sid, err)
                             self._detach()
-                            await self._stop_and_close(ws, 1011, "internal error")
-                            return Outcome(31903, f"internal error: {err!r}", "general_error", True)
+                            await self._stop_and_close(
+                                ws, CloseCode.INTERNAL_ERROR, "internal error"
+                            )
+                            return Outcome.failed(
+                                Failure.INTERNAL_ERROR, f"internal error: {err!r}", started=True
+                            )
                 if ws.state is State.OPEN:
                     # Stop requested (or, defensively, a task ended while the socket is open).
                     return await self._graceful_stop(ws, sender)
@@ -547,11 +429,11 @@ class StreamSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
         if ws.state is State.OPEN:
-            await self._stop_and_close(ws, 1000, self._stop_reason)
+            await self._stop_and_close(ws, STOP_CLOSE_CODE, self._stop_reason)
             return Outcome(started=True)
         return self._closed_outcome(ws, None, started=True)
 
-    async def _stop_and_close(self, ws: ClientConnection, code: int, reason: str) -> None:
+    async def _stop_and_close(self, ws: ClientConnection, code: CloseCode, reason: str) -> None:
         """Send ``stop`` and close the socket, within :data:`FLUSH_TIMEOUT_S`."""
         try:
             async with asyncio.timeout(FLUSH_TIMEOUT_S):
@@ -573,32 +455,22 @@ class StreamSession:
     ) -> Outcome:
         rcvd = ws.protocol.close_rcvd
         sent = ws.protocol.close_sent
-        if rcvd is not None:
-            if rcvd.code in (1000, 1001):
-                return Outcome(started=started)
-            return Outcome(
-                31921,
-                f"receiver closed the WebSocket with code {rcvd.code}"
-                + (f" ({rcvd.reason})" if rcvd.reason else ""),
-                "general_error",
-                started,
+        failure = failure_of_close(rcvd, sent)
+        if failure is None:
+            return Outcome(started=started)
+        if failure is Failure.RECEIVER_CLOSED and rcvd is not None:
+            message = f"receiver closed the WebSocket with code {rcvd.code}" + (
+                f" ({rcvd.reason})" if rcvd.reason else ""
             )
-        if sent is not None and sent.code == 1011 and "ping" in sent.reason:
-            return Outcome(
-                31903,
-                f"no pong from the receiver within {self.settings.stream_ping_timeout:g} s",
-                "general_error",
-                started,
-            )
-        if sent is not None and sent.code == 1002:
-            return Outcome(
-                31924, f"WebSocket protocol error: {sent.reason}", "general_error", started
-            )
-        if sent is not None and sent.code == 1009:
-            return Outcome(31924, "receiver sent a message over 1 MiB", "general_error", started)
-        return Outcome(
-            31903, "connection to the receiver lost without a close frame", "general_error", started
-        )
+        elif failure is Failure.PING_TIMEOUT:
+            message = f"no pong from the receiver within {self.settings.stream_ping_timeout:g} s"
+        elif failure is Failure.PROTOCOL_ERROR and sent is not None:
+            message = f"WebSocket protocol error: {sent.reason}"
+        elif failure is Failure.MESSAGE_TOO_BIG:
+            message = "receiver sent a message over 1 MiB"
+        else:
+            message = "connection to the receiver lost without a close frame"
+        return Outcome.failed(failure, message, started=started)
 
     async def _send(self, ws: ClientConnection, text: str, event: str) -> None:
         await ws.send(text)
@@ -610,21 +482,17 @@ class StreamSession:
         proto = self.protocol
         q = self._queue
         while True:
-            while q:
-                item = q.popleft()
-                if isinstance(item, _MediaItem):
-                    self._media_count -= 1
+            while (item := q.pop()) is not None:
+                if isinstance(item, MediaItem):
                     for track, b64 in item.payloads:
                         await self._send(
                             ws, proto.media_b64(track, b64, item.timestamp_ms), "media"
                         )
+                elif item.kind == "dtmf":
+                    call_sid, digit = item.args
+                    await self._send(ws, proto.dtmf(call_sid, digit, item.duration_ms), "dtmf")
                 else:
-                    self._control_count -= 1
-                    if item.kind == "dtmf":
-                        call_sid, digit = item.args
-                        await self._send(ws, proto.dtmf(call_sid, digit, item.duration_ms), "dtmf")
-                    else:
-                        await self._send(ws, proto.mark(item.args[0]), "mark")
+                    await self._send(ws, proto.mark(item.args[0]), "mark")
             if not self._attached and self._stop.is_set():
                 return
             self._wake.clear()

@@ -1,0 +1,74 @@
+"""What a Conference Stream is asked to do: the validated request and the full spec.
+
+:class:`StreamRequest` is a validated ``Create a Conference Stream`` request (built by
+:func:`confstream.api.streams.parse_stream_request`, docs/api.md). :class:`StreamSpec` is the
+same request plus the identities the server assigns (StreamSid, account, AuthToken for signing
+callbacks, ConferenceSid): everything :class:`~confstream.streams.manager.StreamManager` needs
+to run one stream. :meth:`StreamRequest.bind` makes one from the other; the fields are declared
+once, typed with the stream vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from confstream.streams.vocabulary import (
+    DEFAULT_CALLBACK_METHOD,
+    DEFAULT_CODEC,
+    DEFAULT_TRACK,
+    CallbackMethod,
+    StreamCodec,
+    Track,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamRequest:
+    """A validated request. ``url`` is absolute after relative resolution but may have any
+    scheme (a non-``wss`` URL is refused by the stream manager with 31922, not by the API).
+    ``bearer_token`` is passed to the stream and never stored."""
+
+    url: str
+    name: str | None = None
+    track: Track = DEFAULT_TRACK
+    codec: StreamCodec = DEFAULT_CODEC
+    realtime: bool = False
+    status_callback: str | None = None
+    status_callback_method: CallbackMethod = DEFAULT_CALLBACK_METHOD
+    parameters: dict[str, str] = field(default_factory=dict)  # insertion-ordered
+    bearer_token: str | None = None
+
+    def __post_init__(self) -> None:
+        # Plain strings of the vocabulary are accepted and stored as its members (ValueError
+        # for any other text), so ``spec.track.media_tracks`` etc. always work.
+        object.__setattr__(self, "track", Track(self.track))
+        object.__setattr__(self, "codec", StreamCodec(self.codec))
+        method = CallbackMethod(str(self.status_callback_method).upper())
+        object.__setattr__(self, "status_callback_method", method)
+
+    def bind(
+        self, *, sid: str, account_sid: str, auth_token: str, conference_sid: str
+    ) -> StreamSpec:
+        """This request as the spec of stream ``sid`` (the parameters are copied)."""
+        values = {f.name: getattr(self, f.name) for f in fields(StreamRequest)}
+        values["parameters"] = dict(self.parameters)
+        return StreamSpec(
+            sid=sid,
+            account_sid=account_sid,
+            auth_token=auth_token,
+            conference_sid=conference_sid,
+            **values,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamSpec(StreamRequest):
+    """Everything needed to run one stream."""
+
+    sid: str
+    account_sid: str
+    auth_token: str
+    conference_sid: str
+
+
+__all__ = ["StreamRequest", "StreamSpec"]
