@@ -23,7 +23,9 @@ Life of a session (:meth:`StreamSession.run`):
 
 Send queue: at most ``settings.stream_queue_ms / 20`` ticks of audio (default 1000 ms = 50
 ticks), oldest dropped first and counted in ``metrics.STREAM_FRAMES_DROPPED``; ``dtmf`` and
-``mark`` kept in order and never dropped for audio (rules in :mod:`confstream.streams.sendqueue`).
+``mark`` kept in order and never dropped for audio; beyond
+:data:`~confstream.streams.sendqueue.MAX_CONTROL_ITEMS` (1000) pending they are dropped and
+counted in the same metric (rules in :mod:`confstream.streams.sendqueue`).
 
 Audio is encoded with :func:`confstream.media.codecs.get_encoder` (one encoder per track, as the
 resampling codecs keep state) and returned audio decoded with
