@@ -1,4 +1,4 @@
-"""JSON shapes of the resources (CONTRACT §1)."""
+"""JSON shapes of the resources (docs/api.md)."""
 
 from __future__ import annotations
 
