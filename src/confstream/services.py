@@ -35,7 +35,7 @@ import hmac
 import logging
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,8 @@ from confstream.store.models import (
 
 log = logging.getLogger(__name__)
 
+RowT = TypeVar("RowT")
+
 #: reason recorded for conferences whose last participant left
 REASON_LAST_LEFT = "Participant left, conference empty"
 #: reason recorded for conferences ended through the REST API
@@ -71,6 +73,13 @@ REASON_API = "Conference ended via API"
 REASON_KICKED = "Participant removed via API"
 #: reason recorded for streams stopped through the REST API
 REASON_STREAM_API = "Stream stopped via API"
+
+
+def _found(row: RowT | None, what: str) -> RowT:
+    """``row``, or :class:`NotFound` naming ``what`` (e.g. ``Conference <sid>``)."""
+    if row is None:
+        raise NotFound(what)
+    return row
 
 
 class ConferenceMediaLike(Protocol):
@@ -245,9 +254,7 @@ class Services:
     async def get_conference(self, account_sid: str, conference_sid: str) -> Conference:
         """The account's conference; :class:`NotFound` when missing or another account's."""
         conference = await self.store.get_conference(conference_sid, account_sid)
-        if conference is None:
-            raise NotFound(f"Conference {conference_sid}")
-        return conference
+        return _found(conference, f"Conference {conference_sid}")
 
     async def list_conferences(
         self, account_sid: str, filters: ConferenceFilter, *, offset: int, limit: int
@@ -397,10 +404,8 @@ class Services:
     # ---------------------------------------------------------------- streams
     async def get_stream(self, conference_sid: str, sid_or_name: str) -> Stream:
         """The conference's stream by SID, else by Name; :class:`NotFound` when none."""
-        row = await self.store.get_stream(conference_sid, sid_or_name)
-        if row is None:
-            raise NotFound(f"Stream {sid_or_name}")
-        return row
+        stream = await self.store.get_stream(conference_sid, sid_or_name)
+        return _found(stream, f"Stream {sid_or_name}")
 
     async def list_streams(
         self, conference_sid: str, *, status: str | None = None, offset: int, limit: int
