@@ -18,11 +18,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from confstream.api.errors import ApiError
 from confstream.conference.gateway import ConferenceGateway, JoinRefused
+from confstream.errors import (
+    AccountNotActive,
+    AlreadyJoined,
+    AnnouncementInvalid,
+    AnnouncementUnavailable,
+    ConferenceNotLive,
+    NotFound,
+    UrlRefused,
+)
 from confstream.services import Services
 from confstream.settings import Settings
-from confstream.store import open_store
+from confstream.store import ConferenceFilter, open_store
 from tests.api.stack import FakeCallParticipant, Stack, make_engine, open_stack
 
 
@@ -68,8 +76,61 @@ async def test_concurrent_joins_make_one_conference(stack: Stack) -> None:
 
 async def test_join_refused_for_unknown_account(stack: Stack) -> None:
     participant = FakeCallParticipant("call-x", stack.services)
-    with pytest.raises(JoinRefused):
+    with pytest.raises(JoinRefused) as refused:
         await stack.services.join("no-such-account", "room", participant)
+    assert isinstance(refused.value, AccountNotActive) and refused.value.sip_status == 403
+
+
+async def test_join_refused_for_a_call_already_in(stack: Stack) -> None:
+    conference_sid = await stack.join("call-1", "room")
+    participant = FakeCallParticipant("call-1", stack.services)
+    with pytest.raises(AlreadyJoined) as refused:
+        await stack.services.join(stack.account.sid, "other-room", participant)
+    assert refused.value.sip_status == 482
+    # the refused join changed nothing: the call is still in its first conference
+    record = await stack.store.get_participant("call-1")
+    assert record is not None and record.conference_sid == conference_sid
+    conferences = await stack.services.list_conferences(
+        stack.account.sid, ConferenceFilter(), offset=0, limit=10
+    )
+    assert [c.sid for c in conferences] == [conference_sid]
+
+
+async def test_reads_are_scoped_and_raise_not_found(stack: Stack) -> None:
+    conference_sid = await stack.join("call-1", "room")
+    await stack.join("call-2", "room")
+    conference = await stack.services.get_conference(stack.account.sid, conference_sid)
+    assert conference.sid == conference_sid
+    with pytest.raises(NotFound) as other:
+        await stack.services.get_conference(stack.other.sid, conference_sid)
+    assert other.value.code == 20404
+    assert other.value.message == (
+        f"The requested resource Conference {conference_sid} was not found"
+    )
+    participant = await stack.services.get_participant(conference_sid, "call-1")
+    assert participant.call_sid == "call-1"
+    listed = await stack.services.list_participants(conference_sid, offset=0, limit=1)
+    assert [p.call_sid for p in listed] == ["call-1"]
+    await stack.services.leave("call-1", "bye")
+    with pytest.raises(NotFound, match="Participant call-1"):
+        await stack.services.get_participant(conference_sid, "call-1")
+    with pytest.raises(NotFound, match="Stream nope"):
+        await stack.services.get_stream(conference_sid, "nope")
+    assert await stack.services.list_streams(conference_sid, offset=0, limit=5) == []
+
+
+async def test_update_conference_announce_needs_a_live_conference(stack: Stack) -> None:
+    conference_sid = await stack.join("call-1", "room")
+    conference = await stack.services.get_conference(stack.account.sid, conference_sid)
+    ended = await stack.services.update_conference(conference, end=True)
+    assert ended.status == "completed" and ended.reason_ended == "Conference ended via API"
+    with pytest.raises(ConferenceNotLive) as not_live:
+        await stack.services.update_conference(ended, announce_url="http://127.0.0.1:9/a.wav")
+    assert not_live.value.code == 21220
+    assert not_live.value.message == f"Conference {conference_sid} is not in progress"
+    # ending twice keeps the first reason
+    again = await stack.services.update_conference(ended, end=True)
+    assert again.reason_ended == "Conference ended via API"
 
 
 async def test_last_leave_completes_the_conference(stack: Stack) -> None:
@@ -169,12 +230,13 @@ async def test_announce_fetches_through_the_policy(stack: Stack, wav_server: str
     await stack.services.announce(
         conference_sid, f"{wav_server}/a.wav", "POST", target_call_sid="call-1"
     )
-    with pytest.raises(ApiError) as bad:
+    with pytest.raises(AnnouncementInvalid) as bad:
         await stack.services.announce(conference_sid, f"{wav_server}/junk", "GET")
     assert bad.value.code == 12300
-    with pytest.raises(ApiError) as missing:
+    with pytest.raises(AnnouncementUnavailable) as missing:
         await stack.services.announce(conference_sid, f"{wav_server}/nothing", "GET")
     assert missing.value.code == 11200
+    assert missing.value.message == "AnnounceUrl answered HTTP 404"
 
 
 async def test_announce_refuses_private_addresses(tmp_path: Path, wav_server: str) -> None:
@@ -188,9 +250,10 @@ async def test_announce_refuses_private_addresses(tmp_path: Path, wav_server: st
         conference_sid = await services.join(
             account.sid, "room", FakeCallParticipant("c", services)
         )
-        with pytest.raises(ApiError) as refused:
+        with pytest.raises(UrlRefused) as refused:
             await services.announce(conference_sid, f"{wav_server}/a.wav", "GET")
         assert refused.value.code == 21205
+        assert refused.value.message.startswith("AnnounceUrl refused: ")
     finally:
         await services.shutdown()
         await engine.stop()

@@ -3,14 +3,17 @@
 :class:`Services` is the one place that changes both live state (the engine's conferences and
 participants, the stream manager) and records (the store), keeping them in step:
 
-* **Conference lifecycle** (CONTRACT §5). A SIP ``join`` finds the account's live conference
-  by friendly name or creates it ``in-progress`` (record + engine conference), then adds the
-  participant (engine + record). ``leave`` removes the participant and completes its record;
-  when the last participant has left, the conference ends: its streams are stopped, its engine
-  conference removed and its record completed. ``end_conference`` (REST ``Status=completed``)
-  hangs every participant up first.
+* **Conference lifecycle** (docs/sip.md, Joining a conference). A SIP ``join`` finds the
+  account's live conference by friendly name or creates it ``in-progress`` (record + engine
+  conference), then adds the participant (engine + record). ``leave`` removes the participant
+  and completes its record; when the last participant has left, the conference ends: its
+  streams are stopped, its engine conference removed and its record completed.
+  ``end_conference`` (REST ``Status=completed``) hangs every participant up first.
 * **Participants**: REST mute/hold act on the live participant object (what the mixer reads)
   and on the record; delete hangs the participant up and completes its record at once.
+* **Reads** for the REST API (conferences, participants, streams, account authentication) go
+  through here too: the API never reaches into the store. A resource that is missing, or
+  belongs to another account, raises :class:`~confstream.errors.NotFound`.
 * **Streams**: create validates against the conference's state, stores the record (never the
   bearer token) and hands a spec to the stream manager; the manager reports every status change
   through :meth:`Services.on_stream_status`, which persists it.
@@ -18,6 +21,9 @@ participants, the stream manager) and records (the store), keeping them in step:
 Lifecycle changes (join, leave, end) are serialised by one ``asyncio.Lock``: they are rare and
 short, and the lock makes "last participant left" and "join creates the conference" race-free
 within the process. The media clock never waits on it.
+
+Refusals are domain errors (:mod:`confstream.errors`), never protocol answers: the REST API
+and the SIP edge each map them to their own statuses.
 
 :class:`Services` implements :class:`confstream.conference.gateway.ConferenceGateway`.
 """
@@ -29,25 +35,36 @@ import hmac
 import logging
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from confstream.api.errors import ApiError, invalid
 from confstream.conference.base import Participant
-from confstream.conference.gateway import JoinRefused
+from confstream.errors import (
+    AccountNotActive,
+    AlreadyJoined,
+    AnnouncementInvalid,
+    AnnouncementUnavailable,
+    ConferenceNotLive,
+    NotFound,
+    UrlRefused,
+)
 from confstream.settings import Settings
-from confstream.store import Account, Conference, NameInUse, Store, Stream
+from confstream.store import Account, Conference, ConferenceFilter, Store, Stream
 from confstream.store import Participant as ParticipantRecord
 from confstream.store.models import (
+    CONFERENCE_COMPLETED,
     CONFERENCE_IN_PROGRESS,
+    PARTICIPANT_IN_PROGRESS,
     STREAM_ACTIVE_STATUSES,
     STREAM_STOPPED,
 )
 from confstream.streams.spec import StreamRequest, StreamSpec
 
 log = logging.getLogger(__name__)
+
+RowT = TypeVar("RowT")
 
 #: reason recorded for conferences whose last participant left
 REASON_LAST_LEFT = "Participant left, conference empty"
@@ -57,6 +74,13 @@ REASON_API = "Conference ended via API"
 REASON_KICKED = "Participant removed via API"
 #: reason recorded for streams stopped through the REST API
 REASON_STREAM_API = "Stream stopped via API"
+
+
+def _found(row: RowT | None, what: str) -> RowT:
+    """``row``, or :class:`NotFound` naming ``what`` (e.g. ``Conference <sid>``)."""
+    if row is None:
+        raise NotFound(what)
+    return row
 
 
 class ConferenceMediaLike(Protocol):
@@ -156,9 +180,9 @@ class Services:
         async with self._lifecycle:
             account = await self.store.get_account(account_sid)
             if account is None or account.status != "active":
-                raise JoinRefused("no such active account", 403)
+                raise AccountNotActive()
             if participant.call_sid in self._live:
-                raise JoinRefused("participant already joined", 482)
+                raise AlreadyJoined()
             conference = await self.store.find_live_conference(account_sid, conference_name)
             if conference is None:
                 conference = await self.store.create_conference(account_sid, conference_name)
@@ -213,6 +237,37 @@ class Services:
             media.emit_dtmf(call_sid, digit, duration_ms)
 
     # ------------------------------------------------------------ conferences
+    async def get_conference(self, account_sid: str, conference_sid: str) -> Conference:
+        """The account's conference; :class:`NotFound` when missing or another account's."""
+        conference = await self.store.get_conference(conference_sid, account_sid)
+        return _found(conference, f"Conference {conference_sid}")
+
+    async def list_conferences(
+        self, account_sid: str, filters: ConferenceFilter, *, offset: int, limit: int
+    ) -> list[Conference]:
+        """A page of the account's conferences, newest first."""
+        return await self.store.list_conferences(account_sid, filters, offset=offset, limit=limit)
+
+    async def update_conference(
+        self,
+        conference: Conference,
+        *,
+        end: bool = False,
+        announce_url: str | None = None,
+        announce_method: str = "POST",
+    ) -> Conference:
+        """The REST update (docs/api.md, Conferences): play ``announce_url`` first (the
+        conference must be in progress: :class:`ConferenceNotLive`), then end the conference
+        when ``end`` (a completed one is left as it is). Returns the record as it is now."""
+        if announce_url is not None:
+            if conference.status != CONFERENCE_IN_PROGRESS:
+                raise ConferenceNotLive(conference.sid)
+            await self.announce(conference.sid, announce_url, announce_method)
+        if end and conference.status != CONFERENCE_COMPLETED:
+            await self.end_conference(conference.sid, REASON_API)
+        fresh = await self.store.get_conference(conference.sid)
+        return fresh if fresh is not None else conference
+
     async def end_conference(self, conference_sid: str, reason: str = REASON_API) -> None:
         """Hang every participant up, stop the streams, drop the media, complete the record."""
         async with self._lifecycle:
@@ -249,14 +304,15 @@ class Services:
         target_call_sid: str | None = None,
     ) -> None:
         """Fetch a WAV file through the outbound policy and play it into the conference (or to
-        one participant). Raises :class:`ApiError` 11200 (fetch failed), 12300 (not a usable
-        WAV), 21205 (URL refused) or 21220 (no live media)."""
+        one participant). Raises :class:`AnnouncementUnavailable` (11200, fetch failed),
+        :class:`AnnouncementInvalid` (12300, not a usable WAV), :class:`UrlRefused` (21205) or
+        :class:`ConferenceNotLive` (21220, no live media)."""
         from confstream import netpolicy
         from confstream.media.wav import WavError, parse_wav
 
         media = self.engine.get(conference_sid)
         if media is None:
-            raise ApiError(21220, f"Conference {conference_sid} is not in progress")
+            raise ConferenceNotLive(conference_sid)
         try:
             if method.upper() == "GET":
                 response = await netpolicy.policy_get(
@@ -272,21 +328,43 @@ class Services:
                 ) as client:
                     response = await client.post(url)
         except netpolicy.PolicyError as exc:
-            raise invalid(21205, f"AnnounceUrl refused: {exc}") from exc
+            raise UrlRefused(f"AnnounceUrl refused: {exc}") from exc
         except Exception as exc:
             perr = netpolicy.policy_error_of(exc)
             if perr is not None:
-                raise invalid(21205, f"AnnounceUrl refused: {perr}") from exc
-            raise ApiError(11200, f"AnnounceUrl could not be fetched: {exc}") from exc
+                raise UrlRefused(f"AnnounceUrl refused: {perr}") from exc
+            raise AnnouncementUnavailable(f"AnnounceUrl could not be fetched: {exc}") from exc
         if response.status_code >= 400:
-            raise ApiError(11200, f"AnnounceUrl answered HTTP {response.status_code}")
+            raise AnnouncementUnavailable(f"AnnounceUrl answered HTTP {response.status_code}")
         try:
             pcm = parse_wav(response.content)
         except WavError as exc:
-            raise invalid(12300, f"AnnounceUrl is not a supported WAV file: {exc}") from exc
+            raise AnnouncementInvalid(f"AnnounceUrl is not a supported WAV file: {exc}") from exc
         media.play(pcm, target_call_sid=target_call_sid)
 
     # ------------------------------------------------------------ participants
+    async def get_participant(self, conference_sid: str, call_sid: str) -> ParticipantRecord:
+        """The participant in the conference now; :class:`NotFound` when it is not there or
+        has left (docs/api.md, Participants)."""
+        row = await self.store.get_participant(call_sid, conference_sid)
+        if row is None or row.status != PARTICIPANT_IN_PROGRESS:
+            raise NotFound(f"Participant {call_sid}")
+        return row
+
+    async def list_participants(
+        self,
+        conference_sid: str,
+        *,
+        muted: bool | None = None,
+        hold: bool | None = None,
+        offset: int,
+        limit: int,
+    ) -> list[ParticipantRecord]:
+        """A page of the participants in the conference now, oldest first."""
+        return await self.store.list_participants(
+            conference_sid, muted=muted, hold=hold, offset=offset, limit=limit
+        )
+
     async def update_participant(
         self, call_sid: str, *, muted: bool | None = None, hold: bool | None = None
     ) -> ParticipantRecord | None:
@@ -310,11 +388,24 @@ class Services:
         await self.leave(call_sid, reason)
 
     # ---------------------------------------------------------------- streams
+    async def get_stream(self, conference_sid: str, sid_or_name: str) -> Stream:
+        """The conference's stream by SID, else by Name; :class:`NotFound` when none."""
+        stream = await self.store.get_stream(conference_sid, sid_or_name)
+        return _found(stream, f"Stream {sid_or_name}")
+
+    async def list_streams(
+        self, conference_sid: str, *, status: str | None = None, offset: int, limit: int
+    ) -> list[Stream]:
+        """A page of the conference's streams, oldest first, stopped ones included."""
+        return await self.store.list_streams(
+            conference_sid, status=status, offset=offset, limit=limit
+        )
+
     async def create_stream(
         self, account: Account, conference: Conference, request: StreamRequest
     ) -> Stream:
-        """Store a queued stream and start it. Raises :class:`ApiError` 21220 (conference not
-        in progress) or 20409 (Name in use)."""
+        """Store a queued stream and start it. Raises :class:`ConferenceNotLive` (21220) or
+        :class:`~confstream.errors.NameInUse` (20409, from the store)."""
         async with self._stream_create:
             current = await self.store.get_conference(conference.sid)
             if (
@@ -322,23 +413,18 @@ class Services:
                 or current.status != CONFERENCE_IN_PROGRESS
                 or self.engine.get(conference.sid) is None
             ):
-                raise ApiError(21220, f"Conference {conference.sid} is not in progress")
-            try:
-                row = await self.store.create_stream(
-                    conference_sid=conference.sid,
-                    account_sid=account.sid,
-                    url=request.url,
-                    name=request.name,
-                    track=request.track,
-                    codec=request.codec,
-                    realtime=request.realtime,
-                    status_callback=request.status_callback,
-                    status_callback_method=request.status_callback_method,
-                )
-            except NameInUse as exc:
-                raise ApiError(
-                    20409, f"A stream named {request.name!r} is already active in this conference"
-                ) from exc
+                raise ConferenceNotLive(conference.sid)
+            row = await self.store.create_stream(
+                conference_sid=conference.sid,
+                account_sid=account.sid,
+                url=request.url,
+                name=request.name,
+                track=request.track,
+                codec=request.codec,
+                realtime=request.realtime,
+                status_callback=request.status_callback,
+                status_callback_method=request.status_callback_method,
+            )
         if self.streams is None:
             await self.store.set_stream_status(row.sid, STREAM_STOPPED, 20500, "no stream manager")
         else:

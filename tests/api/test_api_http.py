@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import socket
 from typing import Any
 
 import httpx
@@ -277,3 +278,53 @@ async def test_healthz_and_metrics(stack: Stack, server_url: str) -> None:
         assert "confstream_conferences_active" in metrics.text
         method = await http.put(f"/2010-04-01/Accounts/{stack.account.sid}.json", auth=stack.auth())
         assert method.status_code == 405 and method.json()["code"] == 20004
+
+
+async def test_domain_errors_answer_their_http_status(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    """Refusals raised by the services (confstream.errors) reach the caller with the status,
+    code and message of the error table (docs/errors.md)."""
+    conference_sid = await stack.join("call-1", "room")
+    path = f"/2010-04-01/Accounts/{stack.account.sid}/Conferences/{conference_sid}.json"
+
+    def more_info(code: int) -> str:
+        return f"https://www.twilio.com/docs/errors/{code}"
+
+    refused = await client.post(path, data={"AnnounceUrl": "http://10.1.2.3/a.wav"})
+    assert refused.status_code == 422
+    body = refused.json()
+    assert body["code"] == 21205 and body["status"] == 422
+    assert body["message"].startswith("AnnounceUrl refused: ")
+    assert body["errors"] == [body["message"]]
+
+    with socket.socket() as probe:  # a local port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    unreachable = await client.post(
+        path, data={"AnnounceUrl": f"http://127.0.0.1:{closed_port}/a.wav", "AnnounceMethod": "GET"}
+    )
+    assert unreachable.status_code == 502
+    body = unreachable.json()
+    assert body["code"] == 11200 and body["more_info"] == more_info(11200)
+    assert body["message"].startswith("AnnounceUrl could not be fetched: ")
+    assert "errors" not in body
+
+    ended = await client.post(path, data={"Status": "completed"})
+    assert ended.status_code == 200 and ended.json()["status"] == "completed"
+    late = await client.post(path, data={"AnnounceUrl": "http://10.1.2.3/a.wav"})
+    assert late.status_code == 409
+    assert late.json() == {
+        "code": 21220,
+        "message": f"Conference {conference_sid} is not in progress",
+        "more_info": more_info(21220),
+        "status": 409,
+    }
+    gone = await client.get(path.replace(".json", "/Participants/call-1.json"))
+    assert gone.status_code == 404
+    assert gone.json() == {
+        "code": 20404,
+        "message": "The requested resource Participant call-1 was not found",
+        "more_info": more_info(20404),
+        "status": 404,
+    }

@@ -1,13 +1,26 @@
-"""The error table and the error body shapes; import order of api/services."""
+"""The error table, the error body shapes, the mapping of domain errors to HTTP; the layers
+below the API do not import it."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from confstream.api.errors import ERROR_CODES, ApiError, invalid, markdown_table, unauthorized
+import confstream
+from confstream import errors
+from confstream.api.errors import (
+    ERROR_CODES,
+    ApiError,
+    from_domain,
+    invalid,
+    markdown_table,
+    not_found,
+    unauthorized,
+)
 
 
 def test_table_lists_every_code_once() -> None:
@@ -26,8 +39,87 @@ def test_bodies() -> None:
     assert ApiError(21220, "x").http_status == ERROR_CODES[21220].status
 
 
-@pytest.mark.parametrize("module", ["confstream.services", "confstream.api.routes"])
+@pytest.mark.parametrize(
+    "module", ["confstream.errors", "confstream.services", "confstream.api.routes"]
+)
 def test_modules_import_alone(module: str) -> None:
-    # the API uses the services and the services use api.errors: no import cycle either way
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
+
+
+#: What each domain error answers over HTTP: (status, code, carries ``errors``).
+HTTP_OF_DOMAIN: list[tuple[errors.ConfstreamError, int, int, bool]] = [
+    (errors.NotFound("Conference C1"), 404, 20404, False),
+    (errors.ConferenceNotLive("C1"), 409, 21220, False),
+    (errors.NameInUse("n"), 409, 20409, False),
+    (errors.UrlRefused("AnnounceUrl refused: loopback"), 422, 21205, True),
+    (errors.AnnouncementUnavailable("AnnounceUrl answered HTTP 404"), 502, 11200, False),
+    (errors.AnnouncementInvalid("AnnounceUrl is not a supported WAV file"), 422, 12300, True),
+]
+
+
+@pytest.mark.parametrize(("error", "status", "code", "lists"), HTTP_OF_DOMAIN)
+def test_domain_errors_map_to_http(
+    error: errors.ConfstreamError, status: int, code: int, lists: bool
+) -> None:
+    api = from_domain(error)
+    body = api.body()
+    assert (api.http_status, body["status"], body["code"]) == (status, status, code)
+    assert body["message"] == error.message
+    assert ("errors" in body) is lists
+    if lists:
+        assert body["errors"] == [error.message]
+    # the status is the one the published table gives the code
+    assert ERROR_CODES[code].status == status
+
+
+def test_every_domain_error_reaching_the_api_is_mapped() -> None:
+    def subclasses(cls: type[errors.ConfstreamError]) -> set[type[errors.ConfstreamError]]:
+        found = set(cls.__subclasses__())
+        for sub in list(found):
+            found |= subclasses(sub)
+        return found
+
+    mapped = {type(error) for error, *_ in HTTP_OF_DOMAIN}
+    join_refusals = {errors.JoinRefused} | subclasses(errors.JoinRefused)
+    assert subclasses(errors.ConfstreamError) - join_refusals == mapped
+
+
+def test_domain_errors_keep_the_messages_of_the_api() -> None:
+    found = not_found("Stream S1").body()
+    assert found["message"] == "The requested resource Stream S1 was not found"
+    assert found["status"] == 404 and found["code"] == 20404
+    in_use = errors.NameInUse("a").message
+    assert in_use == "A stream named 'a' is already active in this conference"
+
+
+def test_join_refusals_never_leak_through_http() -> None:
+    body = from_domain(errors.AlreadyJoined()).body()
+    assert body == {
+        "code": 20500,
+        "message": "Internal server error",
+        "more_info": "https://www.twilio.com/docs/errors/20500",
+        "status": 500,
+    }
+    assert errors.JoinRefused("ended", 404).sip_status == 404
+    assert errors.AccountNotActive().sip_status == 403
+
+
+def test_no_layer_below_the_api_imports_it() -> None:
+    """services, store, conference, sip, rtp, streams... raise domain errors; only the API
+    (and the application that wires it up) imports ``confstream.api``."""
+    root = Path(confstream.__file__).parent
+    allowed = {root / "app.py"}
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path in allowed or (root / "api") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n == "confstream.api" or n.startswith("confstream.api.") for n in names):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []

@@ -1,17 +1,11 @@
 """The REST API (Starlette): see :mod:`confstream.api.routes`; codes in :mod:`.errors`.
 
-``create_api`` is imported lazily: :mod:`confstream.services` uses :mod:`.errors`, and the
-routes use the services.
+The API sits on top of :mod:`confstream.services`; no module below it imports ``confstream.api``
+(the services raise domain errors, :mod:`confstream.errors`, which :mod:`.errors` maps to HTTP).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from confstream.api.routes import create_api
 
-
-def __getattr__(name: str) -> Any:
-    if name == "create_api":
-        from confstream.api.routes import create_api
-
-        return create_api
-    raise AttributeError(name)
+__all__ = ["create_api"]

@@ -20,7 +20,7 @@ RowT = TypeVar("RowT")
 API_VERSION = "2010-04-01"
 SIGNALWIRE_BASE = "/api/laml/2010-04-01"
 TWILIO_BASE = "/2010-04-01"
-#: Paging (CONTRACT §1): default page size 50, at most 1000, like Twilio.
+#: Paging (docs/api.md, Conventions): default page size 50, at most 1000, like Twilio.
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 

@@ -1,4 +1,6 @@
-"""Every error code the REST API emits, in one table (docs/errors.md is generated from it).
+"""Every error code the REST API emits, in one table (docs/errors.md is generated from it),
+and the one place where domain errors (:mod:`confstream.errors`) become HTTP answers
+(:func:`from_domain`: the error's code, the HTTP status of that code's row).
 
 Codes reuse Twilio's numbering where Twilio has a code for the same situation, so SDK users can
 look them up; the few confstream-only codes are marked *extension*.
@@ -16,7 +18,7 @@ code   HTTP    meaning
 21209  422     ``StatusCallbackMethod``/``AnnounceMethod`` is not GET or POST
 21220  409     The conference is not in progress
 21609  422     ``StatusCallback`` is not a valid http(s) URL, or its host is refused by the
-               outbound policy (CONTRACT §4)
+               outbound policy (docs/operations.md)
 31922  --      Invalid stream URL (not ``wss://``, or refused by the outbound policy); reported
                on the stream resource (``error_code``) and in ``stream-error`` callbacks
 31941  422     ``Track`` is not ``inbound_track``, ``outbound_track`` or ``both_tracks``
@@ -28,6 +30,8 @@ code   HTTP    meaning
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from confstream.errors import ConfstreamError, NotFound
 
 MORE_INFO = "https://www.twilio.com/docs/errors/{code}"
 
@@ -104,8 +108,23 @@ def unauthorized() -> ApiError:
     return ApiError(20003, "Authentication Error - invalid username", status=401)
 
 
+def internal_error() -> ApiError:
+    return ApiError(20500, "Internal server error", status=500)
+
+
 def not_found(what: str) -> ApiError:
-    return ApiError(20404, f"The requested resource {what} was not found", status=404)
+    return from_domain(NotFound(what))
+
+
+def from_domain(error: ConfstreamError) -> ApiError:
+    """The HTTP answer to a domain error: its code and message; the status is the one the
+    table gives the code (422 answers list the message in ``errors``). A code missing from
+    the table (a domain error that should never reach the API, such as a SIP join refusal)
+    answers like any unexpected failure: 500, 20500, without the message."""
+    known = ERROR_CODES.get(error.code)
+    if known is None or error.code == 20500:
+        return internal_error()
+    return ApiError(error.code, error.message, status=known.status)
 
 
 def markdown_table() -> str:

@@ -1,4 +1,4 @@
-"""JSON shapes of the resources (CONTRACT §1)."""
+"""JSON shapes of the resources (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from typing import Any
 
 from confstream.api.common import API_VERSION, rfc2822
 from confstream.store import Account, Conference, Participant, Stream
+
+
+def _conference_uri(base: str, account_sid: str, conference_sid: str) -> str:
+    """The conference's URI without ``.json``; participants and streams live below it."""
+    return f"{base}/Accounts/{account_sid}/Conferences/{conference_sid}"
 
 
 def account_json(base: str, account: Account) -> dict[str, Any]:
@@ -25,7 +30,7 @@ def account_json(base: str, account: Account) -> dict[str, Any]:
 
 
 def conference_json(base: str, conference: Conference) -> dict[str, Any]:
-    uri = f"{base}/Accounts/{conference.account_sid}/Conferences/{conference.sid}"
+    uri = _conference_uri(base, conference.account_sid, conference.sid)
     return {
         "sid": conference.sid,
         "account_sid": conference.account_sid,
@@ -46,10 +51,8 @@ def conference_json(base: str, conference: Conference) -> dict[str, Any]:
 
 
 def participant_json(base: str, participant: Participant) -> dict[str, Any]:
-    uri = (
-        f"{base}/Accounts/{participant.account_sid}/Conferences/{participant.conference_sid}"
-        f"/Participants/{participant.call_sid}.json"
-    )
+    conference = _conference_uri(base, participant.account_sid, participant.conference_sid)
+    uri = f"{conference}/Participants/{participant.call_sid}.json"
     return {
         "account_sid": participant.account_sid,
         "call_sid": participant.call_sid,
@@ -69,10 +72,8 @@ def participant_json(base: str, participant: Participant) -> dict[str, Any]:
 
 
 def stream_json(base: str, stream: Stream) -> dict[str, Any]:
-    uri = (
-        f"{base}/Accounts/{stream.account_sid}/Conferences/{stream.conference_sid}"
-        f"/Streams/{stream.sid}.json"
-    )
+    conference = _conference_uri(base, stream.account_sid, stream.conference_sid)
+    uri = f"{conference}/Streams/{stream.sid}.json"
     return {
         "account_sid": stream.account_sid,
         "conference_sid": stream.conference_sid,

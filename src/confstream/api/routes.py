@@ -1,4 +1,4 @@
-"""The REST API as a Starlette application (CONTRACT §1).
+"""The REST API as a Starlette application (docs/api.md).
 
 Both base paths, ``/api/laml/2010-04-01`` (SignalWire) and ``/2010-04-01`` (Twilio), serve the
 same routes; every path also answers with a ``.json`` suffix (it is stripped before routing,
@@ -15,6 +15,10 @@ participants list and fetch show the participants in the conference now (``in-pr
 a participant that left answers 404; streams list oldest first and include stopped ones.
 ``AnnounceUrl`` audio is fetched (through the outbound policy) before the answer is sent, so a
 bad URL or file is reported to the caller (11200, 12300, 21205).
+
+Handlers read and change everything through :class:`~confstream.services.Services`, never the
+store. What the services refuse comes as a domain error (:mod:`confstream.errors`); one
+exception handler turns those into answers (:func:`confstream.api.errors.from_domain`).
 """
 
 from __future__ import annotations
@@ -44,12 +48,20 @@ from confstream.api.common import (
     parse_date,
     parse_paging,
 )
-from confstream.api.errors import ApiError, invalid, not_found, unauthorized
+from confstream.api.errors import (
+    ApiError,
+    from_domain,
+    internal_error,
+    invalid,
+    not_found,
+    unauthorized,
+)
 from confstream.api.render import account_json, conference_json, participant_json, stream_json
 from confstream.api.streams import parse_stream_request
-from confstream.services import REASON_API, Services
+from confstream.errors import ConfstreamError
+from confstream.services import Services
 from confstream.store import Account, Conference, ConferenceFilter, DateFilter
-from confstream.store.models import CONFERENCE_IN_PROGRESS, CONFERENCE_STATUSES
+from confstream.store.models import CONFERENCE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +93,9 @@ async def _authenticate(request: Request) -> Account:
 
 
 async def _conference(request: Request, account: Account) -> Conference:
-    sid = request.path_params["conference_sid"]
-    conference = await _services(request).store.get_conference(sid, account.sid)
-    if conference is None:
-        raise not_found(f"Conference {sid}")
-    return conference
+    return await _services(request).get_conference(
+        account.sid, request.path_params["conference_sid"]
+    )
 
 
 # --------------------------------------------------------------------------- accounts
@@ -121,7 +131,7 @@ async def list_conferences(request: Request) -> Response:
     account = await _authenticate(request)
     paging = parse_paging(request)
     filters = _conference_filter(request)
-    rows = await _services(request).store.list_conferences(
+    rows = await _services(request).list_conferences(
         account.sid, filters, offset=paging.offset, limit=paging.page_size + 1
     )
     return page_response(
@@ -147,14 +157,12 @@ async def conference_instance(request: Request) -> Response:
         announce_method = (params.get("AnnounceMethod") or "POST").upper()
         if announce_method not in ("GET", "POST"):
             raise invalid(21209, "AnnounceMethod must be GET or POST")
-        if announce_url is not None:
-            if conference.status != CONFERENCE_IN_PROGRESS:
-                raise ApiError(21220, f"Conference {conference.sid} is not in progress")
-            await services.announce(conference.sid, announce_url, announce_method)
-        if status == "completed" and conference.status != "completed":
-            await services.end_conference(conference.sid, REASON_API)
-        fresh = await services.store.get_conference(conference.sid)
-        conference = fresh if fresh is not None else conference
+        conference = await services.update_conference(
+            conference,
+            end=status == "completed",
+            announce_url=announce_url,
+            announce_method=announce_method,
+        )
     return JSONResponse(conference_json(base_path(request), conference))
 
 
@@ -166,7 +174,7 @@ async def list_participants(request: Request) -> Response:
     q = request.query_params
     muted = parse_bool("Muted", q.get("Muted"))
     hold = parse_bool("Hold", q.get("Hold"))
-    rows = await _services(request).store.list_participants(
+    rows = await _services(request).list_participants(
         conference.sid,
         muted=muted,
         hold=hold,
@@ -182,9 +190,7 @@ async def participant_instance(request: Request) -> Response:
     conference = await _conference(request, account)
     services = _services(request)
     call_sid = request.path_params["call_sid"]
-    row = await services.store.get_participant(call_sid, conference.sid)
-    if row is None or row.status != "in-progress":
-        raise not_found(f"Participant {call_sid}")
+    row = await services.get_participant(conference.sid, call_sid)
     if request.method == "DELETE":
         await services.kick(call_sid)
         return Response(status_code=204)
@@ -219,7 +225,7 @@ async def streams_collection(request: Request) -> Response:
         return JSONResponse(stream_json(base, row))
     paging = parse_paging(request)
     status = request.query_params.get("Status")
-    rows = await services.store.list_streams(
+    rows = await services.list_streams(
         conference.sid, status=status, offset=paging.offset, limit=paging.page_size + 1
     )
     path = f"/Accounts/{account.sid}/Conferences/{conference.sid}/Streams"
@@ -230,10 +236,7 @@ async def stream_instance(request: Request) -> Response:
     account = await _authenticate(request)
     conference = await _conference(request, account)
     services = _services(request)
-    key = request.path_params["stream_sid"]
-    row = await services.store.get_stream(conference.sid, key)
-    if row is None:
-        raise not_found(f"Stream {key}")
+    row = await services.get_stream(conference.sid, request.path_params["stream_sid"])
     if request.method == "POST":
         params = await form(request)
         status = params.get("Status")
@@ -261,6 +264,11 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(exc.body(), status_code=exc.http_status, headers=headers)
 
 
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ConfstreamError)
+    return await _api_error(request, from_domain(exc))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
@@ -274,7 +282,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    error = ApiError(20500, "Internal server error", status=500)
+    error = internal_error()
     return JSONResponse(error.body(), status_code=500)
 
 
@@ -325,6 +333,7 @@ def create_api(services: Services) -> Starlette:
         ],
         exception_handlers={
             ApiError: _api_error,
+            ConfstreamError: _domain_error,
             HTTPException: _http_error,
             Exception: _internal_error,
         },

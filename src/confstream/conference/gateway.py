@@ -10,13 +10,11 @@ from typing import Protocol
 
 from confstream.conference.base import Participant
 
+# Join refusals are domain errors (confstream.errors); re-exported here, where the SIP edge
+# meets them. The SIP edge answers the INVITE with their ``sip_status`` (docs/errors.md, SIP).
+from confstream.errors import AccountNotActive, AlreadyJoined, JoinRefused
 
-class JoinRefused(Exception):
-    """The conference cannot be joined (ended, account disabled...). ``sip_status`` is sent."""
-
-    def __init__(self, message: str, sip_status: int = 403) -> None:
-        super().__init__(message)
-        self.sip_status = sip_status
+__all__ = ["AccountNotActive", "AlreadyJoined", "ConferenceGateway", "JoinRefused"]
 
 
 class ConferenceGateway(Protocol):
@@ -27,7 +25,8 @@ class ConferenceGateway(Protocol):
     async def join(self, account_sid: str, conference_name: str, participant: Participant) -> str:
         """Add ``participant`` (its ``call_sid`` already set, a UUID) to the account's conference
         named ``conference_name``, creating it ``in-progress`` when needed. Returns the
-        ConferenceSid. Raises :class:`JoinRefused`."""
+        ConferenceSid. Raises :class:`JoinRefused` (:class:`AccountNotActive`: 403,
+        :class:`AlreadyJoined`: 482)."""
         ...
 
     async def leave(self, call_sid: str, reason: str) -> None:

@@ -5,6 +5,7 @@ Use :func:`open_store` to get a :class:`Store`; see :mod:`confstream.store.store
 
 from __future__ import annotations
 
+from confstream.errors import NameInUse
 from confstream.store.models import (
     Account,
     Conference,
@@ -16,7 +17,6 @@ from confstream.store.models import (
 from confstream.store.store import (
     ConferenceFilter,
     DateFilter,
-    NameInUse,
     Store,
     async_database_url,
     new_auth_token,

@@ -11,6 +11,7 @@ models must stay in step with the newest migration (``tests/store`` checks that 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -24,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: Conference statuses (CONTRACT §1).
+#: Conference statuses (docs/api.md, Conferences).
 CONFERENCE_INIT = "init"
 CONFERENCE_IN_PROGRESS = "in-progress"
 CONFERENCE_COMPLETED = "completed"
@@ -50,20 +51,49 @@ class Base(DeclarativeBase):
     pass
 
 
-class Account(Base):
+class Timestamped:
+    """``date_created`` and ``date_updated``: every resource table has both. A new row gets
+    one instant for both; a change moves ``date_updated`` (:meth:`touch`)."""
+
+    date_created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    date_updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    def touch(self, now: dt.datetime | None = None) -> None:
+        self.date_updated = now if now is not None else utcnow()
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Set ``values`` (column name -> value) and :meth:`touch`, even when ``values`` is
+        empty."""
+        for column, value in values.items():
+            setattr(self, column, value)
+        self.touch()
+
+
+class AccountOwned:
+    """``account_sid``: the owning account; its rows go with it (``ON DELETE CASCADE``)."""
+
+    account_sid: Mapped[str] = mapped_column(ForeignKey("accounts.sid", ondelete="CASCADE"))
+
+
+class ConferencePart(AccountOwned):
+    """``conference_sid`` (and the account): rows that belong to one conference."""
+
+    conference_sid: Mapped[str] = mapped_column(ForeignKey("conferences.sid", ondelete="CASCADE"))
+
+
+class Account(Timestamped, Base):
     __tablename__ = "accounts"
 
     sid: Mapped[str] = mapped_column(String(64), primary_key=True)
     auth_token: Mapped[str] = mapped_column(String(128))
     friendly_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    #: Base for relative stream ``Url`` values (CONTRACT §1); None: relative Urls are refused.
+    #: Base for relative stream ``Url`` values (docs/api.md, Streams); None: relative Urls
+    #: are refused.
     stream_base_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     status: Mapped[str] = mapped_column(String(32), default="active")
-    date_created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    date_updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Conference(Base):
+class Conference(Timestamped, AccountOwned, Base):
     __tablename__ = "conferences"
     __table_args__ = (
         Index("ix_conferences_account_created", "account_sid", "date_created"),
@@ -79,22 +109,17 @@ class Conference(Base):
     )
 
     sid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    account_sid: Mapped[str] = mapped_column(ForeignKey("accounts.sid", ondelete="CASCADE"))
     friendly_name: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(32), default=CONFERENCE_IN_PROGRESS)
     region: Mapped[str] = mapped_column(String(32), default="us1")
     reason_ended: Mapped[str | None] = mapped_column(Text, nullable=True)
-    date_created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    date_updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Participant(Base):
+class Participant(Timestamped, ConferencePart, Base):
     __tablename__ = "participants"
     __table_args__ = (Index("ix_participants_conference", "conference_sid", "date_created"),)
 
     call_sid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    conference_sid: Mapped[str] = mapped_column(ForeignKey("conferences.sid", ondelete="CASCADE"))
-    account_sid: Mapped[str] = mapped_column(ForeignKey("accounts.sid", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(32), default=PARTICIPANT_IN_PROGRESS)
     muted: Mapped[bool] = mapped_column(Boolean, default=False)
     hold: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -104,17 +129,13 @@ class Participant(Base):
     end_conference_on_exit: Mapped[bool] = mapped_column(Boolean, default=False)
     label: Mapped[str | None] = mapped_column(String(255), nullable=True)
     reason_ended: Mapped[str | None] = mapped_column(Text, nullable=True)
-    date_created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    date_updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Stream(Base):
+class Stream(Timestamped, ConferencePart, Base):
     __tablename__ = "streams"
     __table_args__ = (Index("ix_streams_conference", "conference_sid", "date_created"),)
 
     sid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    conference_sid: Mapped[str] = mapped_column(ForeignKey("conferences.sid", ondelete="CASCADE"))
-    account_sid: Mapped[str] = mapped_column(ForeignKey("accounts.sid", ondelete="CASCADE"))
     name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     #: The resolved wss:// URL. The AuthorizationBearerToken is never stored.
     url: Mapped[str] = mapped_column(Text)
@@ -126,8 +147,6 @@ class Stream(Base):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
     status_callback_method: Mapped[str] = mapped_column(String(8), default="POST")
-    date_created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    date_updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class StreamStatusChange(Base):

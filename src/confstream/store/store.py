@@ -1,7 +1,8 @@
 """The store: one object owning the database engine, with a method per operation.
 
-:func:`open_store` turns the user-facing ``database_url`` (CONTRACT §6) into an async engine,
-migrates the schema to the newest Alembic revision and returns a :class:`Store`.
+:func:`open_store` turns the user-facing ``database_url`` (docs/operations.md, Settings)
+into an async engine, migrates the schema to the newest Alembic revision and returns a
+:class:`Store`.
 
 * ``sqlite:///PATH`` (relative) or ``sqlite:////abs/PATH`` -> ``sqlite+aiosqlite``. Each
   connection gets ``journal_mode=WAL`` (readers never block the single writer),
@@ -13,6 +14,10 @@ migrates the schema to the newest Alembic revision and returns a :class:`Store`.
 
 Rows come back as detached ORM objects (``expire_on_commit=False``): read their attributes
 freely, but change records only through the store's methods.
+
+The methods share four helpers: ``_add`` (insert new rows), ``_get`` (a row by primary key,
+optionally scoped to an account or conference: a row outside the scope is "not found"),
+``_list`` (a select, paged with offset/limit) and ``_change`` (load, modify, ``touch``, commit).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, func, insert, select, update
+from sqlalchemy import Connection, Select, event, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -35,6 +41,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from confstream.errors import NameInUse
 from confstream.store.models import (
     CONFERENCE_COMPLETED,
     CONFERENCE_IN_PROGRESS,
@@ -44,12 +51,17 @@ from confstream.store.models import (
     STREAM_QUEUED,
     STREAM_STOPPED,
     Account,
+    Base,
     Conference,
     Participant,
     Stream,
     StreamStatusChange,
+    Timestamped,
     utcnow,
 )
+
+RowT = TypeVar("RowT", bound=Base)
+ChangedT = TypeVar("ChangedT", bound=Timestamped)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: SQLite waits this long (ms) for another writer before failing with "database is locked".
@@ -57,7 +69,7 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
 def new_sid() -> str:
-    """A new SID: a random UUID in its canonical form (CONTRACT §1: SIDs are UUIDs)."""
+    """A new SID: a random UUID in its canonical form (docs/api.md: SIDs are UUIDs)."""
     return str(uuid.uuid4())
 
 
@@ -130,8 +142,23 @@ class ConferenceFilter:
     date_updated: DateFilter = DateFilter()
 
 
-class NameInUse(Exception):
-    """A stream Name is already used by an active stream of the same conference."""
+def _new(model: type[RowT], **fields: Any) -> RowT:
+    """A new row of ``model`` with ``fields``, created and updated at one instant (now)."""
+    now = utcnow()
+    return model(date_created=now, date_updated=now, **fields)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The keyword arguments that are not None (None means "leave unchanged")."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _end(row: Conference | Participant, status: str, reason: str) -> None:
+    """End a conference or participant record once: a second end keeps the first reason."""
+    if row.status != status:
+        row.status = status
+        row.reason_ended = reason
+        row.touch()
 
 
 class Store:
@@ -153,6 +180,53 @@ class Store:
         """Close every pooled connection. Safe to call twice."""
         await self.engine.dispose()
 
+    # ------------------------------------------------------------------- helpers
+    async def _add(self, row: RowT) -> RowT:
+        """Insert a new row (one transaction) and return it."""
+        async with self.session() as session, session.begin():
+            session.add(row)
+        return row
+
+    async def _get(self, model: type[RowT], key: str, **scope: str | None) -> RowT | None:
+        """The row whose primary key is ``key``, or None. Each ``scope`` column that is given
+        (not None) must hold that value, else None too: a conference of another account, a
+        participant of another conference, is not found."""
+        async with self.session() as session:
+            row = await session.get(model, key)
+        if row is None:
+            return None
+        for column, value in scope.items():
+            if value is not None and getattr(row, column) != value:
+                return None
+        return row
+
+    async def _list(
+        self, query: Select[RowT], *, offset: int = 0, limit: int | None = None
+    ) -> list[RowT]:
+        """The rows of ``query`` (ordered by the caller), from ``offset``, at most ``limit``."""
+        if offset:
+            query = query.offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.session() as session:
+            return list(await session.scalars(query))
+
+    async def _first(self, query: Select[RowT]) -> RowT | None:
+        async with self.session() as session:
+            row: RowT | None = await session.scalar(query.limit(1))
+            return row
+
+    async def _change(
+        self, model: type[ChangedT], key: str, change: Callable[[ChangedT], object]
+    ) -> ChangedT | None:
+        """Load the row, apply ``change`` to it and commit (one transaction); None when
+        there is no such row."""
+        async with self.session() as session, session.begin():
+            row = await session.get(model, key)
+            if row is not None:
+                change(row)
+            return row
+
     # ------------------------------------------------------------------ accounts
     async def create_account(
         self,
@@ -162,31 +236,23 @@ class Store:
         sid: str | None = None,
         auth_token: str | None = None,
     ) -> Account:
-        now = utcnow()
-        account = Account(
-            sid=sid or new_sid(),
-            auth_token=auth_token or new_auth_token(),
-            friendly_name=friendly_name,
-            stream_base_url=stream_base_url,
-            status="active",
-            date_created=now,
-            date_updated=now,
+        return await self._add(
+            _new(
+                Account,
+                sid=sid or new_sid(),
+                auth_token=auth_token or new_auth_token(),
+                friendly_name=friendly_name,
+                stream_base_url=stream_base_url,
+                status="active",
+            )
         )
-        async with self.session() as session, session.begin():
-            session.add(account)
-        return account
 
     async def get_account(self, sid: str) -> Account | None:
-        async with self.session() as session:
-            return await session.get(Account, sid)
+        return await self._get(Account, sid)
 
     async def list_accounts(self) -> list[Account]:
         """Every account, oldest first."""
-        async with self.session() as session:
-            rows = await session.scalars(
-                select(Account).order_by(Account.date_created, Account.sid)
-            )
-            return list(rows)
+        return await self._list(select(Account).order_by(Account.date_created, Account.sid))
 
     async def update_account(
         self,
@@ -195,57 +261,43 @@ class Store:
         stream_base_url: str | None = None,
         friendly_name: str | None = None,
     ) -> Account | None:
-        """Set the given fields (None leaves a field unchanged); None when no such account."""
-        async with self.session() as session, session.begin():
-            account = await session.get(Account, sid)
-            if account is None:
-                return None
-            if stream_base_url is not None:
-                account.stream_base_url = stream_base_url or None
-            if friendly_name is not None:
-                account.friendly_name = friendly_name
-            account.date_updated = utcnow()
-            return account
+        """Set the given fields (None leaves a field unchanged; an empty ``stream_base_url``
+        clears it); None when no such account."""
+        changes = _given(stream_base_url=stream_base_url, friendly_name=friendly_name)
+        if "stream_base_url" in changes:
+            changes["stream_base_url"] = changes["stream_base_url"] or None
+        return await self._change(Account, sid, lambda row: row.update(changes))
 
     # --------------------------------------------------------------- conferences
     async def find_live_conference(self, account_sid: str, friendly_name: str) -> Conference | None:
         """The account's conference of that name that is not completed, if any."""
-        async with self.session() as session:
-            row: Conference | None = await session.scalar(
-                select(Conference).where(
-                    Conference.account_sid == account_sid,
-                    Conference.friendly_name == friendly_name,
-                    Conference.status != CONFERENCE_COMPLETED,
-                )
+        return await self._first(
+            select(Conference).where(
+                Conference.account_sid == account_sid,
+                Conference.friendly_name == friendly_name,
+                Conference.status != CONFERENCE_COMPLETED,
             )
-            return row
+        )
 
     async def create_conference(
         self, account_sid: str, friendly_name: str, *, status: str = CONFERENCE_IN_PROGRESS
     ) -> Conference:
-        now = utcnow()
-        conference = Conference(
-            sid=new_sid(),
-            account_sid=account_sid,
-            friendly_name=friendly_name,
-            status=status,
-            region="us1",
-            date_created=now,
-            date_updated=now,
+        return await self._add(
+            _new(
+                Conference,
+                sid=new_sid(),
+                account_sid=account_sid,
+                friendly_name=friendly_name,
+                status=status,
+                region="us1",
+            )
         )
-        async with self.session() as session, session.begin():
-            session.add(conference)
-        return conference
 
     async def get_conference(
         self, conference_sid: str, account_sid: str | None = None
     ) -> Conference | None:
         """The conference, or None (also when it belongs to another account)."""
-        async with self.session() as session:
-            row = await session.get(Conference, conference_sid)
-            if row is None or (account_sid is not None and row.account_sid != account_sid):
-                return None
-            return row
+        return await self._get(Conference, conference_sid, account_sid=account_sid)
 
     async def list_conferences(
         self,
@@ -263,27 +315,18 @@ class Store:
             clauses.append(Conference.status == filters.status)
         clauses += filters.date_created.clauses(Conference.date_created)
         clauses += filters.date_updated.clauses(Conference.date_updated)
-        async with self.session() as session:
-            rows = await session.scalars(
-                select(Conference)
-                .where(*clauses)
-                .order_by(Conference.date_created.desc(), Conference.sid.desc())
-                .offset(offset)
-                .limit(limit)
-            )
-            return list(rows)
+        query = (
+            select(Conference)
+            .where(*clauses)
+            .order_by(Conference.date_created.desc(), Conference.sid.desc())
+        )
+        return await self._list(query, offset=offset, limit=limit)
 
     async def complete_conference(self, conference_sid: str, reason: str) -> Conference | None:
         """Mark the conference completed (once; a completed one keeps its first reason)."""
-        async with self.session() as session, session.begin():
-            row = await session.get(Conference, conference_sid)
-            if row is None:
-                return None
-            if row.status != CONFERENCE_COMPLETED:
-                row.status = CONFERENCE_COMPLETED
-                row.reason_ended = reason
-                row.date_updated = utcnow()
-            return row
+        return await self._change(
+            Conference, conference_sid, lambda row: _end(row, CONFERENCE_COMPLETED, reason)
+        )
 
     # -------------------------------------------------------------- participants
     async def add_participant(
@@ -296,34 +339,28 @@ class Store:
         hold: bool = False,
         label: str | None = None,
     ) -> Participant:
-        now = utcnow()
-        row = Participant(
-            call_sid=call_sid,
-            conference_sid=conference_sid,
-            account_sid=account_sid,
-            status=PARTICIPANT_IN_PROGRESS,
-            muted=muted,
-            hold=hold,
-            coaching=False,
-            call_sid_to_coach=None,
-            start_conference_on_enter=True,
-            end_conference_on_exit=False,
-            label=label,
-            date_created=now,
-            date_updated=now,
+        return await self._add(
+            _new(
+                Participant,
+                call_sid=call_sid,
+                conference_sid=conference_sid,
+                account_sid=account_sid,
+                status=PARTICIPANT_IN_PROGRESS,
+                muted=muted,
+                hold=hold,
+                coaching=False,
+                call_sid_to_coach=None,
+                start_conference_on_enter=True,
+                end_conference_on_exit=False,
+                label=label,
+            )
         )
-        async with self.session() as session, session.begin():
-            session.add(row)
-        return row
 
     async def get_participant(
         self, call_sid: str, conference_sid: str | None = None
     ) -> Participant | None:
-        async with self.session() as session:
-            row = await session.get(Participant, call_sid)
-            if row is None or (conference_sid is not None and row.conference_sid != conference_sid):
-                return None
-            return row
+        """The participant, or None (also when it is in another conference)."""
+        return await self._get(Participant, call_sid, conference_sid=conference_sid)
 
     async def list_participants(
         self,
@@ -343,15 +380,12 @@ class Store:
             clauses.append(Participant.muted == muted)
         if hold is not None:
             clauses.append(Participant.hold == hold)
-        async with self.session() as session:
-            rows = await session.scalars(
-                select(Participant)
-                .where(*clauses)
-                .order_by(Participant.date_created, Participant.call_sid)
-                .offset(offset)
-                .limit(limit)
-            )
-            return list(rows)
+        query = (
+            select(Participant)
+            .where(*clauses)
+            .order_by(Participant.date_created, Participant.call_sid)
+        )
+        return await self._list(query, offset=offset, limit=limit)
 
     async def count_live_participants(self, conference_sid: str) -> int:
         async with self.session() as session:
@@ -368,28 +402,14 @@ class Store:
     async def update_participant(
         self, call_sid: str, *, muted: bool | None = None, hold: bool | None = None
     ) -> Participant | None:
-        async with self.session() as session, session.begin():
-            row = await session.get(Participant, call_sid)
-            if row is None:
-                return None
-            if muted is not None:
-                row.muted = muted
-            if hold is not None:
-                row.hold = hold
-            row.date_updated = utcnow()
-            return row
+        changes = _given(muted=muted, hold=hold)
+        return await self._change(Participant, call_sid, lambda row: row.update(changes))
 
     async def complete_participant(self, call_sid: str, reason: str) -> Participant | None:
         """Mark the participant completed (idempotent; the first reason is kept)."""
-        async with self.session() as session, session.begin():
-            row = await session.get(Participant, call_sid)
-            if row is None:
-                return None
-            if row.status != PARTICIPANT_COMPLETED:
-                row.status = PARTICIPANT_COMPLETED
-                row.reason_ended = reason
-                row.date_updated = utcnow()
-            return row
+        return await self._change(
+            Participant, call_sid, lambda row: _end(row, PARTICIPANT_COMPLETED, reason)
+        )
 
     # ------------------------------------------------------------------- streams
     async def create_stream(
@@ -406,10 +426,10 @@ class Store:
         status_callback_method: str = "POST",
         sid: str | None = None,
     ) -> Stream:
-        """Insert a ``queued`` stream. Raises :class:`NameInUse` when ``name`` is taken by an
-        active (queued or in-progress) stream of the conference."""
-        now = utcnow()
-        row = Stream(
+        """Insert a ``queued`` stream. Raises :class:`~confstream.errors.NameInUse` when
+        ``name`` is taken by an active (queued or in-progress) stream of the conference."""
+        row = _new(
+            Stream,
             sid=sid or new_sid(),
             conference_sid=conference_sid,
             account_sid=account_sid,
@@ -423,8 +443,6 @@ class Store:
             error_message=None,
             status_callback=status_callback,
             status_callback_method=status_callback_method,
-            date_created=now,
-            date_updated=now,
         )
         async with self.session() as session, session.begin():
             if name is not None:
@@ -439,29 +457,27 @@ class Store:
                     raise NameInUse(name)
             session.add(row)
             await session.flush()
-            session.add(StreamStatusChange(stream_sid=row.sid, status=STREAM_QUEUED, at=now))
+            session.add(
+                StreamStatusChange(stream_sid=row.sid, status=STREAM_QUEUED, at=row.date_created)
+            )
         return row
 
     async def get_stream(self, conference_sid: str, sid_or_name: str) -> Stream | None:
         """The stream by SID, else by Name (the active stream of that name, or the newest)."""
-        async with self.session() as session:
-            row = await session.get(Stream, sid_or_name)
-            if row is not None and row.conference_sid == conference_sid:
-                return row
-            named: Stream | None = await session.scalar(
-                select(Stream)
-                .where(Stream.conference_sid == conference_sid, Stream.name == sid_or_name)
-                .order_by(
-                    Stream.status.in_(STREAM_ACTIVE_STATUSES).desc(),
-                    Stream.date_created.desc(),
-                )
-                .limit(1)
+        row = await self._get(Stream, sid_or_name, conference_sid=conference_sid)
+        if row is not None:
+            return row
+        return await self._first(
+            select(Stream)
+            .where(Stream.conference_sid == conference_sid, Stream.name == sid_or_name)
+            .order_by(
+                Stream.status.in_(STREAM_ACTIVE_STATUSES).desc(),
+                Stream.date_created.desc(),
             )
-            return named
+        )
 
     async def get_stream_by_sid(self, sid: str) -> Stream | None:
-        async with self.session() as session:
-            return await session.get(Stream, sid)
+        return await self._get(Stream, sid)
 
     async def list_streams(
         self,
@@ -471,18 +487,12 @@ class Store:
         offset: int = 0,
         limit: int = 50,
     ) -> list[Stream]:
+        """Oldest first, stopped streams included."""
         clauses: list[Any] = [Stream.conference_sid == conference_sid]
         if status is not None:
             clauses.append(Stream.status == status)
-        async with self.session() as session:
-            rows = await session.scalars(
-                select(Stream)
-                .where(*clauses)
-                .order_by(Stream.date_created, Stream.sid)
-                .offset(offset)
-                .limit(limit)
-            )
-            return list(rows)
+        query = select(Stream).where(*clauses).order_by(Stream.date_created, Stream.sid)
+        return await self._list(query, offset=offset, limit=limit)
 
     async def set_stream_status(
         self,
@@ -503,36 +513,32 @@ class Store:
                 if error_code is not None and row.error_code is None:
                     row.error_code = error_code
                     row.error_message = error_message
-                    row.date_updated = now
+                    row.touch(now)
                 return row
             row.status = status
             if error_code is not None:
                 row.error_code = error_code
             if error_message is not None:
                 row.error_message = error_message
-            row.date_updated = now
+            row.touch(now)
             session.add(StreamStatusChange(stream_sid=sid, status=status, at=now, code=error_code))
             return row
 
     async def stream_history(self, sid: str) -> list[StreamStatusChange]:
-        async with self.session() as session:
-            rows = await session.scalars(
-                select(StreamStatusChange)
-                .where(StreamStatusChange.stream_sid == sid)
-                .order_by(StreamStatusChange.id)
-            )
-            return list(rows)
+        return await self._list(
+            select(StreamStatusChange)
+            .where(StreamStatusChange.stream_sid == sid)
+            .order_by(StreamStatusChange.id)
+        )
 
     async def list_streams_active(self, conference_sid: str) -> list[Stream]:
         """The conference's queued or in-progress streams."""
-        async with self.session() as session:
-            rows = await session.scalars(
-                select(Stream).where(
-                    Stream.conference_sid == conference_sid,
-                    Stream.status.in_(STREAM_ACTIVE_STATUSES),
-                )
+        return await self._list(
+            select(Stream).where(
+                Stream.conference_sid == conference_sid,
+                Stream.status.in_(STREAM_ACTIVE_STATUSES),
             )
-            return list(rows)
+        )
 
     # --------------------------------------------------------------- start-up
     async def close_leftovers(self, reason: str) -> dict[str, int]:
