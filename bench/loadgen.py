@@ -45,6 +45,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -415,8 +416,9 @@ class LoadGenerator(asyncio.DatagramProtocol):
         caller.next_retransmit = now + TIMER_A
         self._send_sip(caller.invite_bytes)
 
-    async def _dial_all(self) -> None:
-        """Dial every caller, spread evenly over ``ramp`` seconds."""
+    async def _ramp(self) -> AsyncIterator[Caller]:
+        """Every caller in turn, spread evenly over ``ramp`` seconds (absolute deadlines, so
+        sleep error does not drift), marked ``inviting`` with its dial time."""
         start = time.monotonic()
         gap = self.ramp / max(1, len(self.callers))
         for i, caller in enumerate(self.callers):
@@ -425,6 +427,11 @@ class LoadGenerator(asyncio.DatagramProtocol):
                 await asyncio.sleep(delay)
             caller.invite_started = time.monotonic()
             caller.state = "inviting"
+            yield caller
+
+    async def _dial_all(self) -> None:
+        """Dial every caller, spread evenly over ``ramp`` seconds."""
+        async for caller in self._ramp():
             self._send_invite(caller, None)
 
     # -- Janus AudioBridge (the side-by-side peer of BENCHMARK.md) --------------------------
@@ -476,14 +483,7 @@ class LoadGenerator(asyncio.DatagramProtocol):
 
             poller = asyncio.create_task(poll())
             try:
-                start = time.monotonic()
-                gap = self.ramp / max(1, len(self.callers))
-                for i, caller in enumerate(self.callers):
-                    delay = start + i * gap - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    caller.invite_started = time.monotonic()
-                    caller.state = "inviting"
+                async for caller in self._ramp():
                     caller.got_response = True  # no SIP retransmissions
                     handle = await call(
                         f"/{session}", {"janus": "attach", "plugin": "janus.plugin.audiobridge"}

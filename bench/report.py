@@ -1,6 +1,8 @@
 """Figures and the written report: ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
 
-Pure functions over plain data (dicts from :mod:`bench.run`), so they are unit-testable:
+Pure functions over the typed results of :mod:`bench.run` (:class:`BenchResults` holding one
+:class:`PointResult` per load point and, with ``--with-janus``, :class:`JanusPointResult`), so
+they are unit-testable:
 
 * :func:`percentile` — nearest-rank percentiles of measured samples (e2e and start latency);
 * :func:`histogram_quantile` — quantiles of the server's ``confstream_tick_lateness_seconds``
@@ -10,16 +12,190 @@ Pure functions over plain data (dicts from :mod:`bench.run`), so they are unit-t
   *max* is reported as the upper bound of the highest non-empty bucket ("≤ X ms");
 * :func:`match_events` — pairs each marked event sent by a caller with the first burst onset
   of the same conference seen at the sink: end-to-end latency;
-* :func:`write_report` — the markdown table per load point and the PNG plot.
+* :func:`write_report` — the markdown table per load point, the Janus comparison
+  (:func:`janus_lines`) and the PNG plot.
+
+The results are written as JSON by ``--json`` (:meth:`BenchResults.to_json`, the same keys as
+the dataclass fields) and read back by ``--render`` (:meth:`BenchResults.from_json`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# --------------------------------------------------------------------------------------------
+# Typed results
+
+
+@dataclass
+class TickLateness:
+    """The server's tick lateness over the window, from its histogram (seconds)."""
+
+    p50: float | None
+    p99: float | None
+    #: Upper bound of the highest non-empty bucket (``inf``: the +Inf bucket).
+    max_bound: float | None
+    count: float
+    mean: float | None
+    #: Cumulative bucket counts over the window, ``str(le)`` -> count.
+    buckets: dict[str, float]
+
+
+@dataclass
+class E2eLatency:
+    """Marked event sent by a caller -> burst onset at the sink (seconds)."""
+
+    p50: float | None
+    p99: float | None
+    max: float | None
+    matched: int
+    expected: int
+
+
+@dataclass
+class StreamStart:
+    """REST create -> first ``media`` message at the sink (seconds)."""
+
+    p50: float | None
+    p99: float | None
+    count: int
+
+
+@dataclass
+class PointResult:
+    """The figures of one load point (one server process, N callers, K streams)."""
+
+    callers: int
+    answered: int
+    conferences: int
+    streams: int
+    codec: str
+    window_s: float
+    cpu_seconds: float
+    cpu_percent: float
+    cpu_us_per_participant_frame: float | None
+    rss_idle_mib: float
+    rss_steady_mib: float
+    rss_peak_mib: float | None
+    rss_per_participant_kib: float | None
+    tick_lateness: TickLateness
+    ticks_skipped: float
+    stream_frames_dropped: float
+    rtp_discarded: dict[str, float]
+    frames_dropped: float
+    sink_gaps: int
+    e2e: E2eLatency
+    stream_start: StreamStart
+    #: The load generator's own summary line (``bench.loadgen``), as it printed it.
+    loadgen: dict[str, Any]
+    profile: list[str]
+    problems: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PointResult:
+        return cls(
+            **{
+                **data,
+                "tick_lateness": TickLateness(**data["tick_lateness"]),
+                "e2e": E2eLatency(**data["e2e"]),
+                "stream_start": StreamStart(**data["stream_start"]),
+            }
+        )
+
+
+@dataclass
+class JanusPointResult:
+    """The same RTP load against Janus AudioBridge (``--with-janus``)."""
+
+    callers: int
+    answered: int
+    window_s: float
+    cpu_percent: float
+    cpu_us_per_participant_frame: float | None
+    rss_steady_mib: float
+    rtp_received_by_callers: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JanusPointResult:
+        return cls(**data)
+
+
+@dataclass
+class Machine:
+    cpu: str
+    cores: int
+    memory_gib: float
+    os: str
+    python: str
+
+
+@dataclass
+class BenchResults:
+    """One whole run: where and how it ran, its points, notes, profile and the Janus points
+    (None when ``--with-janus`` was not given)."""
+
+    date: str
+    command: str
+    machine: Machine
+    pinning: str
+    lateness_method: str
+    points: list[PointResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    profile: list[str] = field(default_factory=list)
+    janus_points: list[JanusPointResult] | None = None
+
+    def janus_section(self) -> list[str]:
+        """The report's Janus section: the comparison table, or how to get one."""
+        return janus_lines(self) if self.janus_points is not None else JANUS_STATUS
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "date": self.date,
+            "command": self.command,
+            "machine": dataclasses.asdict(self.machine),
+            "pinning": self.pinning,
+            "lateness_method": self.lateness_method,
+            "points": [p.to_json() for p in self.points],
+            "notes": list(self.notes),
+            "profile": list(self.profile),
+            "janus": self.janus_section(),
+        }
+        if self.janus_points is not None:
+            out["janus_points"] = [j.to_json() for j in self.janus_points]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchResults:
+        """Read :meth:`to_json`'s output back; the ``janus`` lines are derived, not read."""
+        janus = data.get("janus_points")
+        return cls(
+            date=data["date"],
+            command=data["command"],
+            machine=Machine(**data["machine"]),
+            pinning=data["pinning"],
+            lateness_method=data["lateness_method"],
+            points=[PointResult.from_json(p) for p in data["points"]],
+            notes=list(data.get("notes", [])),
+            profile=list(data.get("profile", [])),
+            # an empty list (every Janus point failed) reads back as "not run", as before
+            janus_points=[JanusPointResult.from_json(j) for j in janus] if janus else None,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -145,64 +321,104 @@ def _num(value: float | None, fmt: str = "{:.1f}") -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def point_rows(p: dict[str, Any]) -> list[tuple[str, str, str]]:
+def point_rows(p: PointResult) -> list[tuple[str, str, str]]:
     """(figure, value, how) rows of one load point."""
-    lat = p["tick_lateness"]
-    e2e = p["e2e"]
-    start = p["stream_start"]
+    lat = p.tick_lateness
+    e2e = p.e2e
+    start = p.stream_start
     rows = [
-        ("callers answered / dialled", f"{p['answered']} / {p['callers']}", "load generator"),
-        ("conferences / streams", f"{p['conferences']} / {p['streams']} ({p['codec']})", ""),
+        ("callers answered / dialled", f"{p.answered} / {p.callers}", "load generator"),
+        ("conferences / streams", f"{p.conferences} / {p.streams} ({p.codec})", ""),
         (
             "server CPU, % of one core",
-            _num(p["cpu_percent"]),
-            f"psutil user+system of the server pid over {p['window_s']:.0f} s",
+            _num(p.cpu_percent),
+            f"psutil user+system of the server pid over {p.window_s:.0f} s",
         ),
         (
             "CPU per participant-frame",
-            _num(p["cpu_us_per_participant_frame"], "{:.1f} µs"),
+            _num(p.cpu_us_per_participant_frame, "{:.1f} µs"),
             "CPU seconds / (participants x 20 ms frames in the window)",
         ),
         (
             "server RSS, peak (MiB)",
-            _num(p["rss_peak_mib"]),
-            f"VmHWM; idle {_num(p['rss_idle_mib'])} MiB, steady max {_num(p['rss_steady_mib'])}",
+            _num(p.rss_peak_mib),
+            f"VmHWM; idle {_num(p.rss_idle_mib)} MiB, steady max {_num(p.rss_steady_mib)}",
         ),
         (
             "RSS growth per participant (KiB)",
-            _num(p["rss_per_participant_kib"]),
+            _num(p.rss_per_participant_kib),
             "(steady - idle) / participants, streams included",
         ),
         (
             "tick lateness p50 / p99 / max (ms)",
-            f"{_ms(lat['p50'], 2)} / {_ms(lat['p99'], 2)} / ≤ {_ms(lat['max_bound'], 1)}",
-            f"histogram buckets, {lat['count']:.0f} ticks; mean {_ms(lat['mean'], 2)} ms; "
-            f"ticks skipped {p['ticks_skipped']:.0f}",
+            f"{_ms(lat.p50, 2)} / {_ms(lat.p99, 2)} / ≤ {_ms(lat.max_bound, 1)}",
+            f"histogram buckets, {lat.count:.0f} ticks; mean {_ms(lat.mean, 2)} ms; "
+            f"ticks skipped {p.ticks_skipped:.0f}",
         ),
         (
             "frames dropped",
-            f"{p['frames_dropped']:.0f}",
-            f"stream queue {p['stream_frames_dropped']:.0f} + RTP discards "
-            + (", ".join(f"{k} {v:.0f}" for k, v in sorted(p["rtp_discarded"].items())) or "0")
-            + f"; sink saw {p['sink_gaps']} timeline gaps",
+            f"{p.frames_dropped:.0f}",
+            f"stream queue {p.stream_frames_dropped:.0f} + RTP discards "
+            + (", ".join(f"{k} {v:.0f}" for k, v in sorted(p.rtp_discarded.items())) or "0")
+            + f"; sink saw {p.sink_gaps} timeline gaps",
         ),
         (
             "end-to-end latency p50 / p99 / max (ms)",
-            f"{_ms(e2e['p50'])} / {_ms(e2e['p99'])} / {_ms(e2e['max'])}",
-            f"{e2e['matched']} of {e2e['expected']} marked events matched at the sink",
+            f"{_ms(e2e.p50)} / {_ms(e2e.p99)} / {_ms(e2e.max)}",
+            f"{e2e.matched} of {e2e.expected} marked events matched at the sink",
         ),
         (
             "stream start p50 / p99 (ms)",
-            f"{_ms(start['p50'])} / {_ms(start['p99'])}",
-            f"REST create -> first media, {start['count']} streams",
+            f"{_ms(start.p50)} / {_ms(start.p99)}",
+            f"REST create -> first media, {start.count} streams",
         ),
     ]
     return rows
 
 
-def write_report(results: dict[str, Any], md_path: Path, png_path: Path | None) -> None:
+def janus_lines(results: BenchResults) -> list[str]:
+    """The report's side-by-side table: CPU per participant-frame, confstream vs Janus."""
+    ours = {p.callers: p for p in results.points if p.codec == "PCMU"}
+    lines = [
+        "Same RTP load (N callers in rooms of 10, 8 kHz PCMU, same audio, same window length),",
+        "Janus 1.1.2 AudioBridge from Debian, only its HTTP transport and AudioBridge plugin",
+        "loaded, pinned like the confstream server. confstream's figures include its streams",
+        '(N/10 both-track wss:// streams); Janus has none. "joined" counts Janus participants',
+        "joined by the end of the run. Where either side is near 100 % CPU the per-frame figure",
+        "measures saturation, not cost (ticks are skipped, frames dropped).",
+        "",
+        "| N | confstream CPU % | Janus CPU % | confstream µs / participant-frame | "
+        "Janus µs / participant-frame | ratio confstream / Janus |",
+        "|---|---|---|---|---|---|",
+    ]
+    for j in results.janus_points or []:
+        o = ours.get(j.callers)
+        ocpu = o.cpu_us_per_participant_frame if o else None
+        jcpu = j.cpu_us_per_participant_frame
+        ratio = f"{ocpu / jcpu:.2f}" if ocpu and jcpu else "n/a"
+        cells = [
+            f"{j.callers} ({j.answered} joined)",
+            f"{o.cpu_percent:.1f}" if o else "n/a",
+            f"{j.cpu_percent:.1f}",
+            f"{ocpu:.1f}" if ocpu else "n/a",
+            f"{jcpu:.1f}" if jcpu else "n/a",
+            ratio,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+#: What the report says about the Janus AudioBridge comparison without ``--with-janus``.
+JANUS_STATUS = [
+    "Not part of this run: add `--with-janus` (needs the Debian package `janus`) to run the",
+    "same RTP load against Janus AudioBridge after the confstream points and report the CPU",
+    "ratio per participant-frame.",
+]
+
+
+def write_report(results: BenchResults, md_path: Path, png_path: Path | None) -> None:
     """Write the markdown report (and the plot when ``png_path`` is given)."""
-    m = results["machine"]
+    m = results.machine
     lines = [
         "# Benchmarks",
         "",
@@ -211,12 +427,12 @@ def write_report(results: dict[str, Any], md_path: Path, png_path: Path | None) 
         "",
         "## Run",
         "",
-        f"- Date: {results['date']}",
-        f"- Command: `{results['command']}`",
-        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB RAM; "
-        f"{m['os']}; Python {m['python']}",
-        f"- Pinning: {results['pinning']}",
-        f"- Tick lateness quantiles: {results['lateness_method']}",
+        f"- Date: {results.date}",
+        f"- Command: `{results.command}`",
+        f"- Machine: {m.cpu}, {m.cores} cores, {m.memory_gib:.0f} GiB RAM; "
+        f"{m.os}; Python {m.python}",
+        f"- Pinning: {results.pinning}",
+        f"- Tick lateness quantiles: {results.lateness_method}",
         "",
         "## Workload",
         "",
@@ -230,29 +446,28 @@ def write_report(results: dict[str, Any], md_path: Path, png_path: Path | None) 
         "",
     ]
     lines += ["## Method notes", ""] + [f"- {n}" for n in METHOD_NOTES] + [""]
-    if results.get("notes"):
-        lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    if results.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in results.notes] + [""]
     lines += ["## Results", ""]
     if png_path is not None:
         lines += [f"![CPU and latency against load]({png_path.name})", ""]
-    for p in results["points"]:
+    for p in results.points:
         lines += [
-            f"### {p['callers']} participants, {p['streams']} streams {p['codec']}",
+            f"### {p.callers} participants, {p.streams} streams {p.codec}",
             "",
             "| Figure | Value | How |",
             "|---|---|---|",
         ]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in point_rows(p)]
-        if p.get("problems"):
-            lines += ["", "Problems seen: " + "; ".join(p["problems"])]
+        if p.problems:
+            lines += ["", "Problems seen: " + "; ".join(p.problems)]
         lines.append("")
-    if results.get("janus"):
-        lines += ["## Janus AudioBridge side by side", ""]
-        lines += results["janus"]
-        lines.append("")
-    if results.get("profile"):
+    lines += ["## Janus AudioBridge side by side", ""]
+    lines += results.janus_section()
+    lines.append("")
+    if results.profile:
         lines += ["## Where the server spends its time (py-spy)", "", "```"]
-        lines += results["profile"]
+        lines += results.profile
         lines += ["```", ""]
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(lines))
@@ -260,41 +475,39 @@ def write_report(results: dict[str, Any], md_path: Path, png_path: Path | None) 
         plot(results, png_path)
 
 
-def plot(results: dict[str, Any], png_path: Path) -> None:
+def plot(results: BenchResults, png_path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [p for p in results["points"] if p["codec"] == "PCMU"] or results["points"]
-    xs = [p["callers"] for p in points]
+    points = [p for p in results.points if p.codec == "PCMU"] or results.points
+    xs = [p.callers for p in points]
     fig, (ax_cpu, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax_cpu.plot(xs, [p["cpu_percent"] for p in points], "o-", label="server CPU")
+    ax_cpu.plot(xs, [p.cpu_percent for p in points], "o-", label="server CPU")
     ax_cpu.axhline(85, color="grey", linestyle=":", label="85 % target")
     ax_cpu.set_xlabel("participants (streams = participants / 10)")
     ax_cpu.set_ylabel("% of one core")
     ax_cpu.set_title("Server CPU")
-    ax_cpu.set_ylim(0, max(100.0, *(p["cpu_percent"] * 1.1 for p in points)))
+    ax_cpu.set_ylim(0, max(100.0, *(p.cpu_percent * 1.1 for p in points)))
     ax_cpu.legend()
     ax_cpu.grid(alpha=0.3)
 
-    def series(key: str, q: str) -> list[float]:
-        out = []
-        for p in points:
-            v = p[key][q]
-            out.append(float("nan") if v is None or math.isinf(v) else v * 1000)
-        return out
+    def ms_or_nan(values: list[float | None]) -> list[float]:
+        return [float("nan") if v is None or math.isinf(v) else v * 1000 for v in values]
 
-    ax_lat.plot(xs, series("e2e", "p50"), "o-", label="e2e p50")
-    ax_lat.plot(xs, series("e2e", "p99"), "s-", label="e2e p99")
-    ax_lat.plot(xs, series("tick_lateness", "p99"), "^--", label="tick lateness p99")
+    ax_lat.plot(xs, ms_or_nan([p.e2e.p50 for p in points]), "o-", label="e2e p50")
+    ax_lat.plot(xs, ms_or_nan([p.e2e.p99 for p in points]), "s-", label="e2e p99")
+    ax_lat.plot(
+        xs, ms_or_nan([p.tick_lateness.p99 for p in points]), "^--", label="tick lateness p99"
+    )
     ax_lat.set_xlabel("participants")
     ax_lat.set_ylabel("ms")
     ax_lat.set_title("Latency")
     ax_lat.set_ylim(bottom=0)
     ax_lat.legend()
     ax_lat.grid(alpha=0.3)
-    fig.suptitle(f"confstream, {results['date']}, {results['machine']['cpu']}")
+    fig.suptitle(f"confstream, {results.date}, {results.machine.cpu}")
     fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=110)

@@ -1,29 +1,37 @@
 """The benchmark: ``python -m bench.run`` (``make bench``) writes docs/benchmarks.md and .png.
 
-For each load point N (default 100, 250, 500, 1000), in a fresh temporary directory:
+For each load point N (default 100, 250, 500, 1000), in a fresh temporary directory,
+:class:`PointRun` runs these named phases and :func:`collect_point` turns what they measured
+into a :class:`bench.report.PointResult`:
 
-1. ``confstream serve`` starts as a subprocess with its own SQLite file, ports and a trustme CA
-   (``CONFSTREAM_STREAM_CA_FILE``); an account is made with ``confstream accounts create``.
-   Where the machine has two or more cores the server is pinned to core 0 with ``taskset`` and
-   the load generator and sink to the other cores.
-2. :mod:`bench.sink` (``wss://`` with a certificate from the same CA) and :mod:`bench.loadgen`
-   (N SIP callers in conferences of 10, dialled over ``--ramp`` seconds) start as their own
-   processes.
-3. When every caller is answered, one ``both_tracks`` stream per conference (K = N / 10) is
-   created through the REST API with the chosen ``StreamCodec``; each create's wall time is
-   kept, and the sink reports each stream's first ``media`` message: the stream start latency.
-4. After a settling second, the steady-state window of ``--duration`` seconds (default 60):
-   ``/metrics`` and the server's CPU times (psutil, the server pid only) are read at both ends,
-   RSS sampled every 0.5 s, and VmHWM read at the end. Marked events sent inside the window are
-   matched to burst onsets at the sink for end-to-end latency.
-5. With ``--profile`` (default: at the largest point) ``py-spy record`` samples the server for
-   ``--profile-seconds`` *after* the window, so profiling never touches the figures.
-6. Everything is stopped (callers hang up with BYE, the server gets SIGTERM).
+1. *start server* — ``confstream serve`` starts as a subprocess with its own SQLite file,
+   ports and a trustme CA (``CONFSTREAM_STREAM_CA_FILE``); an account is made with
+   ``confstream accounts create``. Where the machine has two or more cores the server is
+   pinned to core 0 with ``taskset`` and the load generator and sink to the other cores.
+2. *start sink* — :mod:`bench.sink` (``wss://`` with a certificate from the same CA) starts as
+   its own process.
+3. *ramp callers* — :mod:`bench.loadgen` (N SIP callers in conferences of 10, dialled over
+   ``--ramp`` seconds) starts as its own process; the phase ends when every caller is
+   answered or failed.
+4. *create streams* — one ``both_tracks`` stream per conference (K = N / 10) is created
+   through the REST API with the chosen ``StreamCodec``; each create's wall time is kept, and
+   the sink reports each stream's first ``media`` message: the stream start latency.
+5. *measure steady state* — after a settling second, the window of ``--duration`` seconds
+   (default 60): ``/metrics`` and the server's CPU times (psutil, the server pid only) are read
+   at both ends, RSS sampled every 0.5 s, and VmHWM read at the end. Marked events sent inside
+   the window are matched to burst onsets at the sink for end-to-end latency.
+6. *profile* — with ``--profile`` (default: at the largest point) ``py-spy record`` samples
+   the server for ``--profile-seconds`` *after* the window, so profiling never touches the
+   figures.
+7. *stop* — callers hang up with BYE and report their summary, the sink writes its results,
+   the server gets SIGTERM.
+
+A line per point on stderr says which point of how many is running and, when it is done, its
+headline figures and the run's elapsed time.
 
 ``--with-janus``: after the confstream points, the same RTP load (same callers, rooms of 10,
-same audio, same window) runs against Janus AudioBridge (Debian package ``janus``, only its
-HTTP transport and AudioBridge plugin loaded, pinned like the server; callers join as plain-RTP
-participants through the HTTP API) and the report compares CPU per participant-frame.
+same audio, same window) runs against Janus AudioBridge (:mod:`bench.janus`) and the report
+compares CPU per participant-frame.
 
 One more run with ``StreamCodec=L16@16000h`` follows at ``--l16-point`` (default: the
 smallest point; ``--l16-point 0`` skips it). ``--quick`` is a smoke run (N=20, 5 s).
@@ -47,6 +55,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -57,6 +66,12 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import (
+    BenchResults,
+    E2eLatency,
+    Machine,
+    PointResult,
+    StreamStart,
+    TickLateness,
     histogram_delta,
     histogram_max_bound,
     histogram_quantile,
@@ -64,17 +79,19 @@ from bench.report import (
     percentile,
     write_report,
 )
-from confstream.tools.server import Account, ServerProcess, free_port, rtp_port_range
+from confstream.tools.server import Account, ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOM_SIZE = 10
+#: One RTP frame (s): participant-frames in a window = participants x window / FRAME_S.
+FRAME_S = 0.020
 
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info() -> Machine:
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -86,13 +103,13 @@ def machine_info() -> dict[str, Any]:
         for line in Path("/etc/os-release").read_text().splitlines():
             if line.startswith("PRETTY_NAME="):
                 os_name = f"{line.split('=', 1)[1].strip(chr(34))}, Linux {platform.release()}"
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count() or 1,
-        "memory_gib": psutil.virtual_memory().total / 2**30,
-        "os": os_name,
-        "python": platform.python_version(),
-    }
+    return Machine(
+        cpu=cpu,
+        cores=os.cpu_count() or 1,
+        memory_gib=psutil.virtual_memory().total / 2**30,
+        os=os_name,
+        python=platform.python_version(),
+    )
 
 
 def pinning() -> tuple[list[str], list[str], str]:
@@ -207,42 +224,49 @@ class Server(ServerProcess):
         self.account = self.create_account()
         super().start(healthy_within)
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> ServerMetrics:
         text = httpx.get(f"{self.base}/metrics", timeout=10).text
         return parse_metrics(text)
 
 
-def parse_metrics(text: str) -> dict[str, Any]:
+@dataclass
+class ServerMetrics:
+    """The figures the benchmark reads from one scrape of the server's ``/metrics``."""
+
+    lateness_buckets: dict[float, float] = field(default_factory=dict)
+    lateness_sum: float = 0.0
+    lateness_count: float = 0.0
+    stream_frames_dropped: float = 0.0
+    rtp_discarded: dict[str, float] = field(default_factory=dict)
+    ticks_skipped: float = 0.0
+    participants_active: float = 0.0
+    streams_active: float = 0.0
+
+
+#: Plain (unlabelled) samples -> the :class:`ServerMetrics` field they fill.
+_SCALARS = {
+    "confstream_tick_lateness_seconds_sum": "lateness_sum",
+    "confstream_tick_lateness_seconds_count": "lateness_count",
+    "confstream_stream_frames_dropped_total": "stream_frames_dropped",
+    "confstream_ticks_skipped_total": "ticks_skipped",
+    "confstream_participants_active": "participants_active",
+    "confstream_streams_active": "streams_active",
+}
+
+
+def parse_metrics(text: str) -> ServerMetrics:
     """The figures the benchmark needs from a Prometheus text exposition."""
-    out: dict[str, Any] = {
-        "lateness_buckets": {},
-        "lateness_sum": 0.0,
-        "lateness_count": 0.0,
-        "stream_frames_dropped": 0.0,
-        "rtp_discarded": defaultdict(float),
-        "ticks_skipped": 0.0,
-        "participants_active": 0.0,
-        "streams_active": 0.0,
-    }
+    out = ServerMetrics()
+    discarded: dict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == "confstream_tick_lateness_seconds_bucket":
-                out["lateness_buckets"][float(s.labels["le"])] = s.value
-            elif s.name == "confstream_tick_lateness_seconds_sum":
-                out["lateness_sum"] = s.value
-            elif s.name == "confstream_tick_lateness_seconds_count":
-                out["lateness_count"] = s.value
-            elif s.name == "confstream_stream_frames_dropped_total":
-                out["stream_frames_dropped"] = s.value
+                out.lateness_buckets[float(s.labels["le"])] = s.value
             elif s.name == "confstream_rtp_discarded_total":
-                out["rtp_discarded"][s.labels.get("reason", "")] += s.value
-            elif s.name == "confstream_ticks_skipped_total":
-                out["ticks_skipped"] = s.value
-            elif s.name == "confstream_participants_active":
-                out["participants_active"] = s.value
-            elif s.name == "confstream_streams_active":
-                out["streams_active"] = s.value
-    out["rtp_discarded"] = dict(out["rtp_discarded"])
+                discarded[s.labels.get("reason", "")] += s.value
+            elif s.name in _SCALARS:
+                setattr(out, _SCALARS[s.name], s.value)
+    out.rtp_discarded = dict(discarded)
     return out
 
 
@@ -255,7 +279,7 @@ def vm_hwm_mib(pid: int) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
-# One load point
+# Pieces shared by the confstream and the Janus points
 
 
 @dataclass
@@ -270,6 +294,21 @@ class PointConfig:
     #: Seconds allowed for creating all streams (an overloaded server answers slowly).
     create_budget: float = 60.0
 
+    @property
+    def ramp_seconds(self) -> float:
+        """Dial-in time: ``--ramp``, else N / 50 s (at least 2 s)."""
+        return self.ramp if self.ramp is not None else max(2.0, self.callers / 50)
+
+    @property
+    def rooms(self) -> int:
+        """Conferences of :data:`ROOM_SIZE` callers (the last one may be smaller)."""
+        return max(1, -(-self.callers // ROOM_SIZE))
+
+    @property
+    def stream_count(self) -> int:
+        """Streams to create: one per conference unless ``--streams`` asks for fewer."""
+        return self.rooms if self.streams is None else min(self.streams, self.rooms)
+
 
 @dataclass
 class Pinning:
@@ -281,63 +320,210 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_point(cfg: PointConfig, workdir: Path, pin: Pinning) -> dict[str, Any]:
-    """Run one load point end to end and return its figures (see bench.report.point_rows)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    tls = make_tls(workdir)
-    n = cfg.callers
-    rooms = max(1, -(-n // ROOM_SIZE))
-    k = rooms if cfg.streams is None else min(cfg.streams, rooms)
-    ramp = cfg.ramp if cfg.ramp is not None else max(2.0, n / 50)
-    problems: list[str] = []
-    server = Server(workdir, tls, pin.server)
-    sink: LineProc | None = None
-    gen: LineProc | None = None
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    try:
-        server.start()
-        assert server.proc is not None
-        sproc = psutil.Process(server.proc.pid)
+def bench_env() -> dict[str, str]:
+    """The environment of the harness's own processes: ``bench`` importable from ROOT."""
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def start_loadgen(
+    cfg: PointConfig, workdir: Path, pin: Pinning, target: list[str], extra: list[str]
+) -> LineProc:
+    """:mod:`bench.loadgen` for ``cfg.callers`` callers in rooms of :data:`ROOM_SIZE`;
+    ``target`` says where they call (``--sip ...`` or ``--janus ...``)."""
+    return LineProc(
+        [*pin.load, sys.executable, "-m", "bench.loadgen", *target,
+         "--callers", str(cfg.callers), "--room-size", str(ROOM_SIZE),
+         "--ramp", str(cfg.ramp_seconds), *extra],
+        cwd=ROOT, log=workdir / "loadgen.log", env=bench_env(),
+    )  # fmt: skip
+
+
+@dataclass
+class Ramp:
+    """Phase *ramp callers*: callers answered and failed when the phase ended."""
+
+    answered: int
+    failed: int
+
+
+def wait_answered(gen: LineProc, cfg: PointConfig) -> Ramp:
+    """Follow the load generator's progress lines until every caller is answered or failed,
+    for at most the ramp time + 40 s."""
+    deadline = time.monotonic() + cfg.ramp_seconds + 40
+    ramp = Ramp(0, 0)
+    while time.monotonic() < deadline:
+        line = gen.wait_for("progress", 10)
+        ramp = Ramp(line["answered"], line["failed"])
+        if ramp.answered + ramp.failed >= cfg.callers:
+            break
+    return ramp
+
+
+def stop_loadgen(gen: LineProc) -> dict[str, Any]:
+    """Stop the callers (they hang up) and return their summary line ({} if none came)."""
+    gen.stop()
+    return next((x for x in gen.drain() if x.get("event") == "summary"), {})
+
+
+@dataclass
+class Window:
+    """Phase *measure steady state*: one process's CPU and RSS over the window."""
+
+    cpu_seconds: float
+    #: Window length (monotonic clock).
+    seconds: float
+    #: Wall-clock ends, to match the callers' marked events (``time.time()``) against.
+    t0: float
+    t1: float
+    rss_max_mib: float
+
+
+def sample_window(
+    proc: psutil.Process, duration: float, check: Callable[[], None] | None = None
+) -> Window:
+    """CPU times at both ends of ``duration`` seconds, RSS every 0.5 s; ``check`` runs after
+    each sample and raises to abort (the server died)."""
+    c0 = proc.cpu_times()
+    t0, w0 = time.time(), time.monotonic()
+    rss_max = 0.0
+    while time.monotonic() - w0 < duration:
+        rss_max = max(rss_max, proc.memory_info().rss / 2**20)
+        time.sleep(0.5)
+        if check is not None:
+            check()
+    c1 = proc.cpu_times()
+    t1, w1 = time.time(), time.monotonic()
+    cpu_s = (c1.user + c1.system) - (c0.user + c0.system)
+    return Window(cpu_s, w1 - w0, t0, t1, rss_max)
+
+
+# --------------------------------------------------------------------------------------------
+# One load point, phase by phase
+
+
+@dataclass
+class Streams:
+    """Phase *create streams*: stream sid -> wall time its create request left the harness,
+    and stream sid -> wall time of its first ``media`` message at the sink."""
+
+    created: dict[str, float] = field(default_factory=dict)
+    first_media: dict[str, float] = field(default_factory=dict)
+
+    def start_latencies(self) -> list[float]:
+        return [self.first_media[s] - t for s, t in self.created.items() if s in self.first_media]
+
+
+@dataclass
+class Steady:
+    """Phase *measure steady state* for the server: its window and ``/metrics`` at both ends."""
+
+    window: Window
+    before: ServerMetrics
+    after: ServerMetrics
+    #: VmHWM at the end of the window (None where /proc has none).
+    rss_peak_mib: float | None
+
+
+@dataclass
+class Stopped:
+    """Phase *stop*: what the load generator and the sink reported once stopped."""
+
+    #: The load generator's summary line.
+    loadgen: dict[str, Any]
+    #: The sink's ``--out`` file: ``streams`` and burst ``onsets``.
+    sink: dict[str, Any]
+    #: The callers' marked events (``--events``): ``{"room", "t", "caller"}``.
+    events: list[dict[str, Any]]
+
+
+class PointRun:
+    """One load point against a fresh confstream server; :meth:`run` calls the phases in
+    order and always stops every process it started."""
+
+    def __init__(self, cfg: PointConfig, workdir: Path, pin: Pinning) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        self.pin = pin
+        self.problems: list[str] = []
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.tls = make_tls(workdir)
+        self.server = Server(workdir, self.tls, pin.server)
+        self.sink: LineProc | None = None
+        self.gen: LineProc | None = None
+        self.label = f"N={cfg.callers}"
+
+    def run(self) -> PointResult:
+        try:
+            sproc, rss_idle = self.start_server()
+            sink_port = self.start_sink()
+            ramp = self.ramp_callers()
+            streams = self.create_streams(sink_port)
+            steady = self.measure_steady_state(sproc)
+            profile = self.profile_server(sproc.pid)
+            stopped = self.stop_load()
+        finally:
+            self.stop_all()
+        return collect_point(
+            self.cfg, rss_idle, ramp, streams, steady, stopped, profile, self.problems
+        )
+
+    # -- phases ------------------------------------------------------------------------------
+    def start_server(self) -> tuple[psutil.Process, float]:
+        """The server up and healthy; returns its process and its idle RSS (MiB)."""
+        self.server.start()
+        assert self.server.proc is not None
+        sproc = psutil.Process(self.server.proc.pid)
         time.sleep(0.5)
         rss_idle = sproc.memory_info().rss / 2**20
-        log(f"N={n}: server up (pid {server.proc.pid}), idle RSS {rss_idle:.1f} MiB")
-        sink = LineProc(
-            [*pin.load, sys.executable, "-m", "bench.sink", "--cert", str(tls.cert_file),
-             "--key", str(tls.key_file), "--out", str(workdir / "sink.json")],
-            cwd=ROOT, log=workdir / "sink.log", env=env,
+        log(f"{self.label}: server up (pid {sproc.pid}), idle RSS {rss_idle:.1f} MiB")
+        return sproc, rss_idle
+
+    def start_sink(self) -> int:
+        """The ``wss://`` sink listening; returns its port."""
+        self.sink = LineProc(
+            [*self.pin.load, sys.executable, "-m", "bench.sink", "--cert",
+             str(self.tls.cert_file), "--key", str(self.tls.key_file), "--out",
+             str(self.workdir / "sink.json")],
+            cwd=ROOT, log=self.workdir / "sink.log", env=bench_env(),
         )  # fmt: skip
-        sink_port = sink.wait_for("listening", 20)["port"]
-        sid, token = server.account.sid, server.account.token
-        gen = LineProc(
-            [*pin.load, sys.executable, "-m", "bench.loadgen", "--sip",
-             f"127.0.0.1:{server.sip_port}", "--account", sid, "--token", token,
-             "--callers", str(n), "--room-size", str(ROOM_SIZE), "--ramp", str(ramp),
-             "--events", str(workdir / "events.jsonl")],
-            cwd=ROOT, log=workdir / "loadgen.log", env=env,
+        port: int = self.sink.wait_for("listening", 20)["port"]
+        return port
+
+    def ramp_callers(self) -> Ramp:
+        """Dial every caller; fails the point when none is answered."""
+        account = self.server.account
+        self.gen = start_loadgen(
+            self.cfg,
+            self.workdir,
+            self.pin,
+            ["--sip", f"127.0.0.1:{self.server.sip_port}", "--account", account.sid,
+             "--token", account.token],
+            ["--events", str(self.workdir / "events.jsonl")],
         )  # fmt: skip
-        # 1. every caller answered
-        deadline = time.monotonic() + ramp + 40
-        answered = failed = 0
-        while time.monotonic() < deadline:
-            line = gen.wait_for("progress", 10)
-            answered, failed = line["answered"], line["failed"]
-            if answered + failed >= n:
-                break
-        if failed:
-            problems.append(f"{failed} callers failed to connect")
-        log(f"N={n}: {answered} answered, {failed} failed")
-        if answered == 0:
-            raise RuntimeError(f"no caller was answered; server log:\n{server.log_tail()}")
-        # 2. streams, one per conference
-        api = server.api(server.account)
+        ramp = wait_answered(self.gen, self.cfg)
+        if ramp.failed:
+            self.problems.append(f"{ramp.failed} callers failed to connect")
+        log(f"{self.label}: {ramp.answered} answered, {ramp.failed} failed")
+        if ramp.answered == 0:
+            raise RuntimeError(f"no caller was answered; server log:\n{self.server.log_tail()}")
+        return ramp
+
+    def create_streams(self, sink_port: int) -> Streams:
+        """One stream per conference, one create after the other within
+        ``cfg.create_budget``; then wait (up to 20 s) for each one's first media."""
+        assert self.sink is not None
+        cfg, problems = self.cfg, self.problems
+        k = cfg.stream_count
+        api = self.server.api(self.server.account)
         confs = api.get(
             "/Conferences.json", params={"Status": "in-progress", "PageSize": 1000}
         ).json()
         by_name = {c["friendly_name"]: c["sid"] for c in confs.get("conferences", [])}
-        names = [f"bench-{r}" for r in range(rooms) if f"bench-{r}" in by_name][:k]
+        names = [f"bench-{r}" for r in range(cfg.rooms) if f"bench-{r}" in by_name][:k]
         if len(names) < k:
             problems.append(f"only {len(names)} of {k} conferences found in-progress")
-        created: dict[str, float] = {}
+        streams = Streams()
+        created = streams.created
         budget = time.monotonic() + cfg.create_budget
         for name in names:
             if time.monotonic() > budget:
@@ -365,121 +551,144 @@ def run_point(cfg: PointConfig, workdir: Path, pin: Pinning) -> dict[str, Any]:
                 problems.append(f"stream create for {name}: {r.status_code} {r.text[:200]}")
                 continue
             created[r.json()["sid"]] = t
-        first_media: dict[str, float] = {}
+        first_media = streams.first_media
         deadline = time.monotonic() + 20
         while len(first_media) < len(created) and time.monotonic() < deadline:
             try:
-                line = sink.wait_for("first_media", max(0.1, deadline - time.monotonic()))
+                line = self.sink.wait_for("first_media", max(0.1, deadline - time.monotonic()))
             except TimeoutError:
                 break
             first_media[line["stream_sid"]] = line["t"]
         if len(first_media) < len(created):
             problems.append(f"only {len(first_media)} of {len(created)} streams sent media")
-        starts = [first_media[s] - created[s] for s in created if s in first_media]
-        log(f"N={n}: {len(created)} streams created, {len(first_media)} with media")
-        # 3. steady-state window
-        time.sleep(cfg.settle)
-        m0 = server.metrics()
-        c0 = sproc.cpu_times()
-        t0, w0 = time.time(), time.monotonic()
-        rss_max = 0.0
-        while time.monotonic() - w0 < cfg.duration:
-            rss_max = max(rss_max, sproc.memory_info().rss / 2**20)
-            time.sleep(0.5)
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"server died during the run:\n{server.log_tail()}")
-        c1 = sproc.cpu_times()
-        t1, w1 = time.time(), time.monotonic()
-        m1 = server.metrics()
-        hwm = vm_hwm_mib(server.proc.pid)
-        window = w1 - w0
-        log(f"N={n}: window of {window:.1f} s done")
-        # 4. optional profile, after the window
-        profile: list[str] = []
-        if cfg.profile_seconds > 0:
-            profile = py_spy_top(server.proc.pid, cfg.profile_seconds, workdir)
-        # 5. stop
-        gen.stop()
-        summary = next((x for x in gen.drain() if x.get("event") == "summary"), {})
-        sink.stop()
-        sink_result = json.loads((workdir / "sink.json").read_text())
-    finally:
-        for proc in (gen, sink):
+        log(f"{self.label}: {len(created)} streams created, {len(first_media)} with media")
+        return streams
+
+    def measure_steady_state(self, sproc: psutil.Process) -> Steady:
+        """After ``cfg.settle`` s: the window, with ``/metrics`` scraped at both ends."""
+        time.sleep(self.cfg.settle)
+        before = self.server.metrics()
+        window = sample_window(sproc, self.cfg.duration, self._check_server)
+        after = self.server.metrics()
+        hwm = vm_hwm_mib(sproc.pid)
+        log(f"{self.label}: window of {window.seconds:.1f} s done")
+        return Steady(window, before, after, hwm)
+
+    def profile_server(self, pid: int) -> list[str]:
+        """``py-spy`` after the window when this point profiles; else nothing."""
+        if self.cfg.profile_seconds <= 0:
+            return []
+        return py_spy_top(pid, self.cfg.profile_seconds, self.workdir)
+
+    def stop_load(self) -> Stopped:
+        """Callers hang up and report; the sink stops and writes its results."""
+        assert self.gen is not None and self.sink is not None
+        summary = stop_loadgen(self.gen)
+        self.sink.stop()
+        sink_result = json.loads((self.workdir / "sink.json").read_text())
+        lines = (self.workdir / "events.jsonl").read_text().splitlines()
+        events = [json.loads(x) for x in lines if x.strip()]
+        return Stopped(summary, sink_result, events)
+
+    def stop_all(self) -> None:
+        """Every process of the point stopped, whatever happened (idempotent)."""
+        for proc in (self.gen, self.sink):
             if proc is not None:
                 proc.stop()
-        code = server.stop()
+        code = self.server.stop()
         if code not in (0, None, -signal.SIGTERM):
-            log(f"server exited with {code}:\n{server.log_tail()}")
+            log(f"server exited with {code}:\n{self.server.log_tail()}")
 
-    cpu_s = (c1.user + c1.system) - (c0.user + c0.system)
-    buckets = histogram_delta(m0["lateness_buckets"], m1["lateness_buckets"])
-    count = m1["lateness_count"] - m0["lateness_count"]
+    def _check_server(self) -> None:
+        assert self.server.proc is not None
+        if self.server.proc.poll() is not None:
+            raise RuntimeError(f"server died during the run:\n{self.server.log_tail()}")
+
+
+def run_point(cfg: PointConfig, workdir: Path, pin: Pinning) -> PointResult:
+    """Run one load point end to end and return its figures (see bench.report.point_rows)."""
+    return PointRun(cfg, workdir, pin).run()
+
+
+def collect_point(
+    cfg: PointConfig,
+    rss_idle: float,
+    ramp: Ramp,
+    streams: Streams,
+    steady: Steady,
+    stopped: Stopped,
+    profile: list[str],
+    problems: list[str],
+) -> PointResult:
+    """The point's figures from what its phases measured (pure: no I/O).
+
+    Appends to ``problems`` the burst onsets at the sink that matched no marked event."""
+    window, m0, m1 = steady.window, steady.before, steady.after
+    buckets = histogram_delta(m0.lateness_buckets, m1.lateness_buckets)
+    count = m1.lateness_count - m0.lateness_count
     discards = {
-        reason: v - m0["rtp_discarded"].get(reason, 0.0)
-        for reason, v in m1["rtp_discarded"].items()
+        reason: v - m0.rtp_discarded.get(reason, 0.0) for reason, v in m1.rtp_discarded.items()
     }
-    stream_drops = m1["stream_frames_dropped"] - m0["stream_frames_dropped"]
-    events = [
-        json.loads(x) for x in (workdir / "events.jsonl").read_text().splitlines() if x.strip()
-    ]
-    streamed_rooms = {s["room"] for s in sink_result["streams"] if s["room"]}
-    lat, expected, stray = match_events(events, sink_result["onsets"], t0, t1 - 0.5, streamed_rooms)
+    stream_drops = m1.stream_frames_dropped - m0.stream_frames_dropped
+    sink = stopped.sink
+    streamed_rooms = {s["room"] for s in sink["streams"] if s["room"]}
+    # events sent in the last 0.5 s of the window may arrive after it: not expected
+    lat, expected, stray = match_events(
+        stopped.events, sink["onsets"], window.t0, window.t1 - 0.5, streamed_rooms
+    )
     if stray:
         problems.append(f"{stray} burst onsets at the sink matched no event")
     gaps = sum(
         tr["gaps"]
-        for s in sink_result["streams"]
+        for s in sink["streams"]
         for tr in s["tracks"].values()
-        if s["first_media_at"] and s["first_media_at"] < t1
+        if s["first_media_at"] and s["first_media_at"] < window.t1
     )
-    rss_steady = rss_max
-    answered_n = int(summary.get("answered", answered))
-    frames = answered_n * window / 0.020
-    return {
-        "callers": n,
-        "answered": answered_n,
-        "conferences": rooms,
-        "streams": len(created),
-        "codec": cfg.codec,
-        "window_s": window,
-        "cpu_seconds": cpu_s,
-        "cpu_percent": 100.0 * cpu_s / window,
-        "cpu_us_per_participant_frame": (cpu_s / frames * 1e6) if frames else None,
-        "rss_idle_mib": rss_idle,
-        "rss_steady_mib": rss_steady,
-        "rss_peak_mib": hwm,
-        "rss_per_participant_kib": (rss_steady - rss_idle) * 1024 / answered_n
-        if answered_n
-        else None,
-        "tick_lateness": {
-            "p50": histogram_quantile(buckets, 0.50),
-            "p99": histogram_quantile(buckets, 0.99),
-            "max_bound": histogram_max_bound(buckets),
-            "count": count,
-            "mean": (m1["lateness_sum"] - m0["lateness_sum"]) / count if count else None,
-            "buckets": {str(k_): v for k_, v in buckets.items()},
-        },
-        "ticks_skipped": m1["ticks_skipped"] - m0["ticks_skipped"],
-        "stream_frames_dropped": stream_drops,
-        "rtp_discarded": discards,
-        "frames_dropped": stream_drops + sum(discards.values()),
-        "sink_gaps": gaps,
-        "e2e": {
-            "p50": percentile(lat, 50),
-            "p99": percentile(lat, 99),
-            "max": max(lat) if lat else None,
-            "matched": len(lat),
-            "expected": expected,
-        },
-        "stream_start": {
-            "p50": percentile(starts, 50),
-            "p99": percentile(starts, 99),
-            "count": len(starts),
-        },
-        "loadgen": summary,
-        "profile": profile,
-        "problems": problems,
-    }
+    answered = int(stopped.loadgen.get("answered", ramp.answered))
+    frames = answered * window.seconds / FRAME_S
+    starts = streams.start_latencies()
+    rss_steady = window.rss_max_mib
+    return PointResult(
+        callers=cfg.callers,
+        answered=answered,
+        conferences=cfg.rooms,
+        streams=len(streams.created),
+        codec=cfg.codec,
+        window_s=window.seconds,
+        cpu_seconds=window.cpu_seconds,
+        cpu_percent=100.0 * window.cpu_seconds / window.seconds,
+        cpu_us_per_participant_frame=(window.cpu_seconds / frames * 1e6) if frames else None,
+        rss_idle_mib=rss_idle,
+        rss_steady_mib=rss_steady,
+        rss_peak_mib=steady.rss_peak_mib,
+        rss_per_participant_kib=(rss_steady - rss_idle) * 1024 / answered if answered else None,
+        tick_lateness=TickLateness(
+            p50=histogram_quantile(buckets, 0.50),
+            p99=histogram_quantile(buckets, 0.99),
+            max_bound=histogram_max_bound(buckets),
+            count=count,
+            mean=(m1.lateness_sum - m0.lateness_sum) / count if count else None,
+            buckets={str(le): v for le, v in buckets.items()},
+        ),
+        ticks_skipped=m1.ticks_skipped - m0.ticks_skipped,
+        stream_frames_dropped=stream_drops,
+        rtp_discarded=discards,
+        frames_dropped=stream_drops + sum(discards.values()),
+        sink_gaps=gaps,
+        e2e=E2eLatency(
+            p50=percentile(lat, 50),
+            p99=percentile(lat, 99),
+            max=max(lat) if lat else None,
+            matched=len(lat),
+            expected=expected,
+        ),
+        stream_start=StreamStart(
+            p50=percentile(starts, 50), p99=percentile(starts, 99), count=len(starts)
+        ),
+        loadgen=stopped.loadgen,
+        profile=profile,
+        problems=problems,
+    )
 
 
 def py_spy_top(pid: int, seconds: float, workdir: Path, top: int = 25) -> list[str]:
@@ -527,153 +736,6 @@ def summarize_collapsed(text: str, top: int = 25) -> list[str]:
     return lines
 
 
-JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
-
-
-def janus_config(workdir: Path, http_port: int) -> Path:
-    """A Janus config folder with only the HTTP transport and the AudioBridge plugin."""
-    conf = workdir / "janus"
-    for sub in ("plugins", "transports", "events", "loggers"):
-        (conf / sub).mkdir(parents=True, exist_ok=True)
-    for sub, name in (("plugins", "libjanus_audiobridge.so"), ("transports", "libjanus_http.so")):
-        link = conf / sub / name
-        if not link.exists():
-            link.symlink_to(JANUS_LIB / sub / name)
-    ports = rtp_port_range()
-    (conf / "janus.jcfg").write_text(
-        f"""general: {{
-  configs_folder = "{conf}"
-  plugins_folder = "{conf / "plugins"}"
-  transports_folder = "{conf / "transports"}"
-  events_folder = "{conf / "events"}"
-  loggers_folder = "{conf / "loggers"}"
-  debug_level = 3
-  session_timeout = 0
-}}
-media: {{ rtp_port_range = "{ports}" }}
-nat: {{ }}
-"""
-    )
-    (conf / "janus.transport.http.jcfg").write_text(
-        f'general: {{ base_path = "/janus" http = true port = {http_port} https = false }}\n'
-        "admin: { admin_http = false }\n"
-    )
-    (conf / "janus.plugin.audiobridge.jcfg").write_text(
-        f'general: {{ rtp_port_range = "{ports}" local_ip = "127.0.0.1" }}\n'
-    )
-    return conf
-
-
-def run_janus_point(cfg: PointConfig, workdir: Path, pin: Pinning) -> dict[str, Any]:
-    """The same RTP load against Janus AudioBridge: its CPU per participant-frame."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    http_port = free_port()
-    conf = janus_config(workdir, http_port)
-    n = cfg.callers
-    ramp = cfg.ramp if cfg.ramp is not None else max(2.0, n / 50)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with (workdir / "janus.log").open("ab") as jlog:
-        janus = subprocess.Popen(
-            [*pin.server, "janus", "-F", str(conf), "-C", str(conf / "janus.jcfg"), "-o"],
-            stdout=jlog, stderr=subprocess.STDOUT, cwd=workdir,
-        )  # fmt: skip
-    gen: LineProc | None = None
-    try:
-        url = f"http://127.0.0.1:{http_port}/janus"
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/info", timeout=1).status_code == 200:
-                    break
-            if janus.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("janus did not start; see janus.log")
-            time.sleep(0.2)
-        jproc = psutil.Process(janus.pid)
-        gen = LineProc(
-            [*pin.load, sys.executable, "-m", "bench.loadgen", "--sip", "127.0.0.1:9",
-             "--account", "-", "--token", "-", "--janus", url, "--callers", str(n),
-             "--room-size", str(ROOM_SIZE), "--ramp", str(ramp)],
-            cwd=ROOT, log=workdir / "loadgen.log", env=env,
-        )  # fmt: skip
-        deadline = time.monotonic() + ramp + 40
-        answered = 0
-        while time.monotonic() < deadline:
-            answered = gen.wait_for("progress", 10)["answered"]
-            if answered >= n:
-                break
-        log(f"janus N={n}: {answered} joined")
-        time.sleep(cfg.settle + 1)
-        c0, w0 = jproc.cpu_times(), time.monotonic()
-        rss_max = 0.0
-        while time.monotonic() - w0 < cfg.duration:
-            rss_max = max(rss_max, jproc.memory_info().rss / 2**20)
-            time.sleep(0.5)
-        c1, window = jproc.cpu_times(), time.monotonic() - w0
-        gen.stop()
-        summary = next((x for x in gen.drain() if x.get("event") == "summary"), {})
-    finally:
-        if gen is not None:
-            gen.stop()
-        janus.terminate()
-        try:
-            janus.wait(10)
-        except subprocess.TimeoutExpired:
-            janus.kill()
-            janus.wait()
-    cpu_s = (c1.user + c1.system) - (c0.user + c0.system)
-    answered = int(summary.get("answered", answered))
-    frames = answered * window / 0.020
-    return {
-        "callers": n,
-        "answered": answered,
-        "window_s": window,
-        "cpu_percent": 100 * cpu_s / window,
-        "cpu_us_per_participant_frame": cpu_s / frames * 1e6 if frames else None,
-        "rss_steady_mib": rss_max,
-        "rtp_received_by_callers": summary.get("rtp_received"),
-    }
-
-
-def janus_lines(results: dict[str, Any]) -> list[str]:
-    """The report's side-by-side table: CPU per participant-frame, confstream vs Janus."""
-    ours = {p["callers"]: p for p in results["points"] if p["codec"] == "PCMU"}
-    lines = [
-        "Same RTP load (N callers in rooms of 10, 8 kHz PCMU, same audio, same window length),",
-        "Janus 1.1.2 AudioBridge from Debian, only its HTTP transport and AudioBridge plugin",
-        "loaded, pinned like the confstream server. confstream's figures include its streams",
-        '(N/10 both-track wss:// streams); Janus has none. "joined" counts Janus participants',
-        "joined by the end of the run. Where either side is near 100 % CPU the per-frame figure",
-        "measures saturation, not cost (ticks are skipped, frames dropped).",
-        "",
-        "| N | confstream CPU % | Janus CPU % | confstream µs / participant-frame | "
-        "Janus µs / participant-frame | ratio confstream / Janus |",
-        "|---|---|---|---|---|---|",
-    ]
-    for j in results.get("janus_points", []):
-        o = ours.get(j["callers"])
-        ocpu = o["cpu_us_per_participant_frame"] if o else None
-        jcpu = j["cpu_us_per_participant_frame"]
-        ratio = f"{ocpu / jcpu:.2f}" if ocpu and jcpu else "n/a"
-        cells = [
-            f"{j['callers']} ({j['answered']} joined)",
-            f"{o['cpu_percent']:.1f}" if o else "n/a",
-            f"{j['cpu_percent']:.1f}",
-            f"{ocpu:.1f}" if ocpu else "n/a",
-            f"{jcpu:.1f}" if jcpu else "n/a",
-            ratio,
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-#: What the report says about the Janus AudioBridge comparison of BENCHMARK.md.
-JANUS_STATUS = [
-    "Not part of this run: add `--with-janus` (needs the Debian package `janus`) to run the",
-    "same RTP load against Janus AudioBridge after the confstream points and report the CPU",
-    "ratio per participant-frame.",
-]
-
-
 # --------------------------------------------------------------------------------------------
 # Entry point
 
@@ -715,88 +777,110 @@ def build_parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = Path(args.output)
-    png = Path(args.plot) if args.plot else out.with_suffix(".png")
-    if args.render:
-        rendered: dict[str, Any] = json.loads(Path(args.render).read_text())
-        rendered["janus"] = janus_lines(rendered) if rendered.get("janus_points") else JANUS_STATUS
-        write_report(rendered, out, png)
-        log(f"wrote {out} and {png} from {args.render}")
-        return 0
-    if args.quick:
-        args.points, args.duration, args.profile_seconds = "20", 5.0, 0.0
-        args.l16_point = args.l16_point if args.l16_point is not None else 0
+def progress_line(
+    index: int,
+    total: int,
+    cfg: PointConfig,
+    seconds: float,
+    elapsed: float,
+    result: PointResult | None,
+) -> str:
+    """The stderr line ending point ``index`` of ``total`` (1-based): its headline figures, or
+    that it failed (``result`` None); ``seconds`` it took, ``elapsed`` since the run began."""
+    head = f"point {index}/{total} N={cfg.callers} {cfg.codec}"
+    took = f"in {seconds:.0f} s (run {elapsed / 60:.1f} min so far)"
+    if result is None:
+        return f"{head} failed {took}"
+    p50 = result.e2e.p50
+    e2e = "n/a" if p50 is None else f"{p50 * 1000:.1f} ms"
+    problems = "; ".join(result.problems) or "none"
+    return (
+        f"{head} done {took}: {result.answered}/{result.callers} answered, "
+        f"cpu {result.cpu_percent:.1f}%, e2e p50 {e2e}, drops {result.frames_dropped:.0f}, "
+        f"problems: {problems}"
+    )
+
+
+def plan_points(args: argparse.Namespace) -> list[PointConfig]:
+    """The confstream points of a run, in order: the PCMU points (the largest profiled) and
+    the L16 point."""
     points = [int(x) for x in args.points.split(",") if x.strip()]
-    server_prefix, load_prefix, pin_text = pinning()
-    pin = Pinning(server_prefix, load_prefix)
     l16 = min(points) if args.l16_point is None else args.l16_point
     plan = [PointConfig(n, "PCMU", args.duration, args.ramp, args.streams) for n in points]
     if args.profile_seconds > 0:
         plan[points.index(max(points))].profile_seconds = args.profile_seconds
     if l16:
         plan.append(PointConfig(l16, "L16@16000h", args.duration, args.ramp, args.streams))
+    return plan
+
+
+LATENESS_METHOD = (
+    "computed by the benchmark from the server's "
+    "`confstream_tick_lateness_seconds` histogram buckets (difference of two scrapes, "
+    "linear interpolation inside a bucket); max is the upper bound of the highest "
+    "non-empty bucket. Nothing was added to the server for the benchmark."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.output)
+    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    if args.render:
+        rendered = BenchResults.from_json(json.loads(Path(args.render).read_text()))
+        write_report(rendered, out, png)
+        log(f"wrote {out} and {png} from {args.render}")
+        return 0
+    if args.quick:
+        args.points, args.duration, args.profile_seconds = "20", 5.0, 0.0
+        args.l16_point = args.l16_point if args.l16_point is not None else 0
+    plan = plan_points(args)
+    server_prefix, load_prefix, pin_text = pinning()
+    pin = Pinning(server_prefix, load_prefix)
     base = (
         Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="confstream-bench-"))
     )
-    results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(),
-        "pinning": pin_text,
-        "lateness_method": "computed by the benchmark from the server's "
-        "`confstream_tick_lateness_seconds` histogram buckets (difference of two scrapes, "
-        "linear interpolation inside a bucket); max is the upper bound of the highest "
-        "non-empty bucket. Nothing was added to the server for the benchmark.",
-        "points": [],
-        "notes": [],
-    }
+    results = BenchResults(
+        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        command=" ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
+        machine=machine_info(),
+        pinning=pin_text,
+        lateness_method=LATENESS_METHOD,
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    results["notes"].append(f"1-minute load average when the run started: {load:.2f}")
-    profile: list[str] = []
-    for cfg in plan:
-        log(f"point N={cfg.callers} codec={cfg.codec} duration={cfg.duration}s")
+    results.notes.append(f"1-minute load average when the run started: {load:.2f}")
+    began = time.monotonic()
+    for index, cfg in enumerate(plan, 1):
+        log(f"point {index}/{len(plan)} N={cfg.callers} codec={cfg.codec} duration={cfg.duration}s")
         workdir = base / f"n{cfg.callers}-{cfg.codec.replace('@', '-')}"
+        started = time.monotonic()
+        point: PointResult | None = None
         try:
             point = run_point(cfg, workdir, pin)
         except Exception as exc:
             log(f"N={cfg.callers} {cfg.codec} failed: {exc}")
-            results["notes"].append(
+            results.notes.append(
                 f"N={cfg.callers} {cfg.codec}: the run failed ({str(exc)[:300]!r}); "
                 f"logs were in {workdir}"
             )
+        now = time.monotonic()
+        log(progress_line(index, len(plan), cfg, now - started, now - began, point))
+        if point is None:
             continue
-        if point["profile"]:
-            profile = [
+        if point.profile:
+            results.profile = [
                 f"N={cfg.callers}, {cfg.profile_seconds:.0f} s after the window",
-                *point["profile"],
+                *point.profile,
             ]
-        results["points"].append(point)
-        log(
-            f"N={cfg.callers}: cpu {point['cpu_percent']:.1f}%, e2e p50 "
-            f"{point['e2e']['p50']}, drops {point['frames_dropped']:.0f}, "
-            f"problems {point['problems']}"
-        )
-    results["profile"] = profile
-    results["janus"] = JANUS_STATUS
+        results.points.append(point)
     if args.with_janus:
-        results["janus_points"] = []
-        for n in points:
-            log(f"janus N={n}")
-            try:
-                jp = run_janus_point(
-                    PointConfig(n, "PCMU", args.duration, args.ramp), base / f"janus-n{n}", pin
-                )
-            except Exception as exc:
-                results["notes"].append(f"Janus N={n} failed: {str(exc)[:300]!r}")
-                continue
-            log(f"janus N={n}: cpu {jp['cpu_percent']:.1f}%")
-            results["janus_points"].append(jp)
-        results["janus"] = janus_lines(results)
+        from bench.janus import run_janus_points
+
+        pcmu = [cfg.callers for cfg in plan if cfg.codec == "PCMU"]
+        results.janus_points = run_janus_points(pcmu, args, base, pin, results.notes)
     write_report(results, out, png)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        Path(args.json).write_text(json.dumps(results.to_json(), indent=1, default=str))
     log(f"wrote {out} and {png} (logs in {base})")
     return 0
 

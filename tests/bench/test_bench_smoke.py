@@ -53,6 +53,7 @@ def test_smoke_run_gives_sane_numbers(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=80,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "point 1/1 N=10 PCMU done in " in proc.stderr  # the progress line per point
     results = json.loads(raw.read_text())
     (point,) = results["points"]
     assert point["answered"] == 10, point["loadgen"]
