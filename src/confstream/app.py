@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from confstream.api import create_api
 from confstream.conference.engine import Engine
 from confstream.metrics import GC_PAUSE
-from confstream.rtp.ports import RtpPortPool
+from confstream.rtp.portstate import open_port_pool
 from confstream.services import Services
 from confstream.settings import Settings
 from confstream.sip.server import SipServer
@@ -83,7 +83,7 @@ class Server:
         self.services = services
         self.streams = StreamManager(settings, self.engine, services.on_stream_status)
         services.attach_streams(self.streams)
-        self.sip = SipServer(settings, services, RtpPortPool(*settings.rtp_port_range))
+        self.sip = SipServer(settings, services, open_port_pool(settings))
         await self.sip.start()
 
         host, port = settings.http_address
@@ -124,6 +124,7 @@ class Server:
                 await asyncio.wait_for(self._http_task, 5)
         if self.sip is not None:
             await self.sip.stop()
+            self.sip.port_pool.close()
         if self.services is not None:
             await self.services.shutdown()
         if self.streams is not None:

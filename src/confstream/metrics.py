@@ -33,6 +33,11 @@ RTP_PACKETS_OUT = Counter("confstream_rtp_packets_sent_total", "RTP packets sent
 RTP_DISCARDED = Counter(
     "confstream_rtp_discarded_total", "RTP packets discarded", ["reason"]
 )  # reason: malformed, late, duplicate, overflow, unknown_payload
+RTP_REJECTED = Counter(
+    "confstream_rtp_packets_rejected_total",
+    "RTP datagrams dropped before parsing because they came from a source not allowed for the call",
+    ["reason"],
+)  # reason: source
 RTP_PORTS_IN_USE = Gauge("confstream_rtp_ports_in_use", "RTP ports allocated")
 
 # Streams

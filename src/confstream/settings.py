@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -55,6 +55,17 @@ class Settings(BaseSettings):
 
     # SIP/RTP (CONTRACT §5)
     rtp_inactivity_timeout: float = 30.0
+    # RTP security (docs/sip.md, "RTP security"). Which sources may latch a call's media:
+    # "signalling-ip" (default): the SDP address and port, or once, any port of the SDP IP or
+    # of the IP the INVITE came from (NAT); "sdp-only": exactly the SDP address and port.
+    rtp_latching: Literal["signalling-ip", "sdp-only"] = "signalling-ip"
+    # Seconds a released RTP port rests before it is handed out again.
+    rtp_port_cooldown: float = 32.0
+    # Seconds the ports of calls live at an unclean stop stay unused after the next start.
+    rtp_port_quarantine: float = 60.0
+    # The RTP port journal; empty: beside the SQLite file (var/confstream.rtp-ports with
+    # PostgreSQL); "off": no journal (no quarantine after a crash).
+    rtp_state_file: str = ""
     sip_nonce_ttl: float = 300.0
     sip_realm: str = "confstream"
     # Digest algorithms offered in 401 challenges, in order. MD5 only by default: baresip 1.0
@@ -92,6 +103,13 @@ class Settings(BaseSettings):
         lo, hi = int(low), int(high)
         if not (1024 <= lo < hi <= 65535):
             raise ValueError("rtp_ports must be LOW-HIGH with 1024 <= LOW < HIGH <= 65535")
+        return value
+
+    @field_validator("rtp_port_cooldown", "rtp_port_quarantine")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be >= 0 seconds")
         return value
 
     @property

@@ -44,26 +44,33 @@ def test_receive_decodes_pcmu_and_pcma() -> None:
 def test_nothing_accepted_before_negotiation() -> None:
     ep = RtpEndpoint()
     assert ep.receive(audio(1, 0, 1000), PEER, 0.0) == []
-    assert ep.stats.discarded == 1
+    assert ep.stats.rejected == 1  # no source is allowed yet
+    assert ep.stats.packets_received == 0
+    # Even from the signalling IP, a packet before the SDP has no payload type to match.
+    ep = RtpEndpoint(signalling_ip=PEER[0])
+    assert ep.receive(audio(1, 0, 1000), PEER, 0.0) == []
+    assert ep.stats.discarded == 1 and not ep.latched
     assert ep.write_frame(np.zeros(160, np.int16)) is None
     assert ep.stats.packets_sent == 0
 
 
 def test_set_remote_validation_and_unspecified_address() -> None:
-    ep = RtpEndpoint()
+    ep = RtpEndpoint(signalling_ip=PEER[0])
     with pytest.raises(ValueError):
         ep.set_remote(*PEER, 18, None)
     ep.set_remote("0.0.0.0", 4000, 0, None)
     assert ep.remote is None
     assert ep.write_frame(np.zeros(160, np.int16)) is None
-    # A packet arriving latches even so (symmetric RTP).
+    # A packet from another IP does not latch; one from the signalling IP does.
+    ep.receive(audio(1, 0, 0), ("203.0.113.66", 4000), 0.0)
+    assert ep.remote is None and ep.stats.rejected == 1
     ep.receive(audio(1, 0, 0), PEER, 0.0)
     assert ep.remote == PEER
     assert ep.write_frame(np.zeros(160, np.int16)) is not None
 
 
 def test_latch_kept_on_same_sdp_and_dropped_on_new_address() -> None:
-    ep = RtpEndpoint()
+    ep = RtpEndpoint(signalling_ip="198.51.100.7")  # the caller is behind NAT
     ep.set_remote(*PEER, 0, 101)
     ep.receive(audio(1, 0, 0), ("198.51.100.7", 6000), 0.0)
     assert ep.remote == ("198.51.100.7", 6000)

@@ -10,8 +10,19 @@ Receiving (:meth:`RtpEndpoint.receive`):
 * Audio is decoded (PCMU = payload type 0, PCMA = 8) and put in the :class:`JitterBuffer`.
 * Telephone-events go to the :class:`DtmfReceiver`; their sequence numbers enter the jitter
   buffer as placeholders so the audio they replace is not mistaken for loss.
-* Symmetric RTP (RFC 4961 style latching): the first valid packet fixes the address packets are
-  sent to, whatever SDP said. A later :meth:`set_remote` with a different address un-latches.
+* Source filter (docs/sip.md, "RTP security"): every datagram is first checked against the
+  sources allowed for the call, before it is parsed; any other source is dropped and counted in
+  ``confstream_rtp_packets_rejected_total{reason="source"}`` (and :attr:`RtpStats.rejected`).
+  Until the call is latched the allowed sources are the SDP ``c=``/``m=`` address and port and,
+  with ``latching="signalling-ip"`` (the default, for callers behind NAT), any port of the SDP
+  IP or of the IP the INVITE came from (``signalling_ip``). With ``latching="sdp-only"`` only
+  the exact SDP address and port.
+* Symmetric RTP, latched once (RFC 4961 style): the first valid packet from an allowed source
+  fixes the one source accepted from then on and the address packets are sent to. A later
+  :meth:`set_remote` with a different address un-latches (a re-INVITE moved the media).
+* Nothing is sent before a known-good address: the SDP address (it came with the
+  authenticated INVITE) or the latched source (it passed the filter). Without either
+  (no SDP yet, ``c=0.0.0.0``), :meth:`write_frame` returns None.
 
 Sending (:meth:`RtpEndpoint.write_frame`): one packet per call (the mixer's 20 ms tick). The
 SSRC and the first sequence number and timestamp are random (RFC 3550 §5.1); the timestamp
@@ -28,7 +39,11 @@ Hot path (every participant, every 20 ms; see ``bench/micro.py``):
   one table lookup; :meth:`RtpEndpoint.read_frame` decodes them itself. PCMA is decoded on
   arrival, as before.
 * :meth:`RtpEndpoint.write_ulaw` packetises µ-law codes the engine encoded for everyone at once.
-* The packet counters ``confstream_rtp_packets_received_total``/``_sent_total`` are counted in
+* The source check of a latched call is one tuple comparison with the datagram's address;
+  the full check (:meth:`RtpEndpoint._admit`) runs only until the call is latched and, after
+  that, answers False at once, so a flood from other sources costs little more than reading it.
+* The packet counters ``confstream_rtp_packets_received_total``/``_sent_total`` and the
+  rejected count are counted in
   plain integers (:data:`PENDING`) and added to the Prometheus counters by :func:`flush_metrics`,
   which the socket adapter schedules once per event-loop iteration: a Prometheus ``inc()`` takes
   a lock and costs more than the rest of the packet's bookkeeping. Discards are rare and still
@@ -54,6 +69,7 @@ from confstream.rtp.jitter import JitterBuffer, PutResult
 from confstream.rtp.packet import MAX_PAYLOAD, RtpError, RtpPacket
 
 __all__ = [
+    "LATCHING_MODES",
     "PCMA",
     "PCMU",
     "PENDING",
@@ -73,6 +89,9 @@ CLOCK_RATE = 8000
 
 Address = tuple[str, int]
 
+#: Values of ``latching`` (setting ``CONFSTREAM_RTP_LATCHING``, docs/operations.md).
+LATCHING_MODES = ("signalling-ip", "sdp-only")
+
 #: The fixed header after its first byte (marker/payload type, sequence, timestamp, SSRC).
 _AFTER_B0 = struct.Struct("!BHII")
 _HEADER = struct.Struct("!BBHII")
@@ -84,27 +103,32 @@ _NO_EVENTS: list[DtmfEvent] = []
 class _Pending:
     """Packet counts not yet added to the Prometheus counters (see :func:`flush_metrics`)."""
 
-    __slots__ = ("packets_in", "packets_out")
+    __slots__ = ("packets_in", "packets_out", "rejected_source")
 
     def __init__(self) -> None:
         self.packets_in = 0
         self.packets_out = 0
+        self.rejected_source = 0
 
 
 #: Process-wide counts waiting for :func:`flush_metrics`.
 PENDING = _Pending()
 _discard_counters: dict[str, Counter] = {}
+_REJECTED_SOURCE = metrics.RTP_REJECTED.labels(reason="source")
 
 
 def flush_metrics() -> None:
-    """Add the pending packet counts to ``confstream_rtp_packets_received_total`` and
-    ``confstream_rtp_packets_sent_total``. Cheap when nothing is pending."""
-    n_in, n_out = PENDING.packets_in, PENDING.packets_out
-    PENDING.packets_in = PENDING.packets_out = 0
+    """Add the pending packet counts to ``confstream_rtp_packets_received_total``,
+    ``confstream_rtp_packets_sent_total`` and ``confstream_rtp_packets_rejected_total``.
+    Cheap when nothing is pending."""
+    n_in, n_out, n_rejected = PENDING.packets_in, PENDING.packets_out, PENDING.rejected_source
+    PENDING.packets_in = PENDING.packets_out = PENDING.rejected_source = 0
     if n_in:
         metrics.RTP_PACKETS_IN.inc(n_in)
     if n_out:
         metrics.RTP_PACKETS_OUT.inc(n_out)
+    if n_rejected:
+        _REJECTED_SOURCE.inc(n_rejected)
 
 
 def _count_discard(reason: str, n: int = 1) -> None:
@@ -122,7 +146,8 @@ class RtpStats:
     ``packets_received`` counts valid packets of the negotiated types (including duplicates and
     late ones); ``lost`` is RFC 3550's cumulative loss; ``late`` counts packets that arrived
     after their turn; ``discarded`` counts every datagram dropped for any reason (malformed,
-    unknown payload type, duplicate, late, jitter buffer overflow).
+    unknown payload type, duplicate, late, jitter buffer overflow) after it passed the source
+    filter; ``rejected`` counts datagrams from sources not allowed for the call (never parsed).
     """
 
     packets_received: int = 0
@@ -132,6 +157,7 @@ class RtpStats:
     lost: int = 0
     late: int = 0
     discarded: int = 0
+    rejected: int = 0
 
 
 def _encode(payload_type: int, frame: Frame) -> bytes:
@@ -157,10 +183,42 @@ def _is_unspecified(host: str) -> bool:
         return False
 
 
-class RtpEndpoint:
-    """One RTP session's state, without sockets or timers. See the module docstring."""
+def _ip_forms(host: str | None) -> frozenset[str]:
+    """The texts under which datagrams from ``host`` can arrive: its canonical form (what the
+    kernel reports), plus the IPv4-mapped IPv6 form of an IPv4 address (a dual-stack socket)
+    and the IPv4 form of an IPv4-mapped address. A name that is no IP address stays as is."""
+    if not host:
+        return frozenset()
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return frozenset((host,))
+    forms = {str(ip)}
+    if isinstance(ip, ipaddress.IPv4Address):
+        forms.add(f"::ffff:{ip}")
+    elif ip.ipv4_mapped is not None:
+        forms.add(str(ip.ipv4_mapped))
+    return frozenset(forms)
 
-    def __init__(self, *, ssrc: int | None = None) -> None:
+
+class RtpEndpoint:
+    """One RTP session's state, without sockets or timers. See the module docstring.
+
+    ``signalling_ip`` is the address the call's INVITE came from (its received address);
+    ``latching`` one of :data:`LATCHING_MODES` (ValueError otherwise).
+    """
+
+    def __init__(
+        self,
+        *,
+        ssrc: int | None = None,
+        signalling_ip: str | None = None,
+        latching: str = "signalling-ip",
+    ) -> None:
+        if latching not in LATCHING_MODES:
+            raise ValueError(f"latching must be one of {LATCHING_MODES}, not {latching!r}")
+        self.latching = latching
+        self._signalling_ips = _ip_forms(signalling_ip) if latching == "signalling-ip" else None
         self.ssrc = secrets.randbits(32) if ssrc is None else ssrc
         self._seq = secrets.randbits(16)
         self._ts = secrets.randbits(32)
@@ -168,6 +226,12 @@ class RtpEndpoint:
         self.payload_type: int | None = None
         self.telephone_event_pt: int | None = None
         self._sdp_remote: Address | None = None
+        self._sdp_ips: frozenset[str] = frozenset()
+        #: IPs whose datagrams may latch from any port (signalling-ip mode), until latched.
+        self._latch_ips: frozenset[str] = self._signalling_ips or frozenset()
+        #: The latched source exactly as the socket reported it (compared per packet) ...
+        self._source: object = None
+        #: ... and as a (host, port) destination.
         self._latched: Address | None = None
         #: Where packets go now: the same as :attr:`remote`, kept as a plain attribute for the
         #: per-packet code. Read it, never set it.
@@ -187,15 +251,20 @@ class RtpEndpoint:
     def set_remote(
         self, host: str, port: int, payload_type: int, telephone_event_pt: int | None
     ) -> None:
-        """Apply the negotiated SDP: where to send until latched, the audio payload type (0 or
-        8; ValueError otherwise) and the telephone-event payload type (None: not negotiated).
-        An unspecified address (``0.0.0.0``, old-style hold) means: do not send until latched."""
+        """Apply the negotiated SDP: where to send until latched and which sources may latch
+        (see the module docstring), the audio payload type (0 or 8; ValueError otherwise) and
+        the telephone-event payload type (None: not negotiated). An unspecified address
+        (``0.0.0.0``, old-style hold) means: do not send until latched."""
         if payload_type not in SUPPORTED_PAYLOAD_TYPES:
             raise ValueError(f"unsupported audio payload type {payload_type} (PCMU=0, PCMA=8)")
         remote = None if _is_unspecified(host) or port == 0 else (host, port)
         if remote != self._sdp_remote:
             self._latched = None
+            self._source = None
         self._sdp_remote = remote
+        self._sdp_ips = _ip_forms(host) if remote is not None else frozenset()
+        if self._signalling_ips is not None:
+            self._latch_ips = self._signalling_ips | self._sdp_ips
         self.dest = self._latched or self._sdp_remote
         self.payload_type = payload_type
         self.telephone_event_pt = telephone_event_pt
@@ -211,6 +280,31 @@ class RtpEndpoint:
 
     # -- receiving ---------------------------------------------------------------------------
 
+    def _admit(self, addr: Address) -> bool:
+        """Whether a datagram from ``addr`` (not the latched source) may be handled: only
+        before latching, from the SDP address and port or from an IP that may latch."""
+        if self._source is not None:
+            return False
+        host = addr[0]
+        if host in self._latch_ips:
+            return True
+        remote = self._sdp_remote
+        return remote is not None and addr[1] == remote[1] and host in self._sdp_ips
+
+    def _reject(self, addr: Address) -> None:
+        counts = self._counts
+        counts.rejected += 1
+        PENDING.rejected_source += 1
+        if counts.rejected == 1:
+            log.info(
+                "RTP from %s:%s dropped: not a source allowed for this call (latched to %s, "
+                "SDP %s); later ones are only counted",
+                addr[0],
+                addr[1],
+                self._latched,
+                self._sdp_remote,
+            )
+
     def _discard(self, reason: str) -> None:
         self._counts.discarded += 1
         _count_discard(reason)
@@ -218,6 +312,9 @@ class RtpEndpoint:
     def receive(self, data: bytes, addr: Address, now: float) -> list[DtmfEvent]:
         """Handle one datagram from ``addr`` arriving at ``now`` (seconds, monotonic).
         Returns the DTMF key presses it completed. Never raises for bad input."""
+        if addr != self._source and not self._admit(addr):
+            self._reject(addr)
+            return _NO_EVENTS
         size = len(data)
         if 12 < size <= _FAST_MAX and data[0] == 0x80:
             # The common case: V=2, no padding, no extension, no CSRC, a non-empty payload.
@@ -229,7 +326,7 @@ class RtpEndpoint:
                 counts.bytes_received += size - 12
                 PENDING.packets_in += 1
                 self.last_valid = now
-                if self._latched is None:
+                if self._source is None:
                     self._latch(addr)
                 payload = data[12:]
                 result = self.jitter.put(
@@ -277,6 +374,7 @@ class RtpEndpoint:
         return []
 
     def _latch(self, addr: Address) -> None:
+        self._source = addr
         self._latched = (addr[0], addr[1])
         self.dest = self._latched
 
@@ -286,7 +384,7 @@ class RtpEndpoint:
         counts.bytes_received += len(packet.payload)
         PENDING.packets_in += 1
         self.last_valid = now
-        if self._latched is None:
+        if self._source is None:
             self._latch(addr)
 
     def _count_put(self, result: str) -> None:
@@ -415,4 +513,5 @@ class RtpEndpoint:
             lost=jstats.lost,
             late=jstats.late,
             discarded=counts.discarded,
+            rejected=counts.rejected,
         )

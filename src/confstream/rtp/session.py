@@ -98,6 +98,10 @@ class RtpSession:
     that long, ``on_timeout`` is called once. ``on_dtmf(digit, duration_ms)`` is called once per
     RFC 4733 key press. Callbacks run in the event loop and must not block; exceptions they raise
     are logged, never propagated into the socket handler.
+
+    ``signalling_ip`` (the address the call's INVITE came from) and ``latching``
+    (``"signalling-ip"`` or ``"sdp-only"``) decide which sources the endpoint accepts
+    (:mod:`confstream.rtp.endpoint`, docs/sip.md "RTP security").
     """
 
     def __init__(
@@ -109,6 +113,8 @@ class RtpSession:
         inactivity_timeout: float = 30.0,
         on_dtmf: Callable[[str, int], None] | None = None,
         on_timeout: Callable[[], None] | None = None,
+        signalling_ip: str | None = None,
+        latching: str = "signalling-ip",
     ) -> None:
         self.call_sid = call_sid
         self.local_host = local_host
@@ -116,7 +122,7 @@ class RtpSession:
         self.inactivity_timeout = inactivity_timeout
         self.on_dtmf = on_dtmf
         self.on_timeout = on_timeout
-        self.endpoint = RtpEndpoint()
+        self.endpoint = RtpEndpoint(signalling_ip=signalling_ip, latching=latching)
         self.local_port: int | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -195,8 +201,8 @@ class RtpSession:
     def set_remote(
         self, host: str, port: int, payload_type: int, telephone_event_pt: int | None
     ) -> None:
-        """Apply the SDP offer/answer: the peer's address (used until the first packet latches
-        the real source address), the audio payload type (0 = PCMU, 8 = PCMA) and the
+        """Apply the SDP offer/answer: the peer's address (used until the first packet from an
+        allowed source latches it), the audio payload type (0 = PCMU, 8 = PCMA) and the
         telephone-event payload type (None when not negotiated). Can be called again on a
         re-INVITE; a changed address un-latches."""
         self.endpoint.set_remote(host, port, payload_type, telephone_event_pt)

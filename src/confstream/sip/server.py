@@ -504,6 +504,10 @@ class SipServer:
             inactivity_timeout=self.settings.rtp_inactivity_timeout,
             on_dtmf=lambda digit, ms: self.gateway.dtmf_received(call_sid, digit, ms),
             on_timeout=lambda: self._hangup(call, "rtp-timeout"),
+            # docs/sip.md "RTP security": media only from the SDP address or, latched once,
+            # from the IP this INVITE came from.
+            signalling_ip=flow.remote[0],
+            latching=self.settings.rtp_latching,
         )
         call.session = session
         participant = SipParticipant(call_sid, session, lambda reason: self._hangup(call, reason))
