@@ -56,6 +56,7 @@ from confstream.api.errors import (
     not_found,
     unauthorized,
 )
+from confstream.api.openapi import openapi_json
 from confstream.api.render import account_json, conference_json, participant_json, stream_json
 from confstream.api.streams import parse_stream_request
 from confstream.errors import ConfstreamError
@@ -328,6 +329,7 @@ def create_api(services: Services) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
             Mount(SIGNALWIRE_BASE, routes=routes),
             Mount(TWILIO_BASE, routes=routes),
         ],
