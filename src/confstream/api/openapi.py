@@ -53,8 +53,9 @@ _REF = "#/components/schemas/"
 # ------------------------------------------------------------------------ value forms
 #: ``true``/``false`` in any case; surrounding whitespace is ignored (docs/api.md).
 BOOLEAN_PATTERN = r"^\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])\s*$"
-#: ``GET``/``POST`` in any case; empty means the default, ``POST``.
-METHOD_PATTERN = r"^([Gg][Ee][Tt]|[Pp][Oo][Ss][Tt])?$"
+#: ``GET``/``POST`` in any case (as Python upper-cases: ``\u017f`` is an ``S``, the ligatures
+#: ``\ufb05``/``\ufb06`` are ``ST``); empty means the default, ``POST``.
+METHOD_PATTERN = r"^([Gg][Ee][Tt]|[Pp][Oo]([Ss\u017f][Tt]|[\ufb05\ufb06]))?$"
 #: ``PA`` then the offset the page starts at (0..MAX_OFFSET), as written in page URIs.
 PAGE_TOKEN_PATTERN = r"^PA(0{0,3}[0-9]{1,9}|0{0,2}1000000000)$"
 #: A date filter: exactly ``YYYY-MM-DD`` (and a real calendar day: ``format: date``).
@@ -150,7 +151,7 @@ def _schemas() -> JSONDict:
             {
                 "sid": _SID,
                 "auth_token": {"type": "string", "minLength": 1},
-                "friendly_name": {"type": "string"},
+                "friendly_name": _nullable({"type": "string"}),
                 "status": {"type": "string", "enum": ACCOUNT_STATUSES},
                 "type": {"type": "string", "const": "Full"},
                 "owner_account_sid": _SID,
@@ -665,7 +666,7 @@ def _paths() -> JSONDict:
                 ),
                 "responses": {
                     "200": _ok("Participant", "The participant as it is now"),
-                    **_errors(401, 404, 409, 413, 422, 502),
+                    **_errors(401, 404, 413, 422, 502),
                 },
             },
             "delete": {
