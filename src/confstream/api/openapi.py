@@ -4,8 +4,8 @@ It describes exactly what the server implements, and the test suite keeps it tru
 schemathesis run against a live server (tests/api/test_openapi_schemathesis.py) fails on any
 5xx, any response that does not match these schemas and any status code not listed here, and
 every status code listed here must be seen at least once. ``docs/openapi.json`` is this
-document, written by ``python -m confstream.api.openapi docs/openapi.json`` (a test checks
-that the file equals what the server serves).
+document, written by ``python -c 'from confstream.api.openapi import main;
+main(["docs/openapi.json"])'`` (a test checks that the file equals what the server serves).
 
 Choices:
 
@@ -783,13 +783,9 @@ async def openapi_json(request: Request) -> Response:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m confstream.api.openapi [PATH]``: write the document to PATH (or stdout)."""
+    """Write the document to ``argv[0]`` (or stdout)."""
     if argv:
         Path(argv[0]).write_text(render(), encoding="utf-8")
     else:
         sys.stdout.write(render())
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
