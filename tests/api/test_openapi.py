@@ -30,6 +30,7 @@ SPEC_NAMES = {
     "conference_sid": "ConferenceSid",
     "call_sid": "CallSid",
     "stream_sid": "Sid",
+    "recording_sid": "Sid",
 }
 
 

@@ -103,6 +103,10 @@ def schemathesis_config(account: Account, targets: dict[str, dict[str, str]], re
         "request-timeout = 20",
         "[generation]",
         f"max-examples = {MAX_EXAMPLES}",
+        # unknown parameters are ignored, as Twilio does (docs/api.md): not invalid data
+        "allow-extra-parameters = false",
+        # credentials come from [auth.basic]; a case "without" them would still carry them
+        "with-security-parameters = false",
         "no-shrink = true",
         'database = "none"',
         "[auth.basic]",

@@ -324,6 +324,7 @@ def _parameters() -> JSONDict:
             "The stream's SID, or its Name (percent-encoded)",
             {"type": "string", "minLength": 1},
         ),
+        "RecordingSid": _path("Sid", "A recording's SID", {"type": "string", "minLength": 1}),
         "Page": _query(
             "Page",
             f"Page number from 0; Page x PageSize at most {MAX_OFFSET} (422 beyond)",
@@ -357,8 +358,8 @@ def _parameters() -> JSONDict:
         ),
         "AccountStatus": _query(
             "Status",
-            "Only the account if it has this status",
-            {"type": "string", "enum": ACCOUNT_STATUSES},
+            f"Only the account if its status is this ({', '.join(ACCOUNT_STATUSES)})",
+            {"type": "string"},
         ),
         "Muted": _query("Muted", "Only participants muted (true) or not", boolean),
         "Hold": _query("Hold", "Only participants on hold (true) or not", boolean),
@@ -727,6 +728,25 @@ def _paths() -> JSONDict:
                     "200": _ok("Stream", "The stream, stopped"),
                     **_errors(401, 404, 413, 422),
                 },
+            },
+        },
+        f"{conf}/Recordings.json": {
+            "parameters": _p("AccountSid", "ConferenceSid"),
+            "get": {
+                "operationId": "listRecordings",
+                "summary": "Conference recordings: not recorded yet, always 404 (20404)",
+                "responses": _errors(401, 404),
+            },
+        },
+        f"{conf}/Recordings/{{Sid}}.json": {
+            "parameters": _p("AccountSid", "ConferenceSid", "RecordingSid"),
+            **{
+                method: {
+                    "operationId": f"{verb}Recording",
+                    "summary": "Conference recordings: not recorded yet, always 404 (20404)",
+                    "responses": _errors(401, 404),
+                }
+                for method, verb in (("get", "fetch"), ("post", "update"), ("delete", "delete"))
             },
         },
     }
