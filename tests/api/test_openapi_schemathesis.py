@@ -348,9 +348,13 @@ async def _by_hand(
     _check(api, seen, 409, "POST", f"{c}.json", data={"AnnounceUrl": nowhere})
     _check(api, seen, 409, "POST", f"{c}/Streams.json", data={"Url": "c"})
     _check(api, seen, 404, "POST", p, data={"Muted": "true"})
-    # no credentials
-    _check(api, seen, 401, "GET", f"{root}/Accounts/{account.sid}.json", auth=None)
-    _check(api, seen, 401, "GET", f"{root}/Accounts.json", auth=None)
+    # no credentials, or a wrong AuthToken, on every operation
+    for path, item in openapi()["paths"].items():
+        concrete = path.replace("{AccountSid}", account.sid)
+        concrete = _PATH_PARAM.sub(lambda _: str(uuid.uuid4()), concrete)
+        for method in item.keys() - {"parameters"}:
+            _check(api, seen, 401, method.upper(), f"{root}{concrete}", auth=None)
+            _check(api, seen, 401, method.upper(), f"{root}{concrete}", auth=(account.sid, "x"))
     # a conference that never existed, and what is below it
     gone = f"/Conferences/{uuid.uuid4()}"
     call, stream = f"{gone}/Participants/{uuid.uuid4()}.json", f"{gone}/Streams/{uuid.uuid4()}.json"
