@@ -17,7 +17,13 @@ from starlette.routing import Mount, Route
 
 from confstream.api.common import parse_bool
 from confstream.api.errors import ERROR_CODES, ApiError
-from confstream.api.openapi import BOOLEAN_PATTERN, METHOD_PATTERN, openapi, render
+from confstream.api.openapi import (
+    ANNOUNCE_METHOD_PATTERN,
+    BOOLEAN_PATTERN,
+    METHOD_PATTERN,
+    openapi,
+    render,
+)
 from confstream.streams.vocabulary import CallbackMethod
 
 from .stack import Stack
@@ -144,3 +150,10 @@ def test_method_pattern_is_what_the_parsers_accept(value: str) -> None:
     except ValueError:
         accepted = False
     assert ecma_match(METHOD_PATTERN, value) == accepted
+
+
+@given(st.text(max_size=6) | st.sampled_from([" get\t", "  ", "POST\n", "po\u017ft "]))
+def test_announce_method_pattern_is_what_the_api_accepts(value: str) -> None:
+    """AnnounceMethod: empty means POST; otherwise stripped, then GET or POST in any case."""
+    accepted = value == "" or value.strip().upper() in ("GET", "POST")
+    assert ecma_match(ANNOUNCE_METHOD_PATTERN, value) == accepted

@@ -56,6 +56,9 @@ BOOLEAN_PATTERN = r"^\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])\s*$"
 #: ``GET``/``POST`` in any case (as Python upper-cases: ``\u017f`` is an ``S``, the ligatures
 #: ``\ufb05``/``\ufb06`` are ``ST``); empty means the default, ``POST``.
 METHOD_PATTERN = r"^([Gg][Ee][Tt]|[Pp][Oo]([Ss\u017f][Tt]|[\ufb05\ufb06]))?$"
+#: ``AnnounceMethod``: the same, with surrounding whitespace ignored (a blank value is not
+#: empty, and is refused).
+ANNOUNCE_METHOD_PATTERN = r"^(\s*([Gg][Ee][Tt]|[Pp][Oo]([Ss\u017f][Tt]|[\ufb05\ufb06]))\s*)?$"
 #: ``PA`` then the offset the page starts at (0..MAX_OFFSET), as written in page URIs.
 PAGE_TOKEN_PATTERN = r"^PA(0{0,3}[0-9]{1,9}|0{0,2}1000000000)$"
 #: A date filter: exactly ``YYYY-MM-DD`` (and a real calendar day: ``format: date``).
@@ -403,7 +406,7 @@ _ANNOUNCE: JSONDict = {
     },
     "AnnounceMethod": {
         "type": "string",
-        "pattern": METHOD_PATTERN,
+        "pattern": ANNOUNCE_METHOD_PATTERN,
         "description": "GET or POST (default), any case (422, 21209 otherwise)",
     },
 }
