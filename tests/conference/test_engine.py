@@ -12,8 +12,7 @@ from confstream.conference.base import Frame, Tap
 from confstream.conference.engine import MAX_BEHIND_TICKS, Engine
 from confstream.conference.sources import QueueSource
 from confstream.media.analysis import tone, tone_levels
-
-from .helpers import RecordingTap, ToneParticipant
+from confstream.tools.participants import RecordingTap, ToneParticipant
 
 FREQS = (440.0, 660.0, 880.0)
 PRESENT = 0.15  # a tone making up a share of the signal's power above this is "heard"

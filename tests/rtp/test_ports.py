@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from confstream import metrics
 from confstream.rtp.ports import RtpPortPool, RtpPortsExhausted
+from confstream.tools.metrics import sample
 
 
 def gauge() -> float:
-    return float(metrics.RTP_PORTS_IN_USE._value.get())
+    return sample("confstream_rtp_ports_in_use")
 
 
 def test_even_ports_exhaustion_and_release() -> None:
