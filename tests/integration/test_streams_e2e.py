@@ -25,8 +25,9 @@ from confstream.media.g711 import alaw_decode, ulaw_decode, ulaw_encode
 from confstream.media.l16 import l16_decode
 from confstream.media.wav import wav_bytes
 from confstream.tools.server import ServerProcess
+from confstream.tools.tls import Tls
 
-from ..streams.peers import Conn, Receiver, Tls, ws_receiver
+from ..streams.peers import Conn, Receiver, ws_receiver
 from .peers import BaresipCaller, await_for, conference_named, start_sipp_caller
 
 ANNOUNCE_HZ = 1000.0
