@@ -281,7 +281,9 @@ async def test_bidirectional_audio_is_heard_by_a_sip_caller_and_dtmf_reaches_the
         tone_levels(heard[i : i + 4000], (440.0, RETURN_HZ), 8000)
         for i in range(0, len(heard) - 4000, 4000)
     ]
-    assert max(w[RETURN_HZ] for w in windows) > 0.5, windows
+    # The returned tone is clearly heard: alone it is about all of a window, mixed with the
+    # presser's 660 Hz tone (same level) about half of it, absent near 0.
+    assert max(w[RETURN_HZ] for w in windows) > 0.3, windows
     assert max(w[440.0] for w in windows) < 0.05, windows  # never hears itself
 
 
