@@ -8,7 +8,6 @@ import io
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +30,7 @@ from confstream.errors import (
 from confstream.services import Services
 from confstream.settings import Settings
 from confstream.store import ConferenceFilter, open_store
+from confstream.tools.participants import RecordingTap
 from tests.api.stack import FakeCallParticipant, Stack, make_engine, open_stack
 
 
@@ -162,19 +162,6 @@ async def test_hold_changed_persists(stack: Stack) -> None:
     assert record is not None and record.hold is True
     assert stack.participants["call-1"].hold is True
     stack.services.hold_changed("unknown", True)  # ignored
-
-
-class RecordingTap:
-    own_source = None
-
-    def __init__(self) -> None:
-        self.dtmf: list[tuple[str, str, int]] = []
-
-    def on_frame(self, inbound: Any, outbound: Any, timestamp_ms: int) -> None:
-        pass
-
-    def on_dtmf(self, call_sid: str, digit: str, duration_ms: int) -> None:
-        self.dtmf.append((call_sid, digit, duration_ms))
 
 
 async def test_dtmf_reaches_the_conference_taps(stack: Stack) -> None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-from prometheus_client import REGISTRY
 from twilio.request_validator import RequestValidator
 
 from confstream.callbacks.webhooks import (
@@ -16,6 +13,8 @@ from confstream.callbacks.webhooks import (
     url_with_query,
 )
 from confstream.settings import Settings
+from confstream.tools.metrics import sample
+from confstream.tools.net import free_port
 
 from .recorder import http_recorder
 
@@ -33,7 +32,7 @@ def settings(**kw: object) -> Settings:
 
 
 def counter(outcome: str) -> float:
-    return REGISTRY.get_sample_value("confstream_callbacks_total", {"outcome": outcome}) or 0.0
+    return sample("confstream_callbacks_total", outcome=outcome)
 
 
 def test_signature_matches_twilio_validator() -> None:
@@ -113,10 +112,7 @@ async def test_4xx_is_final() -> None:
 
 
 async def test_retries_exhausted_on_connection_refused() -> None:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = free_port()  # nothing listens there now
     sender = CallbackSender(settings(callback_retries=2))
     sender.retry_base = 0.01
     before = counter("failed")

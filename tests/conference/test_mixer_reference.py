@@ -7,8 +7,7 @@ import numpy as np
 from confstream.conference.base import Frame
 from confstream.conference.engine import Engine
 from confstream.conference.sources import BufferSource
-
-from .helpers import RecordingTap, ToneParticipant
+from confstream.tools.participants import RecordingTap, ToneParticipant
 
 
 class RandomParticipant(ToneParticipant):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from confstream import metrics
 from confstream.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from confstream.rtp.endpoint import PENDING, RtpEndpoint, flush_metrics
 from confstream.rtp.packet import RtpPacket
+from confstream.tools.metrics import sample
 
 PEER = ("192.0.2.10", 4000)
 
@@ -155,7 +155,7 @@ def test_write_ulaw_declines_when_write_frame_must_do_it() -> None:
 
 def test_packet_counts_reach_prometheus_on_flush() -> None:
     flush_metrics()
-    before_in = metrics.RTP_PACKETS_IN._value.get()
+    before_in = sample("confstream_rtp_packets_received_total")
     ep = RtpEndpoint()
     ep.set_remote(*PEER, 0, None)
     for k, data in enumerate(packets(0, 7)):
@@ -164,4 +164,4 @@ def test_packet_counts_reach_prometheus_on_flush() -> None:
     assert PENDING.packets_in == 7
     flush_metrics()
     assert PENDING.packets_in == 0
-    assert metrics.RTP_PACKETS_IN._value.get() - before_in == 7
+    assert sample("confstream_rtp_packets_received_total") - before_in == 7

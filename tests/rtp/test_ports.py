@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from confstream import metrics
 from confstream.rtp.ports import RtpPortPool, RtpPortsExhausted
 from confstream.rtp.portstate import PortJournal, PortState, open_port_pool, read_state, state_path
 from confstream.settings import Settings
+from confstream.tools.metrics import sample
 
 
 def gauge() -> float:
-    return float(metrics.RTP_PORTS_IN_USE._value.get())
+    return sample("confstream_rtp_ports_in_use")
 
 
 class Clock:

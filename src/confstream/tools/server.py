@@ -3,6 +3,8 @@
 Each instance has its own SQLite file in ``workdir``, free HTTP and SIP ports, an RTP range
 outside the kernel's ephemeral ports (so callers' sockets never hold the server's RTP ports),
 and loopback in ``allowed_networks`` so local receivers and callback servers are reachable.
+Ports come from :mod:`confstream.tools.net` (``free_port`` and ``rtp_port_range`` are
+re-exported here for existing callers).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,32 +22,11 @@ from typing import IO
 
 import httpx
 
+from confstream.tools.net import free_port, rtp_port_range
+
+__all__ = ["CONFSTREAM", "Account", "ServerProcess", "free_port", "rtp_port_range"]
+
 CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (SIP listens on both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-
-
-def rtp_port_range(needed: int = 2500) -> str:
-    """An RTP range outside the kernel's ephemeral ports: above them when there is room for
-    ``needed`` even ports, else below them."""
-    low, high = 32768, 60999
-    with contextlib.suppress(OSError, ValueError):
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    if 65535 - (high + 1) >= 2 * needed:
-        return f"{high + 1}-65535"
-    return f"{max(1024, low - 2 * needed)}-{low - 1}"
 
 
 @dataclass(frozen=True)
