@@ -53,7 +53,7 @@ _URL = re.compile(
 # A path with a query string but no scheme: HTTP request lines, ``path='/p?x'``, b'/p?x'.
 _PATH_QUERY = re.compile(r"(?m)(?P<lead>(?:^|[\s'\"=(\[,]))(?P<path>/[^\s?#'\"<>]*)\?[^\s#'\"<>]+")
 _AUTH_HEADER = re.compile(
-    r"(?P<name>\b(?:proxy-)?authorization\b['\"]?)(?P<sep>\s*[:=,]\s*b?['\"]?)"
+    r"(?P<name>\b(?:proxy-)?authorization\b['\"]?)(?P<sep>\s*[:=,]\s*(?:(?-i:b)?['\"])?)"
     r"(?P<value>[^\r\n'\"]+)",
     re.IGNORECASE,
 )
@@ -62,7 +62,7 @@ _SCHEME_CREDENTIAL = re.compile(
 )
 _KEYED_SECRET = re.compile(
     r"(?P<key>\b[\w\-]*(?:password|passwd|secret|token|api[_\-]?key)['\"]?)"
-    r"(?P<sep>\s*[=:]\s*b?['\"]?)(?P<value>[^\s'\",;&})\]]+)",
+    r"(?P<sep>\s*[=:]\s*(?:(?-i:b)?['\"])?)(?P<value>[^\s'\",;&})\]]+)",
     re.IGNORECASE,
 )
 
