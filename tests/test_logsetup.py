@@ -45,7 +45,8 @@ def captured() -> Iterator[io.StringIO]:
     ("text", "gone", "kept"),
     [
         (
-            'HTTP Request: POST http://alice:pw-9f8e7d@cb.example:8080/hook?sig=q-77aa "HTTP/1.1 200"',
+            "HTTP Request: POST http://alice:pw-9f8e7d@cb.example:8080/hook?sig=q-77aa"
+            ' "HTTP/1.1 200"',
             ["alice", "pw-9f8e7d", "q-77aa"],
             ["http://***@cb.example:8080/hook?***", '"HTTP/1.1 200"'],
         ),
@@ -223,6 +224,10 @@ def test_sqlite_files_are_owner_only(tmp_path: Path) -> None:
     assert secure_sqlite_files("postgresql://u:p@h/db") is None
 
 
+def file_modes(directory: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir() if p.is_file()}
+
+
 async def test_wal_and_shm_created_later_are_owner_only(tmp_path: Path) -> None:
     db = tmp_path / "confstream.db"
     url = f"sqlite:///{db}"
@@ -231,9 +236,7 @@ async def test_wal_and_shm_created_later_are_owner_only(tmp_path: Path) -> None:
         store = await open_store(url)
         try:
             await store.create_account(friendly_name="y")
-            modes = {
-                p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir() if p.is_file()
-            }
+            modes = file_modes(tmp_path)
             assert {"confstream.db", "confstream.db-wal", "confstream.db-shm"} <= set(modes)
             assert set(modes.values()) == {0o600}, modes
         finally:
