@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.exc import ArgumentError
+
 from confstream import logsetup
 from confstream.dbfiles import secure_sqlite_files
 from confstream.settings import Settings
@@ -87,7 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logsetup.watch_account_tokens()
     # The database holds the AuthTokens: owner-only file and WAL (docs/operations.md, Secrets).
-    secure_sqlite_files(settings.database_url)
+    try:
+        secure_sqlite_files(settings.database_url)
+    except OSError as exc:
+        print(f"confstream: cannot prepare the database file: {exc}", file=sys.stderr)
+        return 1
+    except ArgumentError as exc:
+        print(f"confstream: invalid setting: database_url: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         from confstream.app import run_server
 
