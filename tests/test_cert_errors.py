@@ -24,7 +24,9 @@ from confstream.netpolicy import (
     tls_failure_reason,
 )
 from confstream.settings import Settings
-from confstream.streams.session import StreamSession, StreamSpec
+from confstream.streams.failures import Failure
+from confstream.streams.session import StreamSession
+from confstream.streams.spec import StreamSpec
 
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
@@ -150,14 +152,6 @@ def stream_spec(url: str) -> StreamSpec:
         auth_token="token-for-cert-tests",
         conference_sid=str(uuid.uuid4()),
         url=url,
-        name=None,
-        track="both_tracks",
-        codec="PCMU",
-        realtime=False,
-        parameters={},
-        bearer_token=None,
-        status_callback=None,
-        status_callback_method="POST",
     )
 
 
@@ -178,7 +172,7 @@ async def test_stream_error_31910_names_the_check(
         outcome = await asyncio.wait_for(session.run(never_started), 10)
     words, code = EXPECTED[kind]
     assert outcome.error_code == 31910
-    assert outcome.stream_error == "connection_refused_timeout_or_ssl_error"
+    assert outcome.stream_error == Failure.TLS_FAILED.stream_error
     assert outcome.error_message == (
         f"TLS handshake with localhost:{port} failed: "
         f"certificate verification failed: {words} (X509 error {code})"
