@@ -14,7 +14,7 @@ import pytest
 from confstream import logsetup
 from confstream.dbfiles import secure_sqlite_files, sqlite_path
 from confstream.logsetup import SecretRegistry, redact, register_secret
-from confstream.store import open_store
+from confstream.store import Account, open_store
 
 
 @pytest.fixture
@@ -191,8 +191,8 @@ async def test_store_at_debug_logs_statements_without_parameters_or_rows(
 
 
 async def test_tokens_of_accounts_loaded_or_created_are_registered(tmp_path: Path) -> None:
-    logsetup.watch_account_tokens()
-    logsetup.watch_account_tokens()  # idempotent
+    logsetup.watch_account_tokens(Account)
+    logsetup.watch_account_tokens(Account)  # idempotent
     store = await open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     try:
         account = await store.create_account(friendly_name="x")

@@ -78,7 +78,7 @@ class Server:
         settings = self.settings
         # Owner-only database file and WAL; AuthTokens masked in logs (docs/operations.md).
         secure_sqlite_files(settings.database_url)
-        watch_account_tokens()
+        watch_account_tokens(Account)
         self.store = store = await open_store(settings.database_url)
         closed = await store.close_leftovers("server restarted while in progress")
         if any(closed.values()):

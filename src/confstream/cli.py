@@ -87,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"confstream: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logsetup.watch_account_tokens()
+    from confstream.store import Account
+
+    logsetup.watch_account_tokens(Account)
     # The database holds the AuthTokens: owner-only file and WAL (docs/operations.md, Secrets).
     try:
         secure_sqlite_files(settings.database_url)

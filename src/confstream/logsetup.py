@@ -224,18 +224,18 @@ def _register_set(_target: Any, value: object, *_: Any) -> None:
         register_secret(value)
 
 
-def watch_account_tokens() -> None:
+def watch_account_tokens(account_model: Any) -> None:
     """Register the AuthToken of every account row this process loads, refreshes or writes
-    (SQLAlchemy ORM events on :class:`confstream.store.models.Account`), so that a token that
-    slips into a message, an exception or a library's log is masked. Idempotent."""
+    (SQLAlchemy ORM events on ``account_model``, the mapped class with an ``auth_token``
+    column: :class:`confstream.store.models.Account`, passed in so that this module stays below
+    the store), so that a token that slips into a message, an exception or a library's log is
+    masked. Idempotent."""
     from sqlalchemy import event
 
-    from confstream.store.models import Account
-
     targets: list[tuple[Any, str, Any]] = [
-        (Account, "load", _register_loaded),
-        (Account, "refresh", _register_loaded),
-        (Account.auth_token, "set", _register_set),
+        (account_model, "load", _register_loaded),
+        (account_model, "refresh", _register_loaded),
+        (account_model.auth_token, "set", _register_set),
     ]
     for target, name, fn in targets:
         if not event.contains(target, name, fn):
