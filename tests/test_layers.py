@@ -21,6 +21,8 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "settings": 0,
     "metrics": 0,
+    "logsetup": 0,
+    "dbfiles": 0,
     "media": 1,
     "netpolicy": 1,
     "conference": 2,

@@ -24,6 +24,8 @@ from starlette.applications import Starlette
 
 from confstream.api import create_api
 from confstream.conference.engine import Engine
+from confstream.dbfiles import secure_sqlite_files
+from confstream.logsetup import watch_account_tokens
 from confstream.metrics import GC_PAUSE
 from confstream.rtp.portstate import open_port_pool
 from confstream.services import Services
@@ -74,6 +76,9 @@ class Server:
 
     async def start(self) -> None:
         settings = self.settings
+        # Owner-only database file and WAL; AuthTokens masked in logs (docs/operations.md).
+        secure_sqlite_files(settings.database_url)
+        watch_account_tokens(Account)
         self.store = store = await open_store(settings.database_url)
         closed = await store.close_leftovers("server restarted while in progress")
         if any(closed.values()):
@@ -95,7 +100,14 @@ class Server:
         self.http_port = sock.getsockname()[1]
         self._api = api = create_api(services)
         config = uvicorn.Config(
-            api, log_level="warning", lifespan="off", access_log=False, loop="none"
+            api,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            loop="none",
+            # No handlers of uvicorn's own: its records reach the root handler and its
+            # redaction filter (confstream.logsetup).
+            log_config=None,
         )
         self._uvicorn = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
@@ -184,12 +196,6 @@ async def serve(settings: Settings, show_first_account: bool = False) -> None:
 
 
 def run_server(settings: Settings, show_first_account: bool = False) -> int:
-    if settings.database_url.startswith("sqlite:///"):
-        from pathlib import Path
-
-        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(
-            parents=True, exist_ok=True
-        )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

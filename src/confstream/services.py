@@ -50,6 +50,7 @@ from confstream.errors import (
     NotFound,
     UrlRefused,
 )
+from confstream.logsetup import register_secret
 from confstream.settings import Settings
 from confstream.store import Account, Conference, ConferenceFilter, Store, Stream
 from confstream.store import Participant as ParticipantRecord
@@ -428,6 +429,7 @@ class Services:
         if self.streams is None:
             await self.store.set_stream_status(row.sid, STREAM_STOPPED, 20500, "no stream manager")
         else:
+            register_secret(request.bearer_token)  # never logged (docs/operations.md)
             spec = self._stream_spec(account, row, request)
             try:
                 await self.streams.start(spec)

@@ -594,7 +594,7 @@ async def open_store(database_url: str, *, migrate: bool = True, echo: bool = Fa
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         kwargs["pool_pre_ping"] = True
-    engine = create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, hide_parameters=True, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     if migrate:

@@ -70,7 +70,12 @@ from confstream import metrics
 from confstream.conference.base import AudioSource, Frame, Tap
 from confstream.conference.sources import QueueSource
 from confstream.media.codecs import Decoder, get_decoder, get_encoder
-from confstream.netpolicy import PolicyError, client_ssl_context, resolve_checked
+from confstream.netpolicy import (
+    PolicyError,
+    client_ssl_context,
+    resolve_checked,
+    tls_failure_message,
+)
 from confstream.settings import Settings
 from confstream.streams.failures import (
     STOP_CLOSE_CODE,
@@ -336,7 +341,7 @@ class StreamSession:
         except ssl.SSLError as exc:
             raise StreamFailure(
                 Failure.TLS_FAILED,
-                f"TLS handshake with {host}:{port} failed: {exc.reason or exc}",
+                tls_failure_message(exc, host, port),
             ) from exc
         except InvalidStatus as exc:
             raise StreamFailure(
@@ -350,7 +355,7 @@ class StreamSession:
             if isinstance(exc.__cause__, ssl.SSLError):
                 raise StreamFailure(
                     Failure.TLS_FAILED,
-                    f"TLS handshake with {host}:{port} failed: {exc.__cause__}",
+                    tls_failure_message(exc, host, port),
                 ) from exc
             raise StreamFailure(
                 Failure.HANDSHAKE_FAILED, f"WebSocket handshake failed: {exc}"
