@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from confstream import metrics
 from confstream.media.g711 import ulaw_encode
 from confstream.rtp.dtmf import dtmf_packets
 from confstream.rtp.endpoint import PENDING, RtpEndpoint, flush_metrics
 from confstream.rtp.packet import RtpPacket
+from confstream.tools.metrics import sample
 
 SDP = ("192.0.2.10", 4000)  # the caller's SDP c=/m= address
 SIGNALLING_IP = "198.51.100.7"  # where its INVITE came from (its NAT)
@@ -137,14 +137,17 @@ def test_invalid_latching_mode() -> None:
 
 def test_rejections_reach_prometheus_batched() -> None:
     flush_metrics()
-    counter = metrics.RTP_REJECTED.labels(reason="source")
-    before = counter._value.get()
+
+    def rejected() -> float:
+        return sample("confstream_rtp_packets_rejected_total", reason="source")
+
+    before = rejected()
     ep = endpoint()
     ep.receive(audio(1, 0), SDP, 0.0)
     for seq in range(7):
         ep.receive(audio(seq, 0), ATTACKER, 0.0)
     assert PENDING.rejected_source == 7
-    assert counter._value.get() == before  # not yet: counted in a plain integer first
+    assert rejected() == before  # not yet: counted in a plain integer first
     flush_metrics()
-    assert counter._value.get() == before + 7
+    assert rejected() == before + 7
     assert PENDING.rejected_source == 0
