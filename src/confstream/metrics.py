@@ -35,6 +35,10 @@ SIP_AUTH_THROTTLED = Counter(
 SIP_AUTH_BLOCKS = Counter(
     "confstream_sip_auth_blocks_total", "Sources blocked after too many failed digest attempts"
 )
+SIP_RESPONSES_SUPPRESSED = Counter(
+    "confstream_sip_responses_suppressed_total",
+    "Answers to unauthenticated UDP requests not sent: over 3 times the request's size",
+)
 SIP_TCP_CLOSED = Counter(
     "confstream_sip_tcp_closed_total", "SIP/TCP connections closed by the server", ["reason"]
 )  # reason: limit, no_message, idle, framing, bad_messages, write_buffer

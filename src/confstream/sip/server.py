@@ -9,8 +9,9 @@ Behaviour, by method:
 
 * ``INVITE`` (initial): Digest-authenticated (username = AccountSid, password = AuthToken);
   no credentials -> 401, wrong ones -> 403, expired nonce -> 401 ``stale=true``. Answers to
-  requests not yet authenticated (401, 403, 415, 420, 481) are sent once, never on Timer G, so
-  the server cannot be used as a UDP amplifier. A source with too many failed attempts is
+  requests not yet authenticated (401, 403, 415, 420, 481) are sent once, never on Timer G,
+  and over UDP only when at most :data:`AMPLIFICATION_LIMIT` times the size of the request,
+  so that the server cannot be used as a UDP amplifier. A source with too many failed attempts is
   blocked for a while (:class:`~.digest.FailureThrottle`): its initial INVITEs are dropped
   over UDP and answered 403 over TCP, without checking (docs/sip.md "Limits"). Then 100,
   RTP port, ``gateway.join`` (its :class:`JoinRefused` status is sent), 200 with the SDP answer.
@@ -89,6 +90,10 @@ KNOWN_UNSERVED = frozenset(
 USER_AGENT = "confstream"
 #: At most one "source blocked" log line per this many seconds (the others are counted in it).
 AUTH_LOG_INTERVAL = 10.0
+#: Over UDP, an answer to a request not authenticated is sent only when it is at most this many
+#: times the size of the request (the anti-amplification factor of QUIC, RFC 9000 §8). Real
+#: INVITEs are far larger than their 401; a 139-byte minimal INVITE draws a 326-byte one.
+AMPLIFICATION_LIMIT = 3
 
 ServerTxn = ServerInviteTransaction | ServerNonInviteTransaction
 
@@ -204,6 +209,8 @@ class SipServer:
         self._txn_flow: dict[Transaction, Flow] = {}
         self._timer_handles: dict[Transaction, asyncio.TimerHandle] = {}
         self._txn_keys: dict[Transaction, tuple[str, ...]] = {}
+        #: Transactions whose response would amplify (see AMPLIFICATION_LIMIT): never sent.
+        self._muted: set[Transaction] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -229,6 +236,7 @@ class SipServer:
         self._client_txns.clear()
         self._txn_flow.clear()
         self._txn_keys.clear()
+        self._muted.clear()
         await self.transport.stop()
 
     @property
@@ -275,6 +283,9 @@ class SipServer:
         flow = self._txn_flow.get(txn)
         for out in outputs:
             if isinstance(out, Transmit) and flow is not None:
+                if txn in self._muted:
+                    metrics.SIP_RESPONSES_SUPPRESSED.inc()
+                    continue
                 self._send(flow, out.message)
             elif isinstance(out, TimedOut):
                 self._on_txn_timeout(txn)
@@ -299,6 +310,7 @@ class SipServer:
 
     def _forget(self, txn: Transaction) -> None:
         self._txn_flow.pop(txn, None)
+        self._muted.discard(txn)
         key = self._txn_keys.pop(txn, None)
         if key is None:
             return
@@ -328,6 +340,11 @@ class SipServer:
         if status >= 200 and to_tag is None:
             to_tag = new_tag()
         response = build_response(request, status, to_tag=to_tag, headers=extra, body=body)
+        if not retransmit:
+            flow = self._txn_flow.get(txn)
+            if flow is not None and not flow.reliable:
+                if len(response.serialize()) > AMPLIFICATION_LIMIT * flow.size:
+                    self._muted.add(txn)  # the transaction still absorbs retransmissions
         self._run(txn, txn.send_response(response, self._now(), retransmit=retransmit))
 
     # -- receiving -----------------------------------------------------------------------------

@@ -62,12 +62,14 @@ class TransportLimits:
 
 
 class Flow:
-    """Where to send: ``transport`` is ``"UDP"`` or ``"TCP"``, ``remote`` the peer address."""
+    """Where to send: ``transport`` is ``"UDP"`` or ``"TCP"``, ``remote`` the peer address.
+    ``size`` is the length in bytes of the message that arrived on it (0 for flows we make)."""
 
-    def __init__(self, owner: SipTransport, transport: str, remote: Address) -> None:
+    def __init__(self, owner: SipTransport, transport: str, remote: Address, size: int = 0) -> None:
         self.owner = owner
         self.transport = transport
         self.remote = remote
+        self.size = size
 
     @property
     def reliable(self) -> bool:
@@ -88,7 +90,7 @@ class _Udp(asyncio.DatagramProtocol):
         if len(data) > 65535:
             metrics.SIP_PARSE_ERRORS.inc()
             return
-        self.owner._deliver(data, Flow(self.owner, "UDP", (addr[0], addr[1])))
+        self.owner._deliver(data, Flow(self.owner, "UDP", (addr[0], addr[1]), len(data)))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("sip udp error: %s", exc)
@@ -145,7 +147,7 @@ class _Tcp(asyncio.Protocol):
             self.close("framing")
             return
         for message in messages:
-            if self.owner._deliver(message, Flow(self.owner, "TCP", self.remote)):
+            if self.owner._deliver(message, Flow(self.owner, "TCP", self.remote, len(message))):
                 self.proven = True
                 self.bad_in_a_row = 0
             else:
