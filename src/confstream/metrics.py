@@ -28,6 +28,23 @@ PARTICIPANTS_ACTIVE = Gauge("confstream_participants_active", "Participants in l
 SIP_MESSAGES = Counter("confstream_sip_messages_total", "SIP messages", ["direction", "kind"])
 SIP_PARSE_ERRORS = Counter("confstream_sip_parse_errors_total", "SIP messages that failed to parse")
 SIP_AUTH_FAILURES = Counter("confstream_sip_auth_failures_total", "SIP digest failures", ["reason"])
+SIP_AUTH_THROTTLED = Counter(
+    "confstream_sip_auth_throttled_total",
+    "Initial INVITEs refused unread because their source is blocked after failed digest attempts",
+)
+SIP_AUTH_BLOCKS = Counter(
+    "confstream_sip_auth_blocks_total", "Sources blocked after too many failed digest attempts"
+)
+SIP_RESPONSES_SUPPRESSED = Counter(
+    "confstream_sip_responses_suppressed_total",
+    "Answers to unauthenticated UDP requests not sent: over 3 times the request's size",
+)
+SIP_TCP_CLOSED = Counter(
+    "confstream_sip_tcp_closed_total", "SIP/TCP connections closed by the server", ["reason"]
+)  # reason: limit, no_message, idle, framing, bad_messages, write_buffer
+SIP_UDP_RCVBUF = Gauge(
+    "confstream_sip_udp_rcvbuf_bytes", "SIP UDP socket receive buffer as reported by the kernel"
+)
 RTP_PACKETS_IN = Counter("confstream_rtp_packets_received_total", "RTP packets received")
 RTP_PACKETS_OUT = Counter("confstream_rtp_packets_sent_total", "RTP packets sent")
 RTP_DISCARDED = Counter(

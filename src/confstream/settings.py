@@ -9,7 +9,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -72,6 +72,20 @@ class Settings(BaseSettings):
     # (libre) and sipp 3.6 abandon the call when any challenge names an algorithm they lack.
     # "SHA-256,MD5" offers both (RFC 8760 order); answers with either are always checked.
     sip_digest_algorithms: Annotated[list[str], NoDecode] = ["MD5"]
+    # SIP limits (docs/sip.md "Limits"). UDP receive buffer asked of the kernel, in bytes
+    # (capped by net.core.rmem_max; the size obtained is logged at start).
+    sip_udp_rcvbuf: int = Field(default=4 * 1024 * 1024, ge=0)
+    sip_tcp_max_connections: int = Field(default=1024, ge=1)
+    # Seconds an accepted TCP connection has to send its first valid SIP message.
+    sip_tcp_first_message_timeout: float = Field(default=10.0, gt=0)
+    sip_tcp_idle_timeout: float = Field(default=600.0, gt=0)
+    # Bytes waiting for a TCP peer that does not read, beyond which it is disconnected.
+    sip_tcp_max_write_buffer: int = Field(default=256 * 1024, ge=4096)
+    # Failed digest attempts (wrong password, unknown account, replay) per source IP: this
+    # many within the window blocks the source's INVITEs for sip_auth_block_seconds.
+    sip_auth_max_failures: int = Field(default=10, ge=1)
+    sip_auth_failure_window: float = Field(default=60.0, gt=0)
+    sip_auth_block_seconds: float = Field(default=300.0, gt=0)
 
     log_level: str = "info"
 
