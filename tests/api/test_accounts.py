@@ -58,7 +58,9 @@ async def test_fetch_account_on_both_base_paths(stack: Stack, client: httpx.Asyn
             assert stamp.utcoffset() == dt.timedelta(0)
         assert body["uri"] == f"{base}/Accounts/{sid}.json"
         # only what exists: every subresource URI answers
-        assert body["subresource_uris"] == {"conferences": f"{base}/Accounts/{sid}/Conferences.json"}
+        assert body["subresource_uris"] == {
+            "conferences": f"{base}/Accounts/{sid}/Conferences.json"
+        }
         conferences = await client.get(body["subresource_uris"]["conferences"])
         assert conferences.status_code == 200 and conferences.json()["conferences"] == []
 
