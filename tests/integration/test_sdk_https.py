@@ -32,7 +32,7 @@ import pytest
 import trustme
 from cryptography import x509
 
-from confstream.tools.server import Account, ServerProcess
+from confstream.tools.server import CONFSTREAM, Account, ServerProcess, free_port
 
 from ..streams.peers import Tls, ws_receiver
 from .peers import await_for, conference_named, start_sipp_caller
@@ -318,3 +318,27 @@ async def test_signalwire_sdk_over_https(https: Https, tls: Tls, tmp_path: Path)
     await run_usage_snippet(
         https, tls, tmp_path, str(python), doc_snippet("client setup: signalwire")
     )
+
+
+def test_serve_refuses_an_incomplete_or_mismatched_tls_pair(tmp_path: Path, tls: Tls) -> None:
+    cert_file, key_file = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    issue(tls.ca, cert_file, key_file)
+    issue(tls.ca, tmp_path / "other.pem", tmp_path / "other-key.pem")
+    server = ServerProcess(tmp_path)
+    server.http_port, server.sip_port = free_port(), free_port()
+    env = server.environment()
+
+    def serve(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CONFSTREAM, "serve", *flags],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    alone = serve("--tls-cert", str(cert_file))
+    assert alone.returncode == 2 and "tls_cert and tls_key go together" in alone.stderr
+    mismatched = serve("--tls-cert", str(tmp_path / "other.pem"), "--tls-key", str(key_file))
+    assert mismatched.returncode == 1 and "cannot start" in mismatched.stderr
