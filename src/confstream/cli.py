@@ -23,6 +23,8 @@ _SETTING_FLAGS: dict[str, str] = {
     "--http-listen": "HOST:PORT for the REST API (default 127.0.0.1:8080)",
     "--sip-listen": "HOST:PORT for SIP over UDP and TCP (default 127.0.0.1:5060)",
     "--rtp-ports": "LOW-HIGH UDP port range for RTP (default 20000-29999)",
+    "--tls-cert": "PEM certificate chain: the REST API speaks HTTPS only (reloaded on SIGHUP)",
+    "--tls-key": "PEM private key of --tls-cert",
     "--media-address": "address written into SDP answers (default: the SIP listen address)",
     "--database-url": "sqlite:///PATH (default sqlite:///var/confstream.db) or postgresql://...",
     "--allowed-networks": "CIDR,... private networks that stream/callback URLs may reach",

@@ -9,7 +9,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     # Address written into SDP answers; empty means the SIP listener's address
     # (or 127.0.0.1 when it listens on a wildcard address).
     media_address: str = ""
+
+    # HTTPS for the REST API (docs/operations.md, TLS): PEM certificate chain and private key,
+    # both or neither. With them the API port speaks TLS only (/healthz and /metrics too);
+    # SIGHUP loads the files again for new connections without closing the listener.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     # Storage
     database_url: str = "sqlite:///var/confstream.db"
@@ -110,6 +116,12 @@ class Settings(BaseSettings):
                     raise ValueError(f"unsupported digest algorithm {item!r} (MD5, SHA-256)")
         return value
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
     @field_validator("rtp_ports")
     @classmethod
     def _check_ports(cls, value: str) -> str:
@@ -134,6 +146,11 @@ class Settings(BaseSettings):
     @property
     def http_address(self) -> tuple[str, int]:
         return parse_hostport(self.http_listen)
+
+    @property
+    def http_scheme(self) -> str:
+        """``https`` when a TLS certificate is configured, else ``http``."""
+        return "https" if self.tls_cert is not None else "http"
 
     @property
     def sip_address(self) -> tuple[str, int]:

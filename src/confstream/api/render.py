@@ -14,9 +14,13 @@ def _conference_uri(base: str, account_sid: str, conference_sid: str) -> str:
 
 
 def account_json(base: str, account: Account) -> dict[str, Any]:
+    """Twilio's Account shape (docs/api.md, Account); the SDKs read every one of these keys.
+    ``auth_token`` is shown only to the account itself (the only one that can fetch it);
+    ``subresource_uris`` lists only what exists here (conferences)."""
     uri = f"{base}/Accounts/{account.sid}"
     return {
         "sid": account.sid,
+        "auth_token": account.auth_token,
         "friendly_name": account.friendly_name,
         "status": account.status,
         "type": "Full",

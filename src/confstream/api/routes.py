@@ -104,6 +104,20 @@ async def fetch_account(request: Request) -> Response:
     return JSONResponse(account_json(base_path(request), account))
 
 
+async def list_accounts(request: Request) -> Response:
+    """``GET /Accounts``: only the caller's own account (there are no subaccounts), in
+    Twilio's list envelope; the ``FriendlyName`` and ``Status`` filters apply to it."""
+    account = await _authenticate(request)
+    paging = parse_paging(request)
+    q = request.query_params
+    name, status = q.get("FriendlyName"), q.get("Status")
+    matches = (name is None or name == account.friendly_name) and (
+        status is None or status == account.status
+    )
+    rows = [account] if matches and paging.offset == 0 else []
+    return page_response(request, "/Accounts", "accounts", rows, account_json, paging)
+
+
 # ------------------------------------------------------------------------ conferences
 def _conference_filter(request: Request) -> ConferenceFilter:
     q = request.query_params
@@ -289,6 +303,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def _resource_routes() -> list[Route]:
     conf = "/Accounts/{account_sid}/Conferences/{conference_sid}"
     return [
+        Route("/Accounts", list_accounts, methods=["GET"]),
         Route("/Accounts/{account_sid}", fetch_account, methods=["GET"]),
         Route("/Accounts/{account_sid}/Conferences", list_conferences, methods=["GET"]),
         Route(conf, conference_instance, methods=["GET", "POST"]),
