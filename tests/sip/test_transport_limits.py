@@ -19,12 +19,13 @@ from confstream.settings import Settings
 from confstream.sip.server import SipServer
 from confstream.sip.transaction import TimerConfig
 from confstream.sip.transport import MAX_BAD_MESSAGES
+from confstream.tools.net import rtp_port_bounds
 
-from .peers import MemoryGateway, free_rtp_range
+from .peers import MemoryGateway
 
 
 async def _server(**limits: object) -> SipServer:
-    low, high = free_rtp_range(40)
+    low, high = rtp_port_bounds(40)
     settings = Settings(sip_listen="127.0.0.1:0", rtp_ports=f"{low}-{high}", **limits)  # type: ignore[arg-type]
     server = SipServer(
         settings, MemoryGateway(), RtpPortPool(low, high), timers=TimerConfig(t1=0.1, t4=0.5)
