@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # "SHA-256,MD5" offers both (RFC 8760 order); answers with either are always checked.
     sip_digest_algorithms: Annotated[list[str], NoDecode] = ["MD5"]
 
+    # Dashboard (docs/operations.md, Dashboard): concurrent event streams per account.
+    dashboard_max_clients: int = 4
+
     log_level: str = "info"
 
     @field_validator("allowed_networks", mode="before")
