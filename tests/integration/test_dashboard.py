@@ -122,7 +122,11 @@ async def test_dashboard_follows_calls_streams_mute_and_end_without_reload(
             assert await page.locator("#empty").is_visible()
             assert await page.inner_text("#total-participants") == "0"
 
-            for who, account, freq in (("a1", alice, 440.0), ("a2", alice, 660.0), ("b", bob, 550.0)):
+            for who, account, freq in (
+                ("a1", alice, 440.0),
+                ("a2", alice, 660.0),
+                ("b", bob, 550.0),
+            ):
                 (tmp_path / who).mkdir()
                 callers.append(
                     await start_sipp_caller(
