@@ -14,6 +14,10 @@ participants, the stream manager) and records (the store), keeping them in step:
 * **Reads** for the REST API (conferences, participants, streams, account authentication) go
   through here too: the API never reaches into the store. A resource that is missing, or
   belongs to another account, raises :class:`~confstream.errors.NotFound`.
+* **Dashboard** (docs/operations.md, Dashboard): :meth:`Services.dashboard_snapshot` is a
+  read-only view of one account's live conferences (live participants with mute/hold and audio
+  level, streams with status and counters); :meth:`Services.watching_levels` asks the engine to
+  measure levels while a dashboard is connected.
 * **Streams**: create validates against the conference's state, stores the record (never the
   bearer token) and hands a spec to the stream manager; the manager reports every status change
   through :meth:`Services.on_stream_status`, which persists it.
@@ -31,10 +35,12 @@ and the SIP edge each map them to their own statuses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
-from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
+import math
+from collections.abc import Coroutine, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -110,6 +116,74 @@ class LiveParticipant:
     participant: Participant
     conference_sid: str
     account_sid: str
+
+
+#: At most this many conferences, and streams per conference, in a dashboard snapshot.
+DASHBOARD_MAX_CONFERENCES = 50
+DASHBOARD_MAX_STREAMS = 20
+#: Levels at or below this are shown as silence (dBFS).
+SILENCE_DBFS = -90.0
+
+
+@dataclass(frozen=True)
+class ParticipantView:
+    """A live participant on the dashboard. ``level_dbfs``: RMS of what it contributes to the
+    mix (0 when muted or on hold), None while not yet measured."""
+
+    call_sid: str
+    muted: bool
+    hold: bool
+    level_dbfs: float | None
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """A stream on the dashboard; the counters are None once its session has ended."""
+
+    sid: str
+    name: str | None
+    status: str
+    track: str
+    codec: str
+    error_code: int | None
+    messages_sent: int | None  # last sequenceNumber built (docs/protocol.md)
+    media_sent: int | None  # media messages built, all tracks
+    frames_dropped: int | None  # audio frames dropped from the send queue (slow receiver)
+    queued_frames: int | None
+
+
+@dataclass(frozen=True)
+class ConferenceView:
+    sid: str
+    friendly_name: str
+    status: str
+    participants: list[ParticipantView] = field(default_factory=list)
+    streams: list[StreamView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DashboardSnapshot:
+    account_sid: str
+    conferences: list[ConferenceView]
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Counts over the snapshot: live conferences, participants, active streams, drops."""
+        streams = [s for c in self.conferences for s in c.streams]
+        return {
+            "conferences": len(self.conferences),
+            "participants": sum(len(c.participants) for c in self.conferences),
+            "streams_active": sum(1 for s in streams if s.status in STREAM_ACTIVE_STATUSES),
+            "frames_dropped": sum(s.frames_dropped or 0 for s in streams),
+        }
+
+
+def _dbfs(rms: float | None) -> float | None:
+    if rms is None:
+        return None
+    if rms <= 0:
+        return SILENCE_DBFS
+    return round(max(SILENCE_DBFS, 20 * math.log10(rms / 32768)), 1)
 
 
 class Services:
@@ -468,6 +542,80 @@ class Services:
     ) -> None:
         """The stream manager's status hook: persist the change (and its history row)."""
         await self.store.set_stream_status(stream_sid, status, error_code, error_message)
+
+    # --------------------------------------------------------------- dashboard
+    @contextlib.contextmanager
+    def watching_levels(self) -> Iterator[None]:
+        """Have the engine measure participant levels while inside (one per dashboard)."""
+        engine: Any = self.engine
+        watched = hasattr(engine, "level_watchers")
+        if watched:
+            engine.level_watchers += 1
+        try:
+            yield
+        finally:
+            if watched:
+                engine.level_watchers -= 1
+
+    async def dashboard_snapshot(self, account_sid: str) -> DashboardSnapshot:
+        """Read-only: the account's live conferences (at most DASHBOARD_MAX_CONFERENCES, oldest
+        first) with their live participants and their streams (at most DASHBOARD_MAX_STREAMS
+        each, stopped ones included). Nothing of another account is ever included."""
+        by_conference: dict[str, list[Participant]] = {}
+        for live in self._live.values():
+            if live.account_sid == account_sid:
+                by_conference.setdefault(live.conference_sid, []).append(live.participant)
+        levels_of: Any = getattr(self.engine, "levels", None)
+        levels: dict[str, float] = levels_of() if callable(levels_of) else {}
+        conferences: list[ConferenceView] = []
+        for conference_sid, members in list(by_conference.items())[:DASHBOARD_MAX_CONFERENCES]:
+            record = await self.store.get_conference(conference_sid, account_sid)
+            if record is None:
+                continue
+            streams = await self.store.list_streams(
+                conference_sid, offset=0, limit=DASHBOARD_MAX_STREAMS
+            )
+            conferences.append(
+                ConferenceView(
+                    sid=record.sid,
+                    friendly_name=record.friendly_name,
+                    status=record.status,
+                    participants=[
+                        ParticipantView(
+                            call_sid=p.call_sid,
+                            muted=bool(p.muted),
+                            hold=bool(p.hold),
+                            level_dbfs=_dbfs(levels.get(p.call_sid)),
+                        )
+                        for p in members
+                    ],
+                    streams=[self._stream_view(row) for row in streams],
+                )
+            )
+        return DashboardSnapshot(account_sid, conferences)
+
+    def _stream_view(self, row: Stream) -> StreamView:
+        session_of: Any = getattr(self.streams, "session", None)
+        session: Any = session_of(row.sid) if callable(session_of) else None
+        counters: list[int | None] = [None, None, None, None]
+        if session is not None:
+            protocol: Any = getattr(session, "protocol", None)
+            chunks: Any = getattr(protocol, "chunks", None)
+            counters = [
+                getattr(protocol, "sequence", None),
+                sum(chunks.values()) if isinstance(chunks, dict) else None,
+                getattr(session, "frames_dropped", None),
+                getattr(session, "queued_ticks", None),
+            ]
+        return StreamView(
+            row.sid,
+            row.name,
+            row.status,
+            row.track,
+            row.codec,
+            row.error_code,
+            *counters,
+        )
 
     # --------------------------------------------------------------- start-up
     async def close_leftovers(self, reason: str = "confstream restarted") -> dict[str, int]:

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     sip_auth_failure_window: float = Field(default=60.0, gt=0)
     sip_auth_block_seconds: float = Field(default=300.0, gt=0)
 
+    # Dashboard (docs/operations.md, Dashboard): concurrent event streams per account.
+    dashboard_max_clients: int = 4
+
     log_level: str = "info"
 
     @field_validator("allowed_networks", mode="before")

@@ -4,7 +4,8 @@ Both base paths, ``/api/laml/2010-04-01`` (SignalWire) and ``/2010-04-01`` (Twil
 same routes; every path also answers with a ``.json`` suffix (it is stripped before routing,
 and every URI in answers carries it, as Twilio's do). ``GET /healthz`` answers 200 once
 ``app.state.ready`` is true (the server sets it when every listener is up), else 503.
-``GET /metrics`` serves the Prometheus registry.
+``GET /metrics`` serves the Prometheus registry. ``/dashboard`` is the read-only live dashboard
+(:mod:`confstream.api.dashboard`).
 
 Authentication is HTTP Basic ``AccountSid:AuthToken``; a failure, and a path AccountSid that
 is not the caller's, both answer the same 401 (code 20003) so nothing tells whether another
@@ -48,6 +49,7 @@ from confstream.api.common import (
     parse_date,
     parse_paging,
 )
+from confstream.api.dashboard import dashboard_routes
 from confstream.api.errors import (
     ApiError,
     from_domain,
@@ -343,6 +345,7 @@ def create_api(services: Services) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *dashboard_routes(services),
             Mount(SIGNALWIRE_BASE, routes=routes),
             Mount(TWILIO_BASE, routes=routes),
         ],
