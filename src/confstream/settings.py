@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # "SHA-256,MD5" offers both (RFC 8760 order); answers with either are always checked.
     sip_digest_algorithms: Annotated[list[str], NoDecode] = ["MD5"]
 
+    # REST API request limits (docs/operations.md): bodies over the byte limit, or with more
+    # form fields, answer 413 (20413). 256 KiB fits a stream create with 99 parameters of
+    # 499 characters each even when every character is percent-encoded (about 150 KB).
+    api_max_body_bytes: int = 262144
+    api_max_form_fields: int = 256
+
     log_level: str = "info"
 
     @field_validator("allowed_networks", mode="before")
