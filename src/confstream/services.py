@@ -6,11 +6,17 @@ participants, the stream manager) and records (the store), keeping them in step:
 * **Conference lifecycle** (docs/sip.md, Joining a conference). A SIP ``join`` finds the
   account's live conference by friendly name or creates it ``in-progress`` (record + engine
   conference), then adds the participant (engine + record). ``leave`` removes the participant
-  and completes its record; when the last participant has left, the conference ends: its
-  streams are stopped, its engine conference removed and its record completed.
-  ``end_conference`` (REST ``Status=completed``) hangs every participant up first.
+  and completes its record; the conference ends when the last participant has left, or when
+  the one leaving has ``end_conference_on_exit`` (the others are hung up): its streams are
+  stopped, its engine conference removed and its record completed. ``end_conference`` (REST
+  ``Status=completed``) hangs every participant up first. The record keeps why, with Twilio's
+  ``reason_conference_ended`` values and the CallSid that ended it
+  (:func:`confstream.store.models.end_reason`): ``conference-ended-via-api``,
+  ``last-participant-left``/``-kicked`` (kicked: removed through the REST API),
+  ``participant-with-end-conference-on-exit-left``/``-kicked``.
 * **Participants**: REST mute/hold act on the live participant object (what the mixer reads)
-  and on the record; delete hangs the participant up and completes its record at once.
+  and on the record, ``end_conference_on_exit`` on the record (read when it leaves); delete
+  hangs the participant up and completes its record at once.
 * **Reads** for the REST API (conferences, participants, streams, account authentication) go
   through here too: the API never reaches into the store. A resource that is missing, or
   belongs to another account, raises :class:`~confstream.errors.NotFound`.
@@ -63,9 +69,15 @@ from confstream.store import Participant as ParticipantRecord
 from confstream.store.models import (
     CONFERENCE_COMPLETED,
     CONFERENCE_IN_PROGRESS,
+    ENDED_END_ON_EXIT_KICKED,
+    ENDED_END_ON_EXIT_LEFT,
+    ENDED_LAST_KICKED,
+    ENDED_LAST_LEFT,
+    ENDED_VIA_API,
     PARTICIPANT_IN_PROGRESS,
     STREAM_ACTIVE_STATUSES,
     STREAM_STOPPED,
+    end_reason,
 )
 from confstream.streams.spec import StreamRequest, StreamSpec
 
@@ -73,10 +85,6 @@ log = logging.getLogger(__name__)
 
 RowT = TypeVar("RowT")
 
-#: reason recorded for conferences whose last participant left
-REASON_LAST_LEFT = "Participant left, conference empty"
-#: reason recorded for conferences ended through the REST API
-REASON_API = "Conference ended via API"
 #: reason recorded for participants removed through the REST API
 REASON_KICKED = "Participant removed via API"
 #: reason recorded for streams stopped through the REST API
@@ -283,7 +291,10 @@ class Services:
             )
             return conference.sid
 
-    async def leave(self, call_sid: str, reason: str) -> None:
+    async def leave(self, call_sid: str, reason: str, *, kicked: bool = False) -> None:
+        """The participant has left (``kicked``: removed through the REST API). The conference
+        ends when it was the last one, or when it had ``end_conference_on_exit`` (see the
+        module docstring for the reasons recorded)."""
         async with self._lifecycle:
             live = self._live.pop(call_sid, None)
             if live is None:
@@ -292,9 +303,14 @@ class Services:
             media = self.engine.get(live.conference_sid)
             if media is not None:
                 media.remove_participant(call_sid)
-            await self.store.complete_participant(call_sid, reason)
-            if not self.live_call_sids(live.conference_sid):
-                await self._end_locked(live.conference_sid, REASON_LAST_LEFT)
+            record = await self.store.complete_participant(call_sid, reason)
+            if record is not None and record.end_conference_on_exit:
+                why = ENDED_END_ON_EXIT_KICKED if kicked else ENDED_END_ON_EXIT_LEFT
+            elif not self.live_call_sids(live.conference_sid):
+                why = ENDED_LAST_KICKED if kicked else ENDED_LAST_LEFT
+            else:
+                return
+            await self._end_locked(live.conference_sid, end_reason(why, call_sid))
 
     def hold_changed(self, call_sid: str, hold: bool) -> None:
         live = self._live.get(call_sid)
@@ -339,12 +355,13 @@ class Services:
                 raise ConferenceNotLive(conference.sid)
             await self.announce(conference.sid, announce_url, announce_method)
         if end and conference.status != CONFERENCE_COMPLETED:
-            await self.end_conference(conference.sid, REASON_API)
+            await self.end_conference(conference.sid, ENDED_VIA_API)
         fresh = await self.store.get_conference(conference.sid)
         return fresh if fresh is not None else conference
 
-    async def end_conference(self, conference_sid: str, reason: str = REASON_API) -> None:
-        """Hang every participant up, stop the streams, drop the media, complete the record."""
+    async def end_conference(self, conference_sid: str, reason: str = ENDED_VIA_API) -> None:
+        """Hang every participant up, stop the streams, drop the media, complete the record
+        with ``reason`` (stored as it is: a Twilio reason, or text such as a shutdown's)."""
         async with self._lifecycle:
             await self._end_locked(conference_sid, reason)
 
@@ -432,35 +449,50 @@ class Services:
         *,
         muted: bool | None = None,
         hold: bool | None = None,
+        coaching: bool | None = None,
         offset: int,
         limit: int,
     ) -> list[ParticipantRecord]:
         """A page of the participants in the conference now, oldest first."""
         return await self.store.list_participants(
-            conference_sid, muted=muted, hold=hold, offset=offset, limit=limit
+            conference_sid,
+            muted=muted,
+            hold=hold,
+            coaching=coaching,
+            offset=offset,
+            limit=limit,
         )
 
     async def update_participant(
-        self, call_sid: str, *, muted: bool | None = None, hold: bool | None = None
+        self,
+        call_sid: str,
+        *,
+        muted: bool | None = None,
+        hold: bool | None = None,
+        end_conference_on_exit: bool | None = None,
     ) -> ParticipantRecord | None:
+        """Mute/hold the live participant (the mixer reads them at its next tick) and record
+        the changes; None leaves a field as it is."""
         live = self._live.get(call_sid)
         if live is not None:
             if muted is not None:
                 live.participant.muted = muted
             if hold is not None:
                 live.participant.hold = hold
-        return await self.store.update_participant(call_sid, muted=muted, hold=hold)
+        return await self.store.update_participant(
+            call_sid, muted=muted, hold=hold, end_conference_on_exit=end_conference_on_exit
+        )
 
     async def kick(self, call_sid: str, reason: str = REASON_KICKED) -> None:
         """Hang the participant up and complete its record now (SIP's later ``leave`` is then
-        a no-op)."""
+        a no-op); a conference this ends records a ``-kicked`` reason."""
         live = self._live.get(call_sid)
         if live is not None:
             try:
                 live.participant.hangup(reason)
             except Exception:
                 log.exception("hangup of %s failed", call_sid)
-        await self.leave(call_sid, reason)
+        await self.leave(call_sid, reason, kicked=True)
 
     # ---------------------------------------------------------------- streams
     async def get_stream(self, conference_sid: str, sid_or_name: str) -> Stream:

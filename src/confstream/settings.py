@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     # Dashboard (docs/operations.md, Dashboard): concurrent event streams per account.
     dashboard_max_clients: int = 4
 
+    # REST API request limits (docs/operations.md): bodies over the byte limit, or with more
+    # form fields, answer 413 (20413). 256 KiB fits a stream create with 99 parameters of
+    # 499 characters each even when every character is percent-encoded (about 150 KB).
+    api_max_body_bytes: int = 262144
+    api_max_form_fields: int = 256
+
     log_level: str = "info"
 
     @field_validator("allowed_networks", mode="before")

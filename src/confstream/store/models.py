@@ -31,15 +31,57 @@ CONFERENCE_IN_PROGRESS = "in-progress"
 CONFERENCE_COMPLETED = "completed"
 CONFERENCE_STATUSES = (CONFERENCE_INIT, CONFERENCE_IN_PROGRESS, CONFERENCE_COMPLETED)
 
-#: Participant statuses.
+#: Why a conference ended: Twilio's ``reason_conference_ended`` values (docs/api.md,
+#: Conferences). Stored in ``conferences.reason_ended`` as :func:`end_reason` writes it, with
+#: the CallSid that ended the conference (Twilio's ``call_sid_ending_conference``) when there
+#: is one. Ends that are none of these (a restart, a shutdown) store free text instead.
+ENDED_VIA_API = "conference-ended-via-api"
+ENDED_END_ON_EXIT_LEFT = "participant-with-end-conference-on-exit-left"
+ENDED_END_ON_EXIT_KICKED = "participant-with-end-conference-on-exit-kicked"
+ENDED_LAST_KICKED = "last-participant-kicked"
+ENDED_LAST_LEFT = "last-participant-left"
+CONFERENCE_END_REASONS = (
+    ENDED_VIA_API,
+    ENDED_END_ON_EXIT_LEFT,
+    ENDED_END_ON_EXIT_KICKED,
+    ENDED_LAST_KICKED,
+    ENDED_LAST_LEFT,
+)
+_ENDING_CALL = " call_sid="
+
+
+def end_reason(reason: str, call_sid: str | None = None) -> str:
+    """The ``reason_ended`` text for ``reason`` ended by ``call_sid``:
+    ``last-participant-left call_sid=<CallSid>``, or the reason alone."""
+    return reason if call_sid is None else f"{reason}{_ENDING_CALL}{call_sid}"
+
+
+def split_end_reason(stored: str | None) -> tuple[str | None, str | None]:
+    """``(reason, call_sid)`` from a stored ``reason_ended`` (see :func:`end_reason`); free
+    text comes back whole, with no CallSid."""
+    if stored is None:
+        return None, None
+    reason, sep, call_sid = stored.partition(_ENDING_CALL)
+    if sep and reason in CONFERENCE_END_REASONS:
+        return reason, call_sid or None
+    return stored, None
+
+
+#: Participant statuses as stored. The API shows them with Twilio's participant values
+#: (:data:`PARTICIPANT_API_STATUS`).
 PARTICIPANT_IN_PROGRESS = "in-progress"
 PARTICIPANT_COMPLETED = "completed"
+#: Stored participant status -> Twilio's (``queued``, ``connecting``, ``ringing``,
+#: ``connected``, ``complete``, ``failed``; only the two below ever occur: a participant is a
+#: SIP caller whose call is already answered).
+PARTICIPANT_API_STATUS = {PARTICIPANT_IN_PROGRESS: "connected", PARTICIPANT_COMPLETED: "complete"}
 
 #: Stream statuses: queued -> in-progress -> stopped.
 STREAM_QUEUED = "queued"
 STREAM_IN_PROGRESS = "in-progress"
 STREAM_STOPPED = "stopped"
 STREAM_ACTIVE_STATUSES = (STREAM_QUEUED, STREAM_IN_PROGRESS)
+STREAM_STATUSES = (STREAM_QUEUED, STREAM_IN_PROGRESS, STREAM_STOPPED)
 
 
 def utcnow() -> dt.datetime:

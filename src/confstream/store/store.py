@@ -369,6 +369,7 @@ class Store:
         status: str | None = PARTICIPANT_IN_PROGRESS,
         muted: bool | None = None,
         hold: bool | None = None,
+        coaching: bool | None = None,
         offset: int = 0,
         limit: int = 50,
     ) -> list[Participant]:
@@ -380,6 +381,8 @@ class Store:
             clauses.append(Participant.muted == muted)
         if hold is not None:
             clauses.append(Participant.hold == hold)
+        if coaching is not None:
+            clauses.append(Participant.coaching == coaching)
         query = (
             select(Participant)
             .where(*clauses)
@@ -400,9 +403,14 @@ class Store:
             return int(count or 0)
 
     async def update_participant(
-        self, call_sid: str, *, muted: bool | None = None, hold: bool | None = None
+        self,
+        call_sid: str,
+        *,
+        muted: bool | None = None,
+        hold: bool | None = None,
+        end_conference_on_exit: bool | None = None,
     ) -> Participant | None:
-        changes = _given(muted=muted, hold=hold)
+        changes = _given(muted=muted, hold=hold, end_conference_on_exit=end_conference_on_exit)
         return await self._change(Participant, call_sid, lambda row: row.update(changes))
 
     async def complete_participant(self, call_sid: str, reason: str) -> Participant | None:
