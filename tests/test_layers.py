@@ -57,12 +57,15 @@ def _imports() -> list[tuple[str, str, str]]:
             continue
         unit = rel.parts[0].removesuffix(".py")
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
             modules: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                modules = [node.module]
-                if node.module == "confstream":
-                    modules = [f"confstream.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
+            if isinstance(node, ast.ImportFrom):
+                if node.module and node.level == 0:
+                    modules = [node.module]
+                    if node.module == "confstream":
+                        modules = [f"confstream.{a.name}" for a in node.names]
+            else:
                 modules = [a.name for a in node.names]
             for module in modules:
                 target = _unit(module)

@@ -168,6 +168,7 @@ async def test_dtmf_reaches_the_conference_taps(stack: Stack) -> None:
     conference_sid = await stack.join("call-1", "room")
     tap = RecordingTap()
     media = stack.engine.get(conference_sid)
+    assert media is not None
     media.add_tap(tap)
     stack.services.dtmf_received("call-1", "5", 200)
     for _ in range(100):

@@ -252,7 +252,7 @@ def run_server(settings: Settings, show_first_account: bool = False) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        uvloop = None  # type: ignore[assignment]
+        uvloop = None  # type: ignore[assignment]  # the optional-import fallback
     try:
         if uvloop is not None:
             uvloop.run(serve(settings, show_first_account))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from confstream.conference.base import Frame
 from confstream.conference.engine import Engine
@@ -24,7 +25,7 @@ class RandomParticipant(ToneParticipant):
         return self.last
 
 
-def clip(x: np.ndarray) -> np.ndarray:
+def clip(x: npt.NDArray[np.int64]) -> Frame:
     return np.clip(x, -32768, 32767).astype(np.int16)
 
 

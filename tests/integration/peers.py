@@ -15,13 +15,13 @@ import httpx
 import numpy as np
 
 from confstream.media.analysis import tone
-from confstream.media.wav import write_wav
+from confstream.media.wav import WavFormat, write_wav
 from confstream.tools.net import free_media_port, free_port
 from confstream.tools.server import Account
 from confstream.tools.sipp import caller_command, caller_scenario
 
 
-def tone_wav(path: Path, freq: float, seconds: float, fmt: str = "pcm16") -> Path:
+def tone_wav(path: Path, freq: float, seconds: float, fmt: WavFormat = "pcm16") -> Path:
     write_wav(path, tone(freq, seconds, amplitude=8000), 8000, format=fmt)
     return path
 

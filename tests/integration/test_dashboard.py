@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import time
@@ -151,7 +152,8 @@ async def test_dashboard_follows_calls_streams_mute_and_end_without_reload(
                 for call_sid in call_sids:
                     await participant_row(page, call_sid).wait_for()
                     level = await eventually(
-                        lambda c=call_sid: level_of(page, c), lambda v: v is not None and v > -30
+                        functools.partial(level_of, page, call_sid),
+                        lambda v: v is not None and v > -30,
                     )
                     assert level < 0
                 assert await page.inner_text("#total-participants") == "2"

@@ -7,6 +7,7 @@ import errno
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,11 +43,11 @@ def tone_frames(freq: float, n_frames: int, amplitude: float = 8000.0) -> list[F
 async def make_session() -> AsyncIterator[Callable[..., RtpSession]]:
     sessions: list[RtpSession] = []
 
-    def factory(**kwargs: object) -> RtpSession:
+    def factory(**kwargs: Any) -> RtpSession:  # RtpSession keyword arguments
         kwargs.setdefault("call_sid", f"call-{len(sessions)}")
         kwargs.setdefault("local_host", HOST)
         kwargs.setdefault("port_pool", free_pool())
-        session = RtpSession(**kwargs)  # type: ignore[arg-type]
+        session = RtpSession(**kwargs)
         sessions.append(session)
         return session
 

@@ -208,7 +208,7 @@ class SipServer:
         self._client_txns: dict[tuple[str, str], ClientNonInviteTransaction] = {}
         self._txn_flow: dict[Transaction, Flow] = {}
         self._timer_handles: dict[Transaction, asyncio.TimerHandle] = {}
-        self._txn_keys: dict[Transaction, tuple[str, ...]] = {}
+        self._txn_keys: dict[Transaction, tuple[str, str, str] | tuple[str, str]] = {}
         #: Transactions whose response would amplify (see AMPLIFICATION_LIMIT): never sent.
         self._muted: set[Transaction] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -314,8 +314,10 @@ class SipServer:
         key = self._txn_keys.pop(txn, None)
         if key is None:
             return
-        self._server_txns.pop(key, None)  # type: ignore[call-overload,arg-type]
-        self._client_txns.pop(key, None)  # type: ignore[call-overload,arg-type]
+        if len(key) == 3:
+            self._server_txns.pop(key, None)
+        else:
+            self._client_txns.pop(key, None)
 
     def _register(self, txn: ServerTxn, key: tuple[str, str, str], flow: Flow) -> None:
         self._server_txns[key] = txn

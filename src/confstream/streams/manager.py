@@ -145,10 +145,10 @@ class StreamManager:
 
     def _media_of(self, conference_sid: str) -> ConferenceMediaLike | None:
         try:
-            media = self.engine.get(conference_sid)
+            media: ConferenceMediaLike | None = self.engine.get(conference_sid)
         except KeyError:
             return None
-        return media  # type: ignore[no-any-return]
+        return media
 
     async def _run(self, spec: StreamSpec, session: StreamSession) -> None:
         outcome = Outcome()
