@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from pathlib import Path
 
+import pytest
 from websockets.frames import Close, CloseCode
 
 from confstream.streams.failures import (
