@@ -31,6 +31,8 @@ MAX_MARK_NAME = 256
 #: Seconds of DTMF a receiver may have waiting to be played to the participants.
 MAX_DTMF_BACKLOG_S = 5.0
 
+_EPSILON = 1e-9  # float sums of refills and durations must not lose a whole token or digit
+
 
 class MessageRate:
     """Token bucket: ``burst`` messages at once, refilled at ``rate`` per second.
@@ -50,9 +52,9 @@ class MessageRate:
         if self._at is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
-        if self._tokens < 1.0:
+        if self._tokens < 1.0 - _EPSILON:
             return False
-        self._tokens -= 1.0
+        self._tokens = max(0.0, self._tokens - 1.0)
         return True
 
 
@@ -67,7 +69,7 @@ class DtmfBacklog:
 
     def offer(self, now: float, duration_ms: int) -> bool:
         end = max(self._busy_until, now) + duration_ms / 1000
-        if end - now > self.max_seconds:
+        if end - now > self.max_seconds + _EPSILON:
             return False
         self._busy_until = end
         return True
