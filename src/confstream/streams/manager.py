@@ -44,6 +44,7 @@ from confstream.streams.session import (
     validate_stream_url,
 )
 from confstream.streams.spec import StreamSpec
+from confstream.streams.vocabulary import CallbackMethod, StreamCodec, Track
 
 __all__ = [
     "RESTARTED_MESSAGE",
@@ -104,11 +105,11 @@ def spec_of_record(record: StreamRecord, auth_token: str) -> StreamSpec:
         conference_sid=record.conference_sid,
         url=record.url,
         name=record.name,
-        track=record.track,  # type: ignore[arg-type]  # converted by __post_init__
-        codec=record.codec,  # type: ignore[arg-type]
+        track=Track(record.track),
+        codec=StreamCodec(record.codec),
         realtime=record.realtime,
         status_callback=record.status_callback,
-        status_callback_method=record.status_callback_method,  # type: ignore[arg-type]
+        status_callback_method=CallbackMethod(record.status_callback_method.upper()),
     )
 
 
