@@ -55,6 +55,10 @@ def rss_mb(server: ServerProcess) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
+def conn_at(rx: Receiver, path: str) -> Conn | None:
+    return next((c for c in rx.conns if c.path == path), None)
+
+
 def callbacks_for(web: WebApp, path: str) -> list[dict[str, str]]:
     return [params for p, _, params in web.callbacks if p == path]
 
@@ -153,12 +157,9 @@ async def test_abusive_receivers_are_stopped_or_bounded_without_hurting_anyone(
                     )
                     assert created.status_code == 200, created.text
                     sid = created.json()["sid"]
-                    conn_of = lambda k=kind: next(  # noqa: E731
-                        (c for c in bad_rx.conns if c.path == f"/{k}"), None
-                    )
+                    path = f"/{kind}"
                     await bad_rx.wait_for(
-                        lambda: (c := conn_of()) is not None and getattr(c, "done", False),
-                        timeout=120,
+                        lambda p=path: getattr(conn_at(bad_rx, p), "done", False), timeout=120
                     )
                     rss_peak = max(rss_peak, rss_mb(server))
                     if kind == "audio":
@@ -178,7 +179,7 @@ async def test_abusive_receivers_are_stopped_or_bounded_without_hurting_anyone(
                         ),
                         within=30,
                     )
-                    conn = conn_of()
+                    conn = conn_at(bad_rx, path)
                     assert conn is not None
                     await asyncio.wait_for(conn.closed.wait(), 10)
                     results[kind] = {"record": record, "conn": conn}
