@@ -228,15 +228,20 @@ async def test_abusive_receivers_are_stopped_or_bounded_without_hurting_anyone(
     # Memory: the 300 MB sent (and the minutes of audio) never accumulated. Bound: 64 MB
     # (measured: about 8 MB; before the limits 1 MB messages took it up by 458 MB).
     assert rss_peak - rss_before < 64, (rss_before, rss_peak, rss_after)
-    # The mixer clock: no skipped ticks, and at most 1 % of ticks started over 20 ms late
-    # (the machine running the tests is shared; before the limits 86 ticks were skipped).
+    # The mixer clock: no skipped ticks, at most 5 % of ticks started over 20 ms late and at
+    # most 2 over 100 ms. The machine running the tests is shared (a load of 7 on 2 cores has
+    # been seen), so some lateness is not ours; before the limits 86 ticks were skipped.
     lateness = "confstream_tick_lateness_seconds"
-    ticks = metric(after, lateness + "_count") - metric(before, lateness + "_count")
-    on_time = metric(after, lateness + "_bucket", le="0.02") - metric(
-        before, lateness + "_bucket", le="0.02"
-    )
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    ticks = delta(lateness + "_count")
+    within_20ms = delta(lateness + "_bucket", le="0.02")
+    within_100ms = delta(lateness + "_bucket", le="0.1")
     assert ticks > 300
-    assert (ticks - on_time) / ticks < 0.01, (ticks, on_time)
+    assert (ticks - within_20ms) / ticks < 0.05, (ticks, within_20ms)
+    assert ticks - within_100ms <= 2, (ticks, within_100ms)
     skipped = metric(after, "confstream_ticks_skipped_total") - metric(
         before, "confstream_ticks_skipped_total"
     )
