@@ -39,7 +39,8 @@ from confstream.services import Services
 from confstream.settings import Settings
 from confstream.sip.server import SipServer
 from confstream.store import Account, Store, open_store
-from confstream.streams.manager import StreamManager
+from confstream.streams.failures import Failure
+from confstream.streams.manager import RESTARTED_MESSAGE, StreamManager
 
 log = logging.getLogger("confstream")
 
@@ -99,13 +100,19 @@ class Server:
         secure_sqlite_files(settings.database_url)
         watch_account_tokens(Account)
         self.store = store = await open_store(settings.database_url)
+        # Streams first: they get error 31990 and their final callbacks (docs/operations.md).
+        left_streams = await store.close_leftover_streams(
+            Failure.SERVER_RESTARTED.code, RESTARTED_MESSAGE
+        )
         closed = await store.close_leftovers("server restarted while in progress")
+        closed["streams"] = len(left_streams)
         if any(closed.values()):
             log.warning("closed records left in progress by a previous run: %s", closed)
         await self.engine.start()
         services = Services(settings, store, self.engine)
         self.services = services
         self.streams = StreamManager(settings, self.engine, services.on_stream_status)
+        self.streams.report_restarted(left_streams)
         services.attach_streams(self.streams)
         self.sip = SipServer(settings, services, open_port_pool(settings))
         await self.sip.start()

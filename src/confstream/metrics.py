@@ -82,3 +82,23 @@ GC_PAUSE = Histogram(
     ["generation"],
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
 )
+
+# Streams: what receivers send back (docs/protocol.md, "Limits on what receivers send")
+STREAM_RETURN_AUDIO_DROPPED = Counter(
+    "confstream_stream_return_audio_dropped_seconds_total",
+    "Seconds of audio returned by bidirectional receivers dropped because their buffer was full",
+)
+STREAM_MARKS_DROPPED = Counter(
+    "confstream_stream_marks_dropped_total",
+    "Receiver marks dropped: too many pending, or their echo found the send queue full",
+)
+STREAM_DTMF_DROPPED = Counter(
+    "confstream_stream_dtmf_dropped_total",
+    "DTMF dropped: to_receiver (send queue full) or to_conference (receiver's backlog full)",
+    ["direction"],
+)
+STREAM_RECEIVERS_STOPPED = Counter(
+    "confstream_stream_receivers_stopped_total",
+    "Streams ended because their receiver broke a limit or stopped responding",
+    ["reason"],
+)  # reason: message_too_big, message_rate, unresponsive

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     stream_connect_timeout: float = 5.0
     stream_ping_interval: float = 20.0
     stream_ping_timeout: float = 20.0
+    # Bound on the closing handshake; past it the connection is aborted (docs/protocol.md).
+    stream_close_timeout: float = 2.0
+    # What a receiver may send back (docs/protocol.md, "Limits on what receivers send").
+    stream_max_message_bytes: int = 65536
+    stream_inbound_rate: float = 200.0
+    stream_inbound_burst: int = 1000
+    stream_return_audio_max_seconds: float = 10.0
+    stream_max_pending_marks: int = 1000
 
     # Callbacks (CONTRACT §3)
     callback_timeout: float = 5.0
@@ -130,6 +138,20 @@ class Settings(BaseSettings):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
         return self
+
+    @field_validator(
+        "stream_close_timeout",
+        "stream_max_message_bytes",
+        "stream_inbound_rate",
+        "stream_inbound_burst",
+        "stream_return_audio_max_seconds",
+        "stream_max_pending_marks",
+    )
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
 
     @field_validator("rtp_ports")
     @classmethod

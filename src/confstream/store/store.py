@@ -589,6 +589,36 @@ class Store:
             "streams": len(stream_sids),
         }
 
+    async def close_leftover_streams(
+        self, error_code: int, error_message: str
+    ) -> list[tuple[Stream, str]]:
+        """Close the streams a previous run left queued or in progress (it crashed: nothing
+        reported them stopped): status ``stopped`` with ``error_code``/``error_message`` and a
+        history row with the code. Returns each closed stream with its account's AuthToken, so
+        the caller can send its final callbacks (docs/operations.md). Run at start-up before
+        :meth:`close_leftovers`, which then finds no stream to close."""
+        now = utcnow()
+        async with self.session() as session, session.begin():
+            rows = list(
+                await session.execute(
+                    select(Stream, Account.auth_token)
+                    .join(Account, Account.sid == Stream.account_sid)
+                    .where(Stream.status.in_(STREAM_ACTIVE_STATUSES))
+                    .order_by(Stream.date_created, Stream.sid)
+                )
+            )
+            for row, _token in rows:
+                row.status = STREAM_STOPPED
+                row.error_code = error_code
+                row.error_message = error_message
+                row.date_updated = now
+                session.add(
+                    StreamStatusChange(
+                        stream_sid=row.sid, status=STREAM_STOPPED, at=now, code=error_code
+                    )
+                )
+        return [(row, token) for row, token in rows]
+
 
 async def open_store(database_url: str, *, migrate: bool = True, echo: bool = False) -> Store:
     """Open the database named by ``database_url`` and bring its schema up to date.
