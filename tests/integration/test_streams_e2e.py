@@ -293,10 +293,11 @@ async def test_accounts_are_isolated_over_sip_and_rest(
     alice = server.create_account("--friendly-name", "alice")
     bob = server.create_account("--friendly-name", "bob")
     server.start()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     callers = [
         await start_sipp_caller(tmp_path / who, server.sip_port, acct, "shared", f, 4.0)
         for who, acct, f in (("a", alice, 440.0), ("b", bob, 660.0))
-        if (tmp_path / who).mkdir() is None
     ]
     with server.api(alice) as a_api, server.api(bob) as b_api:
         conf_a = await await_for(lambda: conference_named(a_api, "shared"))

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from confstream import metrics
 from confstream.sip.server import AMPLIFICATION_LIMIT, SipServer
+from confstream.tools.metrics import sample
 
 from .peers import MemoryGateway, start_server
 
@@ -47,7 +47,7 @@ def _udp_exchange(port: int, datagrams: list[bytes], wait: float) -> list[bytes]
 
 
 def suppressed() -> float:
-    return metrics.SIP_RESPONSES_SUPPRESSED._value.get()
+    return sample("confstream_sip_responses_suppressed_total")
 
 
 async def test_tiny_udp_invite_draws_no_oversized_401(server: SipServer) -> None:

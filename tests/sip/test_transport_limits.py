@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from confstream import metrics
 from confstream.rtp.ports import RtpPortPool
 from confstream.settings import Settings
 from confstream.sip.server import SipServer
 from confstream.sip.transaction import TimerConfig
 from confstream.sip.transport import MAX_BAD_MESSAGES
+from confstream.tools.metrics import sample
 from confstream.tools.net import rtp_port_bounds
 
 from .peers import MemoryGateway
@@ -62,7 +62,7 @@ async def closed_after(reader: asyncio.StreamReader, limit: float) -> float:
 
 
 def closed_count(reason: str) -> float:
-    return metrics.SIP_TCP_CLOSED.labels(reason=reason)._value.get()
+    return sample("confstream_sip_tcp_closed_total", reason=reason)
 
 
 async def test_silent_tcp_connection_is_closed_after_the_first_message_timeout(
@@ -184,7 +184,7 @@ async def test_udp_receive_buffer_is_set_and_logged(caplog: pytest.LogCaptureFix
     try:
         # Linux reports twice the usable size it granted
         assert server.transport.udp_rcvbuf >= 1024 * 1024
-        assert metrics.SIP_UDP_RCVBUF._value.get() == server.transport.udp_rcvbuf
+        assert sample("confstream_sip_udp_rcvbuf_bytes") == server.transport.udp_rcvbuf
         assert any(
             "SIP UDP receive buffer: 1048576 bytes requested" in r.getMessage()
             for r in caplog.records
