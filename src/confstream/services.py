@@ -53,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from confstream.conference.base import Participant
+from confstream.conference.gateway import IncomingCall
 from confstream.errors import (
     AccountNotActive,
     AlreadyJoined,
@@ -258,6 +259,11 @@ class Services:
         if account is None or account.status != "active":
             return None
         return account.auth_token
+
+    async def incoming_call(self, call: IncomingCall, participant: Participant) -> None:
+        """The SIP edge's authenticated call (gateway seam): join the conference the
+        Request-URI names (docs/sip.md, "Joining a conference")."""
+        await self.join(call.account_sid, call.request_user, participant)
 
     async def join(self, account_sid: str, conference_name: str, participant: Participant) -> str:
         async with self._lifecycle:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confstream.conference.base import Participant
-from confstream.conference.gateway import JoinRefused
+from confstream.conference.gateway import IncomingCall, JoinRefused
 from confstream.rtp.ports import RtpPortPool
 from confstream.settings import Settings
 from confstream.sip.server import SipServer
@@ -32,6 +32,7 @@ class MemoryGateway:
     members: dict[str, Participant] = field(default_factory=dict)
     where: dict[str, tuple[str, str]] = field(default_factory=dict)
     joins: list[tuple[str, str, str]] = field(default_factory=list)
+    incoming: list[IncomingCall] = field(default_factory=list)
     leaves: list[tuple[str, str]] = field(default_factory=list)
     holds: list[tuple[str, bool]] = field(default_factory=list)
     dtmf: list[tuple[str, str, int]] = field(default_factory=list)
@@ -42,6 +43,10 @@ class MemoryGateway:
 
     async def auth_token(self, account_sid: str) -> str | None:
         return self.tokens.get(account_sid)
+
+    async def incoming_call(self, call: IncomingCall, participant: Participant) -> None:
+        self.incoming.append(call)
+        await self.join(call.account_sid, call.request_user, participant)
 
     async def join(self, account_sid: str, conference_name: str, participant: Participant) -> str:
         if conference_name in self.join_delay:

@@ -45,7 +45,7 @@ def live_participants(api: httpx.Client, room: str) -> list[dict[str, Any]]:
     if not confs:
         return []
     parts = api.get(f"/Conferences/{confs[0]['sid']}/Participants.json").json()
-    return [p for p in parts["participants"] if p["status"] == "in-progress"]
+    return [p for p in parts["participants"] if p["status"] == "connected"]
 
 
 async def join_with_sipp(

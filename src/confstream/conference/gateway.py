@@ -6,6 +6,7 @@ layer only calls these methods, so it never touches the database or the mixer di
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from confstream.conference.base import Participant
@@ -14,7 +15,26 @@ from confstream.conference.base import Participant
 # meets them. The SIP edge answers the INVITE with their ``sip_status`` (docs/errors.md, SIP).
 from confstream.errors import AccountNotActive, AlreadyJoined, JoinRefused
 
-__all__ = ["AccountNotActive", "AlreadyJoined", "ConferenceGateway", "JoinRefused"]
+__all__ = ["AccountNotActive", "AlreadyJoined", "ConferenceGateway", "IncomingCall", "JoinRefused"]
+
+
+@dataclass(frozen=True)
+class IncomingCall:
+    """An authenticated initial INVITE, as the application sees it (no SIP objects).
+
+    ``request_user`` is the Request-URI user part, URL-unescaped: the conference name when the
+    account has no voice URL (docs/sip.md). ``sip_headers`` are the request's ``X-`` headers
+    in arrival order (what a voice webhook receives as ``SipHeader_X-…``)."""
+
+    call_sid: str
+    account_sid: str
+    request_user: str
+    from_uri: str
+    to_uri: str
+    caller_name: str | None = None
+    sip_headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    source: tuple[str, int] = ("", 0)
+    transport: str = "UDP"
 
 
 class ConferenceGateway(Protocol):
@@ -22,11 +42,13 @@ class ConferenceGateway(Protocol):
         """The account's AuthToken (the SIP digest password), or None for no such account."""
         ...
 
-    async def join(self, account_sid: str, conference_name: str, participant: Participant) -> str:
-        """Add ``participant`` (its ``call_sid`` already set, a UUID) to the account's conference
-        named ``conference_name``, creating it ``in-progress`` when needed. Returns the
-        ConferenceSid. Raises :class:`JoinRefused` (:class:`AccountNotActive`: 403,
-        :class:`AlreadyJoined`: 482)."""
+    async def incoming_call(self, call: IncomingCall, participant: Participant) -> None:
+        """Take an authenticated call before it is answered. ``participant`` (its ``call_sid``
+        set, a UUID) is the caller's audio, already able to play and hear. On return the SIP
+        edge answers 200; raising :class:`JoinRefused` answers its ``sip_status`` instead
+        (:class:`AccountNotActive`: 403, :class:`AlreadyJoined`: 482, a ``<Reject>``: 486 or
+        603). Without a voice application the caller joins the account's conference named
+        ``call.request_user``, created ``in-progress`` when needed."""
         ...
 
     async def leave(self, call_sid: str, reason: str) -> None:

@@ -14,7 +14,8 @@ Behaviour, by method:
   so that the server cannot be used as a UDP amplifier. A source with too many failed attempts is
   blocked for a while (:class:`~.digest.FailureThrottle`): its initial INVITEs are dropped
   over UDP and answered 403 over TCP, without checking (docs/sip.md "Limits"). Then 100,
-  RTP port, ``gateway.join`` (its :class:`JoinRefused` status is sent), 200 with the SDP answer.
+  RTP port, ``gateway.incoming_call`` (its :class:`JoinRefused` status is sent), 200 with the SDP
+  answer.
   No common codec -> 488. The Request-URI user part, URL-unescaped, is the conference name.
   An INVITE without SDP gets our offer in the 200 and the answer is read from the ACK.
 * ``INVITE`` (re-INVITE): new SDP; ``sendonly``/``inactive``/``c=0.0.0.0`` is hold.
@@ -35,7 +36,7 @@ from typing import Any
 
 from confstream import metrics
 from confstream.conference.base import Frame
-from confstream.conference.gateway import ConferenceGateway, JoinRefused
+from confstream.conference.gateway import ConferenceGateway, IncomingCall, JoinRefused
 from confstream.rtp.ports import RtpPortPool, RtpPortsExhausted
 from confstream.rtp.session import RtpSession
 from confstream.settings import Settings
@@ -626,7 +627,9 @@ class SipServer:
             self._end_setup(call, None)
             return
         try:
-            await self.gateway.join(account_sid, name, participant)
+            await self.gateway.incoming_call(
+                self._incoming(call_sid, account_sid, name, request, flow), participant
+            )
         except JoinRefused as exc:
             self._end_setup(call, exc.sip_status if 300 <= exc.sip_status < 700 else 403)
             return
@@ -654,6 +657,31 @@ class SipServer:
                 ("content-type", "application/sdp"),
             ],
             body=body,
+        )
+
+    @staticmethod
+    def _incoming(
+        call_sid: str, account_sid: str, name: str, request: SipRequest, flow: Flow
+    ) -> IncomingCall:
+        try:
+            caller = request.from_
+            from_uri, caller_name = str(caller.uri), caller.display
+        except SipParseError:
+            from_uri, caller_name = "", None
+        try:
+            to_uri = str(request.to.uri)
+        except SipParseError:
+            to_uri = request.uri
+        return IncomingCall(
+            call_sid=call_sid,
+            account_sid=account_sid,
+            request_user=name,
+            from_uri=from_uri,
+            to_uri=to_uri,
+            caller_name=caller_name,
+            sip_headers=tuple((k, v) for k, v in request.headers if k.lower().startswith("x-")),
+            source=(flow.remote[0], flow.remote[1]),
+            transport=flow.transport,
         )
 
     def _end_setup(self, call: SipCall, status: int | None) -> None:
