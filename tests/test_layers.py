@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "dbfiles": 0,
     "media": 1,
     "netpolicy": 1,
+    "voice": 1,
     "conference": 2,
     "rtp": 3,
     "sip": 4,
