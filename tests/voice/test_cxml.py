@@ -193,7 +193,10 @@ def test_stream_defaults_and_stop_without_name() -> None:
         StartVerb((StreamNoun("wss://m.example.com/a"),)),
         StopVerb((None,)),
     )
-    stream = doc.verbs[0].streams[0]  # type: ignore[union-attr]
+    start = doc.verbs[0]
+    assert isinstance(start, StartVerb)
+    stream = start.streams[0]
+    assert stream is not None
     assert (stream.track, stream.status_callback_method, stream.name) == (
         "inbound_track",
         "POST",

@@ -87,7 +87,8 @@ def test_gather_with_digits_fetches_the_action_and_drops_the_rest() -> None:
             {"Digits": "12", "FinishedOnKey": "#"},
         )
     ]
-    assert script.waiting_for == "document"
+    waiting: str | None = script.waiting_for  # a property: it changed with the digits
+    assert waiting == "document"
     script.document_fetched("<Response><Say>PIN ok</Say></Response>", URL + "/menu")
     assert drain(script) == [Say("PIN ok"), Hangup()]
     assert script.url == URL + "/menu"
