@@ -15,7 +15,14 @@ from confstream.conference.base import Participant
 # meets them. The SIP edge answers the INVITE with their ``sip_status`` (docs/errors.md, SIP).
 from confstream.errors import AccountNotActive, AlreadyJoined, JoinRefused
 
-__all__ = ["AccountNotActive", "AlreadyJoined", "ConferenceGateway", "IncomingCall", "JoinRefused"]
+__all__ = [
+    "AccountNotActive",
+    "AlreadyJoined",
+    "ConferenceGateway",
+    "IncomingCall",
+    "JoinOptions",
+    "JoinRefused",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,33 @@ class IncomingCall:
     sip_headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     source: tuple[str, int] = ("", 0)
     transport: str = "UDP"
+
+
+@dataclass(frozen=True)
+class JoinOptions:
+    """How a participant joins a conference: the attributes of cXML ``<Conference>`` and the
+    parameters of ``POST …/Participants`` (docs/voice.md, docs/api.md). The defaults are a
+    plain SIP caller's (and Twilio's).
+
+    The conference-level fields (``wait_url``, ``max_participants``, ``status_callback*``) are
+    taken from the participant that creates the conference, as Twilio does."""
+
+    muted: bool = False
+    #: ``true``, ``false``, ``onEnter`` or ``onExit``.
+    beep: str = "true"
+    start_conference_on_enter: bool = True
+    end_conference_on_exit: bool = False
+    #: A WAV URL played while the conference waits for a moderator; None: silence.
+    wait_url: str | None = None
+    wait_method: str = "POST"
+    max_participants: int = 250
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+    #: Twilio's words: ``start end join leave mute hold modify speaker announcement``.
+    status_callback_event: tuple[str, ...] = ()
+    label: str | None = None
+    coaching: bool = False
+    call_sid_to_coach: str | None = None
 
 
 class ConferenceGateway(Protocol):
