@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The signalwire 2.x SDK pins twilio==6.54, so it gets its own environment; the SDK test
+# (tests/integration/test_sdk_https.py) runs a script in it and creates it when missing.
+SW_VENV := .venv-signalwire
+SW_STAMP := $(SW_VENV)/.installed-stamp
 
 .PHONY: run test lint typecheck sysdeps demo bench clean
 
@@ -13,6 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+$(SW_STAMP):
+	$(PYTHON) -m venv $(SW_VENV)
+	$(SW_VENV)/bin/python -m pip install -q 'signalwire>=2,<3'
+	touch $(SW_STAMP)
 
 sysdeps:
 	@bash scripts/ensure-sysdeps.sh
@@ -27,7 +36,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: $(STAMP) sysdeps lint typecheck
+test: $(STAMP) $(SW_STAMP) sysdeps lint typecheck
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP) sysdeps
@@ -38,4 +47,4 @@ bench: $(STAMP)
 	$(PY) -m bench.run --with-janus
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(SW_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

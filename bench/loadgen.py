@@ -500,7 +500,7 @@ class LoadGenerator(asyncio.DatagramProtocol):
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             message = parse_message(data)
         except SipParseError:

@@ -59,6 +59,7 @@ from confstream.media.g711 import ulaw_encode
 from confstream.rtp.ports import RtpPortPool
 from confstream.rtp.session import RtpSession
 from confstream.sip.server import SipParticipant
+from confstream.tools.net import rtp_port_bounds
 
 HOST = "127.0.0.1"
 TICK = 0.020
@@ -93,7 +94,7 @@ class Result:
 
 async def run(n: int, size: int, ticks: int, warmup: int) -> Result:
     loop = asyncio.get_running_loop()
-    pool = RtpPortPool(40000, 40000 + 4 * n + 200)
+    pool = RtpPortPool(*rtp_port_bounds(4 * n + 200))
     engine = Engine()
     sessions: list[RtpSession] = []
     for i in range(n):

@@ -62,7 +62,6 @@ from typing import IO, Any
 
 import httpx
 import psutil
-import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import (
@@ -80,6 +79,7 @@ from bench.report import (
     write_report,
 )
 from confstream.tools.server import Account, ServerProcess, free_port
+from confstream.tools.tls import make_tls
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOM_SIZE = 10
@@ -128,23 +128,19 @@ def pinning() -> tuple[list[str], list[str], str]:
 
 
 @dataclass
-class Tls:
+class SinkTls:
+    """The run's CA file (trusted by the server) and the sink's certificate files."""
+
     ca_file: Path
     cert_file: Path
     key_file: Path
 
 
-def make_tls(workdir: Path) -> Tls:
+def make_sink_tls(workdir: Path) -> SinkTls:
     """A trustme CA and a certificate for 127.0.0.1/localhost, written as PEM files."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    tls = Tls(workdir / "ca.pem", workdir / "sink-chain.pem", workdir / "sink-key.pem")
-    ca.cert_pem.write_to_path(str(tls.ca_file))
-    with tls.cert_file.open("wb") as f:
-        for blob in cert.cert_chain_pems:
-            f.write(blob.bytes())
-    cert.private_key_pem.write_to_path(str(tls.key_file))
-    return tls
+    tls = make_tls(workdir, ("127.0.0.1", "localhost"))
+    cert, key = tls.write_server_pem(workdir, "127.0.0.1", "localhost", name="sink")
+    return SinkTls(tls.ca_file, cert, key)
 
 
 class LineProc:
@@ -207,7 +203,7 @@ class LineProc:
 class Server(ServerProcess):
     """The server under test: quiet logs, the sink's CA trusted, pinned with ``prefix``."""
 
-    def __init__(self, workdir: Path, tls: Tls, prefix: list[str]) -> None:
+    def __init__(self, workdir: Path, tls: SinkTls, prefix: list[str]) -> None:
         super().__init__(
             workdir,
             env={
@@ -446,7 +442,7 @@ class PointRun:
         self.pin = pin
         self.problems: list[str] = []
         workdir.mkdir(parents=True, exist_ok=True)
-        self.tls = make_tls(workdir)
+        self.tls = make_sink_tls(workdir)
         self.server = Server(workdir, self.tls, pin.server)
         self.sink: LineProc | None = None
         self.gen: LineProc | None = None

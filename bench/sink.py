@@ -28,7 +28,6 @@ import base64
 import contextlib
 import json
 import signal
-import ssl
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 
 from confstream.media.g711 import ALAW_DECODE, ULAW_DECODE
+from confstream.tools.tls import load_server_context
 
 #: A sample at least this loud (absolute int16) counts as loud; bursts peak at 20000.
 LOUD_LEVEL = 12000
@@ -189,12 +189,6 @@ class Sink:
         }
 
 
-def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(cert), str(key))
-    return ctx
-
-
 async def _main(args: argparse.Namespace) -> Sink:
     sink = Sink(announce=sys.stdout)
     stop = asyncio.Event()
@@ -205,7 +199,7 @@ async def _main(args: argparse.Namespace) -> Sink:
         sink.handler,
         args.host,
         args.port,
-        ssl=tls_context(Path(args.cert), Path(args.key)),
+        ssl=load_server_context(Path(args.cert), Path(args.key)),
         max_size=2**20,
         ping_interval=None,
     ) as server:

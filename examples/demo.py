@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import base64
 import json
-import ssl
 import sys
 import tempfile
 import time
@@ -22,7 +21,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import trustme
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -31,11 +29,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from confstream.media.analysis import rms_dbfs, tone, tone_levels
 from confstream.media.g711 import ulaw_decode
 from confstream.media.wav import write_wav
-from confstream.tools.server import ServerProcess, free_port
+from confstream.tools.net import free_media_port, free_port
+from confstream.tools.server import ServerProcess
 from confstream.tools.sipp import caller_command, caller_scenario
+from confstream.tools.tls import make_tls
 
 TONES = (440.0, 660.0, 880.0)
-CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
 console = Console()
 
 
@@ -83,16 +82,12 @@ class Meter:
 
 async def run(seconds: float) -> int:
     work = Path(tempfile.mkdtemp(prefix="confstream-demo-"))
-    ca = trustme.CA()
-    ca_file = work / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    tls = make_tls(work, ("127.0.0.1",))
 
     server = ServerProcess(
         work,
         env={
-            "CONFSTREAM_STREAM_CA_FILE": str(ca_file),
+            "CONFSTREAM_STREAM_CA_FILE": str(tls.ca_file),
             "CONFSTREAM_ALLOWED_NETWORKS": "127.0.0.0/8",
             "CONFSTREAM_LOG_LEVEL": "warning",
         },
@@ -117,7 +112,7 @@ async def run(seconds: float) -> int:
                     sid,
                     token,
                     sip_port=free_port(),
-                    media_port=43000 + 10 * i,
+                    media_port=free_media_port(),
                 )
                 callers.append(
                     await asyncio.create_subprocess_exec(
@@ -138,7 +133,7 @@ async def run(seconds: float) -> int:
             if conf is None:
                 console.print("[red]the conference did not start; see the server log")
                 return 1
-            async with serve(meter.handle, "127.0.0.1", 0, ssl=tls) as ws_server:
+            async with serve(meter.handle, "127.0.0.1", 0, ssl=tls.server_ctx) as ws_server:
                 port = next(iter(ws_server.sockets)).getsockname()[1]
                 created_at = time.monotonic()
                 resp = await api.post(

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import ssl
-
 import pytest
-import trustme
 
-from tests.streams.peers import Tls
+from confstream.tools.tls import Tls, make_tls
 
 
 @pytest.fixture(scope="session")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    """A test CA and a server certificate for localhost, 127.0.0.1 and ::1."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(ctx)
-    path = tmp_path_factory.mktemp("tls") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return Tls(ca, path, ctx)
+    """A test CA (its certificate in ``tls.ca_file``) and a server context with a certificate
+    for localhost, 127.0.0.1 and ::1."""
+    return make_tls(tmp_path_factory.mktemp("tls"))

@@ -21,8 +21,11 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "settings": 0,
     "metrics": 0,
+    "logsetup": 0,
+    "dbfiles": 0,
     "media": 1,
     "netpolicy": 1,
+    "voice": 1,
     "conference": 2,
     "rtp": 3,
     "sip": 4,
@@ -55,12 +58,15 @@ def _imports() -> list[tuple[str, str, str]]:
             continue
         unit = rel.parts[0].removesuffix(".py")
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
             modules: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                modules = [node.module]
-                if node.module == "confstream":
-                    modules = [f"confstream.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
+            if isinstance(node, ast.ImportFrom):
+                if node.module and node.level == 0:
+                    modules = [node.module]
+                    if node.module == "confstream":
+                        modules = [f"confstream.{a.name}" for a in node.names]
+            else:
                 modules = [a.name for a in node.names]
             for module in modules:
                 target = _unit(module)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 
 from confstream.netpolicy import (
     PolicyError,
@@ -23,6 +22,7 @@ from confstream.netpolicy import (
     policy_get,
     resolve_checked,
 )
+from confstream.tools.tls import make_tls
 
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
@@ -103,12 +103,7 @@ async def https_server(
 ) -> AsyncIterator[tuple[int, Path, list[bytes]]]:
     """A tiny real HTTPS/1.1 server on 127.0.0.1 answering 200 'hello'; yields (port, CA file,
     raw requests seen)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert(*hostnames)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    tls = make_tls(tmp_path, hostnames)
     seen: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -122,10 +117,10 @@ async def https_server(
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls.server_ctx)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield port, ca_file, seen
+        yield port, tls.ca_file, seen
     finally:
         server.close()
         await server.wait_closed()

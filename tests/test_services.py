@@ -8,7 +8,6 @@ import io
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +30,7 @@ from confstream.errors import (
 from confstream.services import Services
 from confstream.settings import Settings
 from confstream.store import ConferenceFilter, open_store
+from confstream.tools.participants import RecordingTap
 from tests.api.stack import FakeCallParticipant, Stack, make_engine, open_stack
 
 
@@ -123,14 +123,14 @@ async def test_update_conference_announce_needs_a_live_conference(stack: Stack) 
     conference_sid = await stack.join("call-1", "room")
     conference = await stack.services.get_conference(stack.account.sid, conference_sid)
     ended = await stack.services.update_conference(conference, end=True)
-    assert ended.status == "completed" and ended.reason_ended == "Conference ended via API"
+    assert ended.status == "completed" and ended.reason_ended == "conference-ended-via-api"
     with pytest.raises(ConferenceNotLive) as not_live:
         await stack.services.update_conference(ended, announce_url="http://127.0.0.1:9/a.wav")
     assert not_live.value.code == 21220
     assert not_live.value.message == f"Conference {conference_sid} is not in progress"
     # ending twice keeps the first reason
     again = await stack.services.update_conference(ended, end=True)
-    assert again.reason_ended == "Conference ended via API"
+    assert again.reason_ended == "conference-ended-via-api"
 
 
 async def test_last_leave_completes_the_conference(stack: Stack) -> None:
@@ -147,7 +147,7 @@ async def test_last_leave_completes_the_conference(stack: Stack) -> None:
     await stack.services.leave("call-2", "timeout")
     conference = await stack.store.get_conference(conference_sid)
     assert conference is not None and conference.status == "completed"
-    assert conference.reason_ended
+    assert conference.reason_ended == "last-participant-left call_sid=call-2"
     assert stack.engine.get(conference_sid) is None
     # the next join by that name makes a new conference
     again = await stack.join("call-3", "room")
@@ -164,23 +164,11 @@ async def test_hold_changed_persists(stack: Stack) -> None:
     stack.services.hold_changed("unknown", True)  # ignored
 
 
-class RecordingTap:
-    own_source = None
-
-    def __init__(self) -> None:
-        self.dtmf: list[tuple[str, str, int]] = []
-
-    def on_frame(self, inbound: Any, outbound: Any, timestamp_ms: int) -> None:
-        pass
-
-    def on_dtmf(self, call_sid: str, digit: str, duration_ms: int) -> None:
-        self.dtmf.append((call_sid, digit, duration_ms))
-
-
 async def test_dtmf_reaches_the_conference_taps(stack: Stack) -> None:
     conference_sid = await stack.join("call-1", "room")
     tap = RecordingTap()
     media = stack.engine.get(conference_sid)
+    assert media is not None
     media.add_tap(tap)
     stack.services.dtmf_received("call-1", "5", 200)
     for _ in range(100):
@@ -267,3 +255,42 @@ async def test_shutdown_ends_live_conferences(stack: Stack) -> None:
     assert conference is not None and conference.status == "completed"
     assert conference.reason_ended == "stopping"
     assert stack.participants["call-1"].hangups == ["stopping"]
+
+
+async def test_end_conference_on_exit_ends_it_for_everyone(stack: Stack) -> None:
+    conference_sid = await stack.join("call-1", "room")
+    await stack.join("call-2", "room")
+    await stack.join("call-3", "room")
+    updated = await stack.services.update_participant("call-1", end_conference_on_exit=True)
+    assert updated is not None and updated.end_conference_on_exit is True
+    await stack.services.kick("call-1")
+    conference = await stack.store.get_conference(conference_sid)
+    assert conference is not None and conference.status == "completed"
+    assert conference.reason_ended == (
+        "participant-with-end-conference-on-exit-kicked call_sid=call-1"
+    )
+    assert stack.participants["call-2"].hangups and stack.participants["call-3"].hangups
+    assert stack.services.live_call_sids(conference_sid) == []
+    assert stack.engine.get(conference_sid) is None
+
+
+async def test_kicking_the_last_participant(stack: Stack) -> None:
+    conference_sid = await stack.join("call-1", "room")
+    await stack.join("call-2", "room")
+    await stack.services.kick("call-1")
+    conference = await stack.store.get_conference(conference_sid)
+    assert conference is not None and conference.status == "in-progress"
+    await stack.services.kick("call-2")
+    conference = await stack.store.get_conference(conference_sid)
+    assert conference is not None
+    assert conference.reason_ended == "last-participant-kicked call_sid=call-2"
+
+
+async def test_coaching_filter_reads_the_records(stack: Stack) -> None:
+    conference_sid = await stack.join("call-1", "room")
+    none = await stack.services.list_participants(conference_sid, coaching=True, offset=0, limit=5)
+    assert none == []
+    everyone = await stack.services.list_participants(
+        conference_sid, coaching=False, offset=0, limit=5
+    )
+    assert [p.call_sid for p in everyone] == ["call-1"]

@@ -2,9 +2,14 @@
 
 Start-up order: store (migrations, then close what a previous run left in progress) -> engine
 clock -> stream manager -> SIP/RTP listeners -> HTTP. ``/healthz`` answers 200 only after every
-listener is up. Shutdown runs the other way round so nothing is lost: HTTP stops taking
-requests, SIP callers get a BYE, streams send ``stop`` and their last callbacks, conferences are
-marked completed, the clock stops, and the store closes last.
+listener is up. With ``tls_cert``/``tls_key`` the HTTP listener speaks TLS only (the API,
+``/healthz`` and ``/metrics`` alike; HTTP/1.1 with keep-alive), and SIGHUP loads the two files
+again into the listener's context: new connections get the new certificate, open ones keep
+theirs, the listener never closes (docs/operations.md, TLS).
+
+Shutdown runs the other way round so nothing is lost: HTTP stops taking requests, SIP callers
+get a BYE, streams send ``stop`` and their last callbacks, conferences are marked completed,
+the clock stops, and the store closes last.
 """
 
 from __future__ import annotations
@@ -15,22 +20,27 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
 
 from confstream.api import create_api
 from confstream.conference.engine import Engine
+from confstream.dbfiles import secure_sqlite_files
+from confstream.logsetup import watch_account_tokens
 from confstream.metrics import GC_PAUSE
 from confstream.rtp.portstate import open_port_pool
 from confstream.services import Services
 from confstream.settings import Settings
 from confstream.sip.server import SipServer
 from confstream.store import Account, Store, open_store
-from confstream.streams.manager import StreamManager
+from confstream.streams.failures import Failure
+from confstream.streams.manager import RESTARTED_MESSAGE, StreamManager
 
 log = logging.getLogger("confstream")
 
@@ -57,6 +67,17 @@ def time_gc() -> None:
         gc.callbacks.append(_GcTimer())
 
 
+def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The REST API's TLS context: TLS 1.2 or newer, ``http/1.1`` by ALPN, no client
+    certificates. Raises ``OSError``/``ssl.SSLError`` when the files are missing, not PEM, or
+    the key does not belong to the certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 @dataclass
 class Server:
     """The whole server in one process. ``await start()``, then ``await stop()``."""
@@ -71,17 +92,27 @@ class Server:
     _api: Starlette | None = None
     _uvicorn: uvicorn.Server | None = None
     _http_task: asyncio.Task[None] | None = None
+    _tls: ssl.SSLContext | None = None
 
     async def start(self) -> None:
         settings = self.settings
+        # Owner-only database file and WAL; AuthTokens masked in logs (docs/operations.md).
+        secure_sqlite_files(settings.database_url)
+        watch_account_tokens(Account)
         self.store = store = await open_store(settings.database_url)
+        # Streams first: they get error 31990 and their final callbacks (docs/operations.md).
+        left_streams = await store.close_leftover_streams(
+            Failure.SERVER_RESTARTED.code, RESTARTED_MESSAGE
+        )
         closed = await store.close_leftovers("server restarted while in progress")
+        closed["streams"] = len(left_streams)
         if any(closed.values()):
             log.warning("closed records left in progress by a previous run: %s", closed)
         await self.engine.start()
         services = Services(settings, store, self.engine)
         self.services = services
         self.streams = StreamManager(settings, self.engine, services.on_stream_status)
+        self.streams.report_restarted(left_streams)
         services.attach_streams(self.streams)
         self.sip = SipServer(settings, services, open_port_pool(settings))
         await self.sip.start()
@@ -95,8 +126,20 @@ class Server:
         self.http_port = sock.getsockname()[1]
         self._api = api = create_api(services)
         config = uvicorn.Config(
-            api, log_level="warning", lifespan="off", access_log=False, loop="none"
+            api,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            loop="none",
+            # No handlers of uvicorn's own: its records reach the root handler and its
+            # redaction filter (confstream.logsetup).
+            log_config=None,
         )
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            # Our own context instead of uvicorn's, kept so SIGHUP can reload it in place.
+            self._tls = server_tls_context(settings.tls_cert, settings.tls_key)
+            config.load()
+            config.ssl = self._tls
         self._uvicorn = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
         while not self._uvicorn.started:
@@ -106,7 +149,8 @@ class Server:
         time_gc()
         api.state.ready = True
         log.info(
-            "confstream ready: http=%s:%d sip=%s:%d rtp=%s db=%s",
+            "confstream ready: %s=%s:%d sip=%s:%d rtp=%s db=%s",
+            settings.http_scheme,
             host,
             self.http_port,
             settings.sip_address[0],
@@ -114,6 +158,25 @@ class Server:
             settings.rtp_ports,
             _redact(settings.database_url),
         )
+
+    async def reload_tls(self) -> bool:
+        """Load ``tls_cert``/``tls_key`` again into the listener's TLS context (on SIGHUP).
+
+        The pair is first checked in a fresh context off the event loop; only a good pair is
+        loaded into the live one, so a bad file keeps the current certificate (and is logged).
+        The live load runs on the loop thread, between handshakes. True when reloaded."""
+        cert, key = self.settings.tls_cert, self.settings.tls_key
+        if self._tls is None or cert is None or key is None:
+            log.info("SIGHUP: no TLS certificate configured, nothing to reload")
+            return False
+        try:
+            await asyncio.to_thread(server_tls_context, cert, key)
+            self._tls.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("TLS reload failed, the current certificate stays: %s", exc)
+            return False
+        log.info("TLS certificate reloaded from %s", cert)
+        return True
 
     async def stop(self) -> None:
         if self._api is not None:
@@ -155,7 +218,7 @@ def print_first_account(account: Account, settings: Settings, http_port: int) ->
     host = settings.http_address[0]
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    base = f"http://{host}:{http_port}/api/laml/2010-04-01/Accounts/{account.sid}"
+    base = f"{settings.http_scheme}://{host}:{http_port}/api/laml/2010-04-01/Accounts/{account.sid}"
     sip_host, sip_port = settings.sip_address
     print(
         f"\nconfstream: first account  AccountSid={account.sid}  AuthToken={account.auth_token}\n"
@@ -172,6 +235,15 @@ async def serve(settings: Settings, show_first_account: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(server.reload_tls())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await server.start()
         if show_first_account:
@@ -184,16 +256,10 @@ async def serve(settings: Settings, show_first_account: bool = False) -> None:
 
 
 def run_server(settings: Settings, show_first_account: bool = False) -> int:
-    if settings.database_url.startswith("sqlite:///"):
-        from pathlib import Path
-
-        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(
-            parents=True, exist_ok=True
-        )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        uvloop = None  # type: ignore[assignment]
+        uvloop = None  # type: ignore[assignment]  # the optional-import fallback
     try:
         if uvloop is not None:
             uvloop.run(serve(settings, show_first_account))

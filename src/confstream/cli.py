@@ -9,17 +9,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.exc import ArgumentError
+
+from confstream import logsetup
+from confstream.dbfiles import secure_sqlite_files
 from confstream.settings import Settings
 
 _SETTING_FLAGS: dict[str, str] = {
     "--http-listen": "HOST:PORT for the REST API (default 127.0.0.1:8080)",
     "--sip-listen": "HOST:PORT for SIP over UDP and TCP (default 127.0.0.1:5060)",
     "--rtp-ports": "LOW-HIGH UDP port range for RTP (default 20000-29999)",
+    "--tls-cert": "PEM certificate chain: the REST API speaks HTTPS only (reloaded on SIGHUP)",
+    "--tls-key": "PEM private key of --tls-cert",
     "--media-address": "address written into SDP answers (default: the SIP listen address)",
     "--database-url": "sqlite:///PATH (default sqlite:///var/confstream.db) or postgresql://...",
     "--allowed-networks": "CIDR,... private networks that stream/callback URLs may reach",
@@ -78,13 +83,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"confstream: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Migrations are routine at every start; their step-by-step logs only help when debugging.
-    if settings.log_level.lower() != "debug":
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        # One logging set-up, with secrets removed from every line (docs/operations.md, Secrets).
+        logsetup.configure(settings.log_level)
+    except ValueError as exc:
+        print(f"confstream: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    from confstream.store import Account
+
+    logsetup.watch_account_tokens(Account)
+    # The database holds the AuthTokens: owner-only file and WAL (docs/operations.md, Secrets).
+    try:
+        secure_sqlite_files(settings.database_url)
+    except OSError as exc:
+        print(f"confstream: cannot prepare the database file: {exc}", file=sys.stderr)
+        return 1
+    except ArgumentError as exc:
+        print(f"confstream: invalid setting: database_url: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         from confstream.app import run_server
 

@@ -28,6 +28,23 @@ PARTICIPANTS_ACTIVE = Gauge("confstream_participants_active", "Participants in l
 SIP_MESSAGES = Counter("confstream_sip_messages_total", "SIP messages", ["direction", "kind"])
 SIP_PARSE_ERRORS = Counter("confstream_sip_parse_errors_total", "SIP messages that failed to parse")
 SIP_AUTH_FAILURES = Counter("confstream_sip_auth_failures_total", "SIP digest failures", ["reason"])
+SIP_AUTH_THROTTLED = Counter(
+    "confstream_sip_auth_throttled_total",
+    "Initial INVITEs refused unread because their source is blocked after failed digest attempts",
+)
+SIP_AUTH_BLOCKS = Counter(
+    "confstream_sip_auth_blocks_total", "Sources blocked after too many failed digest attempts"
+)
+SIP_RESPONSES_SUPPRESSED = Counter(
+    "confstream_sip_responses_suppressed_total",
+    "Answers to unauthenticated UDP requests not sent: over 3 times the request's size",
+)
+SIP_TCP_CLOSED = Counter(
+    "confstream_sip_tcp_closed_total", "SIP/TCP connections closed by the server", ["reason"]
+)  # reason: limit, no_message, idle, framing, bad_messages, write_buffer
+SIP_UDP_RCVBUF = Gauge(
+    "confstream_sip_udp_rcvbuf_bytes", "SIP UDP socket receive buffer as reported by the kernel"
+)
 RTP_PACKETS_IN = Counter("confstream_rtp_packets_received_total", "RTP packets received")
 RTP_PACKETS_OUT = Counter("confstream_rtp_packets_sent_total", "RTP packets sent")
 RTP_DISCARDED = Counter(
@@ -65,3 +82,23 @@ GC_PAUSE = Histogram(
     ["generation"],
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
 )
+
+# Streams: what receivers send back (docs/protocol.md, "Limits on what receivers send")
+STREAM_RETURN_AUDIO_DROPPED = Counter(
+    "confstream_stream_return_audio_dropped_seconds_total",
+    "Seconds of audio returned by bidirectional receivers dropped because their buffer was full",
+)
+STREAM_MARKS_DROPPED = Counter(
+    "confstream_stream_marks_dropped_total",
+    "Receiver marks dropped: too many pending, or their echo found the send queue full",
+)
+STREAM_DTMF_DROPPED = Counter(
+    "confstream_stream_dtmf_dropped_total",
+    "DTMF dropped: to_receiver (send queue full) or to_conference (receiver's backlog full)",
+    ["direction"],
+)
+STREAM_RECEIVERS_STOPPED = Counter(
+    "confstream_stream_receivers_stopped_total",
+    "Streams ended because their receiver broke a limit or stopped responding",
+    ["reason"],
+)  # reason: message_too_big, message_rate, unresponsive

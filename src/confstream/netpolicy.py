@@ -206,6 +206,54 @@ def policy_error_of(exc: BaseException) -> PolicyError | None:
     return None
 
 
+def ssl_error_of(exc: BaseException) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` behind ``exc`` (walking ``__cause__``/``__context__``), if any:
+    httpx and websockets wrap TLS failures in their own exceptions."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ssl.SSLError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def tls_failure_reason(exc: ssl.SSLError) -> str:
+    """Which TLS check failed, in words. A certificate verification failure names the check
+    from OpenSSL's verify result (``verify_message``/``verify_code``), e.g. ``certificate
+    verification failed: unable to get local issuer certificate (X509 error 20)``, ``...:
+    Hostname mismatch, certificate is not valid for 'example.com' (X509 error 62)``, ``...:
+    certificate has expired (X509 error 10)``, rather than the bare
+    ``CERTIFICATE_VERIFY_FAILED`` every one of them carries as ``reason``. Other TLS errors
+    give their reason (``WRONG_VERSION_NUMBER``, ``TLSV1_ALERT_PROTOCOL_VERSION``...)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = (exc.verify_message or exc.reason or "unknown check").rstrip(".")
+        code = f" (X509 error {exc.verify_code})" if exc.verify_code else ""
+        return f"certificate verification failed: {detail}{code}"
+    return str(exc.reason or exc.strerror or exc)
+
+
+def tls_failure_message(exc: BaseException, host: str, port: int) -> str:
+    """The message of a failed TLS handshake with ``host:port`` (stream error 31910,
+    docs/errors.md): ``TLS handshake with HOST:PORT failed: `` + :func:`tls_failure_reason`
+    of the ``ssl.SSLError`` behind ``exc`` (``str(exc)`` when there is none)."""
+    err = ssl_error_of(exc)
+    reason = tls_failure_reason(err) if err is not None else str(exc)
+    return f"TLS handshake with {host}:{port} failed: {reason}"
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """A short, log-safe description of a failed outbound request (status callbacks): the TLS
+    check that failed (:func:`tls_failure_reason`) when TLS failed, else the exception's type
+    and message."""
+    err = ssl_error_of(exc)
+    if err is not None:
+        return f"TLS: {tls_failure_reason(err)}"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class _PolicyBackend(httpcore.AsyncNetworkBackend):
     """httpcore network backend that resolves and checks the host before every TCP connect."""
 

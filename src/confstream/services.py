@@ -6,14 +6,24 @@ participants, the stream manager) and records (the store), keeping them in step:
 * **Conference lifecycle** (docs/sip.md, Joining a conference). A SIP ``join`` finds the
   account's live conference by friendly name or creates it ``in-progress`` (record + engine
   conference), then adds the participant (engine + record). ``leave`` removes the participant
-  and completes its record; when the last participant has left, the conference ends: its
-  streams are stopped, its engine conference removed and its record completed.
-  ``end_conference`` (REST ``Status=completed``) hangs every participant up first.
+  and completes its record; the conference ends when the last participant has left, or when
+  the one leaving has ``end_conference_on_exit`` (the others are hung up): its streams are
+  stopped, its engine conference removed and its record completed. ``end_conference`` (REST
+  ``Status=completed``) hangs every participant up first. The record keeps why, with Twilio's
+  ``reason_conference_ended`` values and the CallSid that ended it
+  (:func:`confstream.store.models.end_reason`): ``conference-ended-via-api``,
+  ``last-participant-left``/``-kicked`` (kicked: removed through the REST API),
+  ``participant-with-end-conference-on-exit-left``/``-kicked``.
 * **Participants**: REST mute/hold act on the live participant object (what the mixer reads)
-  and on the record; delete hangs the participant up and completes its record at once.
+  and on the record, ``end_conference_on_exit`` on the record (read when it leaves); delete
+  hangs the participant up and completes its record at once.
 * **Reads** for the REST API (conferences, participants, streams, account authentication) go
   through here too: the API never reaches into the store. A resource that is missing, or
   belongs to another account, raises :class:`~confstream.errors.NotFound`.
+* **Dashboard** (docs/operations.md, Dashboard): :meth:`Services.dashboard_snapshot` is a
+  read-only view of one account's live conferences (live participants with mute/hold and audio
+  level, streams with status and counters); :meth:`Services.watching_levels` asks the engine to
+  measure levels while a dashboard is connected.
 * **Streams**: create validates against the conference's state, stores the record (never the
   bearer token) and hands a spec to the stream manager; the manager reports every status change
   through :meth:`Services.on_stream_status`, which persists it.
@@ -31,16 +41,19 @@ and the SIP edge each map them to their own statuses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
-from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
+import math
+from collections.abc import Coroutine, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from confstream.conference.base import Participant
+from confstream.conference.gateway import IncomingCall
 from confstream.errors import (
     AccountNotActive,
     AlreadyJoined,
@@ -50,15 +63,22 @@ from confstream.errors import (
     NotFound,
     UrlRefused,
 )
+from confstream.logsetup import register_secret
 from confstream.settings import Settings
 from confstream.store import Account, Conference, ConferenceFilter, Store, Stream
 from confstream.store import Participant as ParticipantRecord
 from confstream.store.models import (
     CONFERENCE_COMPLETED,
     CONFERENCE_IN_PROGRESS,
+    ENDED_END_ON_EXIT_KICKED,
+    ENDED_END_ON_EXIT_LEFT,
+    ENDED_LAST_KICKED,
+    ENDED_LAST_LEFT,
+    ENDED_VIA_API,
     PARTICIPANT_IN_PROGRESS,
     STREAM_ACTIVE_STATUSES,
     STREAM_STOPPED,
+    end_reason,
 )
 from confstream.streams.spec import StreamRequest, StreamSpec
 
@@ -66,10 +86,6 @@ log = logging.getLogger(__name__)
 
 RowT = TypeVar("RowT")
 
-#: reason recorded for conferences whose last participant left
-REASON_LAST_LEFT = "Participant left, conference empty"
-#: reason recorded for conferences ended through the REST API
-REASON_API = "Conference ended via API"
 #: reason recorded for participants removed through the REST API
 REASON_KICKED = "Participant removed via API"
 #: reason recorded for streams stopped through the REST API
@@ -109,6 +125,74 @@ class LiveParticipant:
     participant: Participant
     conference_sid: str
     account_sid: str
+
+
+#: At most this many conferences, and streams per conference, in a dashboard snapshot.
+DASHBOARD_MAX_CONFERENCES = 50
+DASHBOARD_MAX_STREAMS = 20
+#: Levels at or below this are shown as silence (dBFS).
+SILENCE_DBFS = -90.0
+
+
+@dataclass(frozen=True)
+class ParticipantView:
+    """A live participant on the dashboard. ``level_dbfs``: RMS of what it contributes to the
+    mix (0 when muted or on hold), None while not yet measured."""
+
+    call_sid: str
+    muted: bool
+    hold: bool
+    level_dbfs: float | None
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """A stream on the dashboard; the counters are None once its session has ended."""
+
+    sid: str
+    name: str | None
+    status: str
+    track: str
+    codec: str
+    error_code: int | None
+    messages_sent: int | None  # last sequenceNumber built (docs/protocol.md)
+    media_sent: int | None  # media messages built, all tracks
+    frames_dropped: int | None  # audio frames dropped from the send queue (slow receiver)
+    queued_frames: int | None
+
+
+@dataclass(frozen=True)
+class ConferenceView:
+    sid: str
+    friendly_name: str
+    status: str
+    participants: list[ParticipantView] = field(default_factory=list)
+    streams: list[StreamView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DashboardSnapshot:
+    account_sid: str
+    conferences: list[ConferenceView]
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Counts over the snapshot: live conferences, participants, active streams, drops."""
+        streams = [s for c in self.conferences for s in c.streams]
+        return {
+            "conferences": len(self.conferences),
+            "participants": sum(len(c.participants) for c in self.conferences),
+            "streams_active": sum(1 for s in streams if s.status in STREAM_ACTIVE_STATUSES),
+            "frames_dropped": sum(s.frames_dropped or 0 for s in streams),
+        }
+
+
+def _dbfs(rms: float | None) -> float | None:
+    if rms is None:
+        return None
+    if rms <= 0:
+        return SILENCE_DBFS
+    return round(max(SILENCE_DBFS, 20 * math.log10(rms / 32768)), 1)
 
 
 class Services:
@@ -176,6 +260,11 @@ class Services:
             return None
         return account.auth_token
 
+    async def incoming_call(self, call: IncomingCall, participant: Participant) -> None:
+        """The SIP edge's authenticated call (gateway seam): join the conference the
+        Request-URI names (docs/sip.md, "Joining a conference")."""
+        await self.join(call.account_sid, call.request_user, participant)
+
     async def join(self, account_sid: str, conference_name: str, participant: Participant) -> str:
         async with self._lifecycle:
             account = await self.store.get_account(account_sid)
@@ -208,7 +297,10 @@ class Services:
             )
             return conference.sid
 
-    async def leave(self, call_sid: str, reason: str) -> None:
+    async def leave(self, call_sid: str, reason: str, *, kicked: bool = False) -> None:
+        """The participant has left (``kicked``: removed through the REST API). The conference
+        ends when it was the last one, or when it had ``end_conference_on_exit`` (see the
+        module docstring for the reasons recorded)."""
         async with self._lifecycle:
             live = self._live.pop(call_sid, None)
             if live is None:
@@ -217,9 +309,14 @@ class Services:
             media = self.engine.get(live.conference_sid)
             if media is not None:
                 media.remove_participant(call_sid)
-            await self.store.complete_participant(call_sid, reason)
-            if not self.live_call_sids(live.conference_sid):
-                await self._end_locked(live.conference_sid, REASON_LAST_LEFT)
+            record = await self.store.complete_participant(call_sid, reason)
+            if record is not None and record.end_conference_on_exit:
+                why = ENDED_END_ON_EXIT_KICKED if kicked else ENDED_END_ON_EXIT_LEFT
+            elif not self.live_call_sids(live.conference_sid):
+                why = ENDED_LAST_KICKED if kicked else ENDED_LAST_LEFT
+            else:
+                return
+            await self._end_locked(live.conference_sid, end_reason(why, call_sid))
 
     def hold_changed(self, call_sid: str, hold: bool) -> None:
         live = self._live.get(call_sid)
@@ -264,12 +361,13 @@ class Services:
                 raise ConferenceNotLive(conference.sid)
             await self.announce(conference.sid, announce_url, announce_method)
         if end and conference.status != CONFERENCE_COMPLETED:
-            await self.end_conference(conference.sid, REASON_API)
+            await self.end_conference(conference.sid, ENDED_VIA_API)
         fresh = await self.store.get_conference(conference.sid)
         return fresh if fresh is not None else conference
 
-    async def end_conference(self, conference_sid: str, reason: str = REASON_API) -> None:
-        """Hang every participant up, stop the streams, drop the media, complete the record."""
+    async def end_conference(self, conference_sid: str, reason: str = ENDED_VIA_API) -> None:
+        """Hang every participant up, stop the streams, drop the media, complete the record
+        with ``reason`` (stored as it is: a Twilio reason, or text such as a shutdown's)."""
         async with self._lifecycle:
             await self._end_locked(conference_sid, reason)
 
@@ -357,35 +455,50 @@ class Services:
         *,
         muted: bool | None = None,
         hold: bool | None = None,
+        coaching: bool | None = None,
         offset: int,
         limit: int,
     ) -> list[ParticipantRecord]:
         """A page of the participants in the conference now, oldest first."""
         return await self.store.list_participants(
-            conference_sid, muted=muted, hold=hold, offset=offset, limit=limit
+            conference_sid,
+            muted=muted,
+            hold=hold,
+            coaching=coaching,
+            offset=offset,
+            limit=limit,
         )
 
     async def update_participant(
-        self, call_sid: str, *, muted: bool | None = None, hold: bool | None = None
+        self,
+        call_sid: str,
+        *,
+        muted: bool | None = None,
+        hold: bool | None = None,
+        end_conference_on_exit: bool | None = None,
     ) -> ParticipantRecord | None:
+        """Mute/hold the live participant (the mixer reads them at its next tick) and record
+        the changes; None leaves a field as it is."""
         live = self._live.get(call_sid)
         if live is not None:
             if muted is not None:
                 live.participant.muted = muted
             if hold is not None:
                 live.participant.hold = hold
-        return await self.store.update_participant(call_sid, muted=muted, hold=hold)
+        return await self.store.update_participant(
+            call_sid, muted=muted, hold=hold, end_conference_on_exit=end_conference_on_exit
+        )
 
     async def kick(self, call_sid: str, reason: str = REASON_KICKED) -> None:
         """Hang the participant up and complete its record now (SIP's later ``leave`` is then
-        a no-op)."""
+        a no-op); a conference this ends records a ``-kicked`` reason."""
         live = self._live.get(call_sid)
         if live is not None:
             try:
                 live.participant.hangup(reason)
             except Exception:
                 log.exception("hangup of %s failed", call_sid)
-        await self.leave(call_sid, reason)
+        await self.leave(call_sid, reason, kicked=True)
 
     # ---------------------------------------------------------------- streams
     async def get_stream(self, conference_sid: str, sid_or_name: str) -> Stream:
@@ -428,6 +541,7 @@ class Services:
         if self.streams is None:
             await self.store.set_stream_status(row.sid, STREAM_STOPPED, 20500, "no stream manager")
         else:
+            register_secret(request.bearer_token)  # never logged (docs/operations.md)
             spec = self._stream_spec(account, row, request)
             try:
                 await self.streams.start(spec)
@@ -466,6 +580,80 @@ class Services:
     ) -> None:
         """The stream manager's status hook: persist the change (and its history row)."""
         await self.store.set_stream_status(stream_sid, status, error_code, error_message)
+
+    # --------------------------------------------------------------- dashboard
+    @contextlib.contextmanager
+    def watching_levels(self) -> Iterator[None]:
+        """Have the engine measure participant levels while inside (one per dashboard)."""
+        engine: Any = self.engine
+        watched = hasattr(engine, "level_watchers")
+        if watched:
+            engine.level_watchers += 1
+        try:
+            yield
+        finally:
+            if watched:
+                engine.level_watchers -= 1
+
+    async def dashboard_snapshot(self, account_sid: str) -> DashboardSnapshot:
+        """Read-only: the account's live conferences (at most DASHBOARD_MAX_CONFERENCES, oldest
+        first) with their live participants and their streams (at most DASHBOARD_MAX_STREAMS
+        each, stopped ones included). Nothing of another account is ever included."""
+        by_conference: dict[str, list[Participant]] = {}
+        for live in self._live.values():
+            if live.account_sid == account_sid:
+                by_conference.setdefault(live.conference_sid, []).append(live.participant)
+        levels_of: Any = getattr(self.engine, "levels", None)
+        levels: dict[str, float] = levels_of() if callable(levels_of) else {}
+        conferences: list[ConferenceView] = []
+        for conference_sid, members in list(by_conference.items())[:DASHBOARD_MAX_CONFERENCES]:
+            record = await self.store.get_conference(conference_sid, account_sid)
+            if record is None:
+                continue
+            streams = await self.store.list_streams(
+                conference_sid, offset=0, limit=DASHBOARD_MAX_STREAMS
+            )
+            conferences.append(
+                ConferenceView(
+                    sid=record.sid,
+                    friendly_name=record.friendly_name,
+                    status=record.status,
+                    participants=[
+                        ParticipantView(
+                            call_sid=p.call_sid,
+                            muted=bool(p.muted),
+                            hold=bool(p.hold),
+                            level_dbfs=_dbfs(levels.get(p.call_sid)),
+                        )
+                        for p in members
+                    ],
+                    streams=[self._stream_view(row) for row in streams],
+                )
+            )
+        return DashboardSnapshot(account_sid, conferences)
+
+    def _stream_view(self, row: Stream) -> StreamView:
+        session_of: Any = getattr(self.streams, "session", None)
+        session: Any = session_of(row.sid) if callable(session_of) else None
+        counters: list[int | None] = [None, None, None, None]
+        if session is not None:
+            protocol: Any = getattr(session, "protocol", None)
+            chunks: Any = getattr(protocol, "chunks", None)
+            counters = [
+                getattr(protocol, "sequence", None),
+                sum(chunks.values()) if isinstance(chunks, dict) else None,
+                getattr(session, "frames_dropped", None),
+                getattr(session, "queued_ticks", None),
+            ]
+        return StreamView(
+            row.sid,
+            row.name,
+            row.status,
+            row.track,
+            row.codec,
+            row.error_code,
+            *counters,
+        )
 
     # --------------------------------------------------------------- start-up
     async def close_leftovers(self, reason: str = "confstream restarted") -> dict[str, int]:

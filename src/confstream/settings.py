@@ -9,7 +9,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     # (or 127.0.0.1 when it listens on a wildcard address).
     media_address: str = ""
 
+    # HTTPS for the REST API (docs/operations.md, TLS): PEM certificate chain and private key,
+    # both or neither. With them the API port speaks TLS only (/healthz and /metrics too);
+    # SIGHUP loads the files again for new connections without closing the listener.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
     # Storage
     database_url: str = "sqlite:///var/confstream.db"
 
@@ -48,6 +54,14 @@ class Settings(BaseSettings):
     stream_connect_timeout: float = 5.0
     stream_ping_interval: float = 20.0
     stream_ping_timeout: float = 20.0
+    # Bound on the closing handshake; past it the connection is aborted (docs/protocol.md).
+    stream_close_timeout: float = 2.0
+    # What a receiver may send back (docs/protocol.md, "Limits on what receivers send").
+    stream_max_message_bytes: int = 65536
+    stream_inbound_rate: float = 200.0
+    stream_inbound_burst: int = 1000
+    stream_return_audio_max_seconds: float = 10.0
+    stream_max_pending_marks: int = 1000
 
     # Callbacks (CONTRACT §3)
     callback_timeout: float = 5.0
@@ -72,6 +86,29 @@ class Settings(BaseSettings):
     # (libre) and sipp 3.6 abandon the call when any challenge names an algorithm they lack.
     # "SHA-256,MD5" offers both (RFC 8760 order); answers with either are always checked.
     sip_digest_algorithms: Annotated[list[str], NoDecode] = ["MD5"]
+    # SIP limits (docs/sip.md "Limits"). UDP receive buffer asked of the kernel, in bytes
+    # (capped by net.core.rmem_max; the size obtained is logged at start).
+    sip_udp_rcvbuf: int = Field(default=4 * 1024 * 1024, ge=0)
+    sip_tcp_max_connections: int = Field(default=1024, ge=1)
+    # Seconds an accepted TCP connection has to send its first valid SIP message.
+    sip_tcp_first_message_timeout: float = Field(default=10.0, gt=0)
+    sip_tcp_idle_timeout: float = Field(default=600.0, gt=0)
+    # Bytes waiting for a TCP peer that does not read, beyond which it is disconnected.
+    sip_tcp_max_write_buffer: int = Field(default=256 * 1024, ge=4096)
+    # Failed digest attempts (wrong password, unknown account, replay) per source IP: this
+    # many within the window blocks the source's INVITEs for sip_auth_block_seconds.
+    sip_auth_max_failures: int = Field(default=10, ge=1)
+    sip_auth_failure_window: float = Field(default=60.0, gt=0)
+    sip_auth_block_seconds: float = Field(default=300.0, gt=0)
+
+    # Dashboard (docs/operations.md, Dashboard): concurrent event streams per account.
+    dashboard_max_clients: int = 4
+
+    # REST API request limits (docs/operations.md): bodies over the byte limit, or with more
+    # form fields, answer 413 (20413). 256 KiB fits a stream create with 99 parameters of
+    # 499 characters each even when every character is percent-encoded (about 150 KB).
+    api_max_body_bytes: int = 262144
+    api_max_form_fields: int = 256
 
     log_level: str = "info"
 
@@ -94,6 +131,26 @@ class Settings(BaseSettings):
             for item in value:
                 if item not in ("MD5", "SHA-256"):
                     raise ValueError(f"unsupported digest algorithm {item!r} (MD5, SHA-256)")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+    @field_validator(
+        "stream_close_timeout",
+        "stream_max_message_bytes",
+        "stream_inbound_rate",
+        "stream_inbound_burst",
+        "stream_return_audio_max_seconds",
+        "stream_max_pending_marks",
+    )
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
         return value
 
     @field_validator("rtp_ports")
@@ -120,6 +177,11 @@ class Settings(BaseSettings):
     @property
     def http_address(self) -> tuple[str, int]:
         return parse_hostport(self.http_listen)
+
+    @property
+    def http_scheme(self) -> str:
+        """``https`` when a TLS certificate is configured, else ``http``."""
+        return "https" if self.tls_cert is not None else "http"
 
     @property
     def sip_address(self) -> tuple[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -83,16 +84,54 @@ async def test_several_problems_reported_together(stack: Stack, client: httpx.As
     assert len(answer.json()["errors"]) == 3
 
 
-async def test_non_wss_url_is_stored_then_stopped_with_31922(
-    stack: Stack, client: httpx.AsyncClient
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ws://example.com/s",
+        "WS://example.com/s",
+        "https://example.com/s",
+        "http://example.com/s",
+        "wss:///no-host",
+        "wss://example.com:99999/",
+        "wss://exa mple.com/",
+    ],
+)
+async def test_non_wss_url_is_refused_with_400_31922(
+    stack: Stack, client: httpx.AsyncClient, url: str
 ) -> None:
+    """Refused before anything is stored or started: no stream record, no callbacks."""
     conference_sid = await stack.join("call-1", "room")
     answer = await client.post(
-        streams_path(stack, conference_sid), data={"Url": "ws://example.com/s", "Name": "plain"}
+        streams_path(stack, conference_sid), data={"Url": url, "Name": "plain"}
+    )
+    assert answer.status_code == 400, answer.text
+    body = answer.json()
+    assert body["code"] == 31922 and body["status"] == 400
+    assert body["more_info"].endswith("/31922")
+    assert await stack.store.list_streams(conference_sid) == []
+    assert stack.streams.active(conference_sid) == []
+
+
+async def test_relative_url_on_a_ws_base_is_refused(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    await stack.store.update_account(stack.account.sid, stream_base_url="ws://example.com/base/")
+    conference_sid = await stack.join("call-1", "room")
+    answer = await client.post(streams_path(stack, conference_sid), data={"Url": "media"})
+    assert answer.status_code == 400 and answer.json()["code"] == 31922
+    assert "ws://example.com/base/media" in answer.json()["message"]
+    assert await stack.store.list_streams(conference_sid) == []
+
+
+async def test_policy_refusal_stays_on_the_stream(stack: Stack, client: httpx.AsyncClient) -> None:
+    """A wss:// URL whose address the outbound policy refuses is accepted, then stopped with
+    31922 (the address is known only when connecting)."""
+    conference_sid = await stack.join("call-1", "room")
+    answer = await client.post(
+        streams_path(stack, conference_sid), data={"Url": "wss://10.1.2.3/s", "Name": "private"}
     )
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["name"] == "plain"
     await wait_status(stack, body["sid"], "stopped")
     fetched = await client.get(f"{streams_path(stack, conference_sid)}/{body['sid']}.json")
     assert fetched.json()["status"] == "stopped"
@@ -155,12 +194,12 @@ async def test_stream_lifecycle_by_name(
 
 
 async def test_relative_url_uses_account_base(stack: Stack, client: httpx.AsyncClient) -> None:
-    await stack.store.update_account(stack.account.sid, stream_base_url="ws://example.com/base/")
+    await stack.store.update_account(stack.account.sid, stream_base_url="wss://10.1.2.3/base/")
     conference_sid = await stack.join("call-1", "room")
     created = await client.post(streams_path(stack, conference_sid), data={"Url": "media?x=1"})
     assert created.status_code == 200, created.text
     row = await stack.store.get_stream_by_sid(created.json()["sid"])
-    assert row is not None and row.url == "ws://example.com/base/media?x=1"
+    assert row is not None and row.url == "wss://10.1.2.3/base/media?x=1"
 
 
 async def test_conference_ended_streams_stop_and_21220(
@@ -184,3 +223,89 @@ async def test_conference_ended_streams_stop_and_21220(
         data={"Url": "wss://example.com/"},
     )
     assert unknown.status_code == 404 and unknown.json()["code"] == 20404
+
+
+ADDRESSABLE_NAMES = [
+    "with space",
+    "plus+sign",
+    "ünïcödé 名前",
+    "semi;colon,comma=eq&amp",
+    "dots.in.name",
+    "...",
+    "emoji 🎧",
+    "x" * 255,
+]
+
+
+async def test_names_can_be_addressed_again(
+    stack: Stack, client: httpx.AsyncClient, silent_tcp: int
+) -> None:
+    """Every Name the API accepts can be fetched and stopped again, percent-encoded as SDKs
+    do (``quote(name, safe="")``), with and without ``.json``; the raw form works too where
+    an HTTP client can send it (httpx quotes what must be quoted)."""
+    conference_sid = await stack.join("call-1", "room")
+    path = streams_path(stack, conference_sid)
+    url = f"wss://127.0.0.1:{silent_tcp}/media"
+    for name in ADDRESSABLE_NAMES:
+        created = await client.post(f"{path}.json", data={"Url": url, "Name": f" {name} "})
+        assert created.status_code == 200, (name, created.text)
+        sid = created.json()["sid"]
+        assert created.json()["name"] == name
+        encoded = quote(name, safe="")
+        for suffix in (".json", ""):
+            fetched = await client.get(f"{path}/{encoded}{suffix}")
+            assert fetched.status_code == 200, (name, fetched.text)
+            assert fetched.json()["sid"] == sid
+        raw = await client.get(f"{path}/{name}.json")
+        assert raw.status_code == 200 and raw.json()["sid"] == sid, name
+        stopped = await client.post(f"{path}/{encoded}.json", data={"Status": "stopped"})
+        assert stopped.status_code == 200, (name, stopped.text)
+        assert stopped.json()["sid"] == sid and stopped.json()["status"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a/b",
+        "a\\b",
+        "what?",
+        "hash#tag",
+        "100%",
+        "line\nbreak",
+        "tab\there",
+        "nul\x00",
+        "del\x7f",
+        "sep\u2028arator",
+        ".",
+        "..",
+        "stream.json",
+        "x" * 256,
+    ],
+)
+async def test_unaddressable_names_are_refused(
+    stack: Stack, client: httpx.AsyncClient, name: str
+) -> None:
+    conference_sid = await stack.join("call-1", "room")
+    answer = await client.post(
+        f"{streams_path(stack, conference_sid)}.json",
+        data={"Url": "wss://10.1.2.3/s", "Name": name},
+    )
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert body["code"] == 20001 and body["errors"]
+    assert "Name" in body["message"]
+    assert await stack.store.list_streams(conference_sid) == []
+
+
+async def test_stream_list_status_filter(stack: Stack, client: httpx.AsyncClient) -> None:
+    conference_sid = await stack.join("call-1", "room")
+    path = f"{streams_path(stack, conference_sid)}.json"
+    created = await client.post(path, data={"Url": "wss://10.1.2.3/s"})
+    assert created.status_code == 200
+    await wait_status(stack, created.json()["sid"], "stopped")
+    stopped = await client.get(path, params={"Status": "stopped"})
+    assert [s["sid"] for s in stopped.json()["streams"]] == [created.json()["sid"]]
+    queued = await client.get(path, params={"Status": "queued"})
+    assert queued.json()["streams"] == []
+    bad = await client.get(path, params={"Status": "running"})
+    assert bad.status_code == 422 and bad.json()["code"] == 20001

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import socket
+from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 from twilio.request_validator import RequestValidator
 
 from confstream.callbacks.webhooks import (
@@ -16,24 +15,27 @@ from confstream.callbacks.webhooks import (
     url_with_query,
 )
 from confstream.settings import Settings
+from confstream.tools.metrics import sample
+from confstream.tools.net import free_port
 
 from .recorder import http_recorder
 
 TOKEN = "secret-token-0123456789abcdef"
 
 
-def settings(**kw: object) -> Settings:
-    base: dict[str, object] = {
+def settings(**kw: Any) -> Settings:
+    """Test settings; ``kw`` are further Settings fields (validated by pydantic)."""
+    base: dict[str, Any] = {
         "allowed_networks": ["127.0.0.0/8", "::1/128"],
         "callback_retries": 2,
         "callback_timeout": 2.0,
     }
     base.update(kw)
-    return Settings(**base)  # type: ignore[arg-type]
+    return Settings(**base)
 
 
 def counter(outcome: str) -> float:
-    return REGISTRY.get_sample_value("confstream_callbacks_total", {"outcome": outcome}) or 0.0
+    return sample("confstream_callbacks_total", outcome=outcome)
 
 
 def test_signature_matches_twilio_validator() -> None:
@@ -113,10 +115,7 @@ async def test_4xx_is_final() -> None:
 
 
 async def test_retries_exhausted_on_connection_refused() -> None:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = free_port()  # nothing listens there now
     sender = CallbackSender(settings(callback_retries=2))
     sender.retry_base = 0.01
     before = counter("failed")

@@ -93,8 +93,10 @@ def _reference(people: list[Scripted], sizes: list[int], tick: int) -> list[byte
         rows = []
         for p in group:
             frame = p.script[tick % len(p.script)]
-            silent = frame is None or p.muted or p.hold
-            rows.append(np.zeros(FRAME_SAMPLES, np.int32) if silent else frame.astype(np.int32))
+            if frame is None or p.muted or p.hold:
+                rows.append(np.zeros(FRAME_SAMPLES, np.int32))
+            else:
+                rows.append(frame.astype(np.int32))
         total = np.sum(rows, axis=0)
         for p, row in zip(group, rows, strict=True):
             heard = np.zeros(FRAME_SAMPLES, np.int32) if p.hold else total - row
@@ -164,7 +166,7 @@ def test_a_failing_fast_participant_is_silent_and_others_carry_on() -> None:
     def wrong_size() -> bytes:
         return b"\xff" * 10
 
-    bad.read_ulaw = wrong_size  # type: ignore[method-assign]
+    bad.read_ulaw = wrong_size
     for p in (good, bad, other):
         conf.add_participant(p)
     engine.tick()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from confstream.conference.base import Frame
 from confstream.conference.engine import Engine
 from confstream.conference.sources import BufferSource
-
-from .helpers import RecordingTap, ToneParticipant
+from confstream.tools.participants import RecordingTap, ToneParticipant
 
 
 class RandomParticipant(ToneParticipant):
@@ -25,7 +25,7 @@ class RandomParticipant(ToneParticipant):
         return self.last
 
 
-def clip(x: np.ndarray) -> np.ndarray:
+def clip(x: npt.NDArray[np.int64]) -> Frame:
     return np.clip(x, -32768, 32767).astype(np.int16)
 
 

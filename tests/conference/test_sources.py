@@ -4,8 +4,7 @@ import numpy as np
 
 from confstream.conference.engine import Engine
 from confstream.conference.sources import BufferSource, QueueSource
-
-from .helpers import RecordingTap
+from confstream.tools.participants import RecordingTap
 
 
 def test_buffer_source_plays_once_with_padding() -> None:

@@ -1,6 +1,7 @@
 """Real peers for end-to-end tests: the server as a subprocess, sipp and baresip callers.
 
-The TLS WebSocket receiver is tests.streams.peers.ws_receiver (trustme certificate chain)."""
+The TLS WebSocket receiver is tests.streams.peers.ws_receiver (certificate chain from
+confstream.tools.tls); ports come from confstream.tools.net."""
 
 from __future__ import annotations
 
@@ -14,21 +15,13 @@ import httpx
 import numpy as np
 
 from confstream.media.analysis import tone
-from confstream.media.wav import write_wav
-from confstream.tools.server import Account, free_port
+from confstream.media.wav import WavFormat, write_wav
+from confstream.tools.net import free_media_port, free_port
+from confstream.tools.server import Account
 from confstream.tools.sipp import caller_command, caller_scenario
 
 
-def free_rtp_range(size: int = 400) -> str:
-    """An even-aligned UDP port range whose first port is free (good enough for one run)."""
-    for _ in range(50):
-        low = (free_port() // 2) * 2
-        if low + size < 65535 and low > 1024:
-            return f"{low}-{low + size}"
-    raise RuntimeError("no free RTP range")
-
-
-def tone_wav(path: Path, freq: float, seconds: float, fmt: str = "pcm16") -> Path:
+def tone_wav(path: Path, freq: float, seconds: float, fmt: WavFormat = "pcm16") -> Path:
     write_wav(path, tone(freq, seconds, amplitude=8000), 8000, format=fmt)
     return path
 
@@ -52,7 +45,7 @@ async def start_sipp_caller(
         account.sid,
         account.token,
         sip_port=free_port(),
-        media_port=int(free_rtp_range(8).split("-")[0]),
+        media_port=free_media_port(),
         timeout_s=int(seconds) + 30,
     )
     return await asyncio.create_subprocess_exec(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from confstream.tools.server import CONFSTREAM, ServerProcess, free_port
+from confstream.tools.net import free_port
+from confstream.tools.server import CONFSTREAM, ServerProcess
 
 from .peers import await_for, conference_named, start_sipp_caller
 

@@ -52,7 +52,7 @@ async def test_three_baresip_callers_hear_each_other_not_themselves(
 
         def three_live() -> list[dict[str, Any]] | None:
             parts = api.get(f"/Conferences/{conf['sid']}/Participants.json").json()
-            live = [p for p in parts["participants"] if p["status"] == "in-progress"]
+            live = [p for p in parts["participants"] if p["status"] == "connected"]
             return live if len(live) == 3 else None
 
         live = await await_for(three_live)

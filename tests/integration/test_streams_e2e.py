@@ -24,9 +24,10 @@ from confstream.media.analysis import tone, tone_levels
 from confstream.media.g711 import alaw_decode, ulaw_decode, ulaw_encode
 from confstream.media.l16 import l16_decode
 from confstream.media.wav import wav_bytes
-from confstream.tools.server import ServerProcess
+from confstream.tools.server import Account, ServerProcess
+from confstream.tools.tls import Tls
 
-from ..streams.peers import Conn, Receiver, Tls, ws_receiver
+from ..streams.peers import Conn, Receiver, ws_receiver
 from .peers import BaresipCaller, await_for, conference_named, start_sipp_caller
 
 ANNOUNCE_HZ = 1000.0
@@ -99,11 +100,8 @@ def decode_track(messages: list[dict[str, Any]], track: str, codec: str) -> list
 
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA", "L16@16000h"])
 async def test_stream_carries_callers_on_inbound_and_announcement_on_outbound_only(
-    server: ServerProcess, tmp_path: Path, tls: Tls, codec: str
+    server: ServerProcess, account: Account, tmp_path: Path, tls: Tls, codec: str
 ) -> None:
-    server.env["CONFSTREAM_STREAM_CA_FILE"] = str(tls.ca_file)
-    account = server.create_account()
-    server.start()
     with web_app() as web:
         async with ws_receiver(tls) as rec:
             callers = [
@@ -218,11 +216,8 @@ async def test_stream_carries_callers_on_inbound_and_announcement_on_outbound_on
 
 
 async def test_bidirectional_audio_is_heard_by_a_sip_caller_and_dtmf_reaches_the_stream(
-    server: ServerProcess, tmp_path: Path, tls: Tls
+    server: ServerProcess, account: Account, tmp_path: Path, tls: Tls
 ) -> None:
-    server.env["CONFSTREAM_STREAM_CA_FILE"] = str(tls.ca_file)
-    account = server.create_account()
-    server.start()
     returned = ulaw_encode(tone(RETURN_HZ, 3.0, amplitude=8000)).tobytes()
 
     async def talk_back(conn: Conn) -> None:
@@ -286,7 +281,9 @@ async def test_bidirectional_audio_is_heard_by_a_sip_caller_and_dtmf_reaches_the
         tone_levels(heard[i : i + 4000], (440.0, RETURN_HZ), 8000)
         for i in range(0, len(heard) - 4000, 4000)
     ]
-    assert max(w[RETURN_HZ] for w in windows) > 0.5, windows
+    # The returned tone is clearly heard: alone it is about all of a window, mixed with the
+    # presser's 660 Hz tone (same level) about half of it, absent near 0.
+    assert max(w[RETURN_HZ] for w in windows) > 0.3, windows
     assert max(w[440.0] for w in windows) < 0.05, windows  # never hears itself
 
 
@@ -296,10 +293,11 @@ async def test_accounts_are_isolated_over_sip_and_rest(
     alice = server.create_account("--friendly-name", "alice")
     bob = server.create_account("--friendly-name", "bob")
     server.start()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     callers = [
         await start_sipp_caller(tmp_path / who, server.sip_port, acct, "shared", f, 4.0)
         for who, acct, f in (("a", alice, 440.0), ("b", bob, 660.0))
-        if (tmp_path / who).mkdir() is None
     ]
     with server.api(alice) as a_api, server.api(bob) as b_api:
         conf_a = await await_for(lambda: conference_named(a_api, "shared"))
@@ -317,11 +315,8 @@ async def test_accounts_are_isolated_over_sip_and_rest(
 
 
 async def test_ending_the_conference_stops_its_streams_and_hangs_up(
-    server: ServerProcess, tmp_path: Path, tls: Tls
+    server: ServerProcess, account: Account, tmp_path: Path, tls: Tls
 ) -> None:
-    server.env["CONFSTREAM_STREAM_CA_FILE"] = str(tls.ca_file)
-    account = server.create_account()
-    server.start()
     async with ws_receiver(tls) as rec:
         listener = BaresipCaller(tmp_path / "listener", 440.0, 20.0)
         await listener.dial(server.sip_port, account, "allhands")
@@ -351,11 +346,8 @@ async def test_ending_the_conference_stops_its_streams_and_hangs_up(
 
 
 async def test_rest_mute_and_hold_act_on_live_sip_audio(
-    server: ServerProcess, tmp_path: Path, tls: Tls
+    server: ServerProcess, account: Account, tmp_path: Path, tls: Tls
 ) -> None:
-    server.env["CONFSTREAM_STREAM_CA_FILE"] = str(tls.ca_file)
-    account = server.create_account()
-    server.start()
     tones = (440.0, 880.0)
 
     def levels_since(conn: Conn, chunk: int) -> dict[float, float]:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from confstream.media import g711
@@ -34,11 +36,14 @@ def test_alaw_encode_matches_audioop_for_every_sample() -> None:
     ("decode", "reference"),
     [(g711.ulaw_decode, audioop.ulaw2lin), (g711.alaw_decode, audioop.alaw2lin)],
 )
-def test_decode_matches_audioop_for_every_code(decode: object, reference: object) -> None:
+def test_decode_matches_audioop_for_every_code(
+    decode: Callable[[bytes | npt.NDArray[np.uint8]], npt.NDArray[np.int16]],
+    reference: Callable[[bytes, int], bytes],
+) -> None:
     codes = ALL_CODES.tobytes()
-    expected = np.frombuffer(reference(codes, 2), dtype="<i2")  # type: ignore[operator]
-    from_bytes = decode(codes)  # type: ignore[operator]
-    from_array = decode(ALL_CODES)  # type: ignore[operator]
+    expected = np.frombuffer(reference(codes, 2), dtype="<i2")
+    from_bytes = decode(codes)
+    from_array = decode(ALL_CODES)
     assert from_bytes.dtype == np.int16
     np.testing.assert_array_equal(from_bytes, expected)
     np.testing.assert_array_equal(from_array, expected)

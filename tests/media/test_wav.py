@@ -100,7 +100,7 @@ def test_bad_input_raises_wav_error(data: bytes, message: str) -> None:
 
 def test_wav_bytes_rejects_unknown_format() -> None:
     with pytest.raises(ValueError):
-        wav_bytes(np.zeros(4, np.int16), format="mp3")  # type: ignore[arg-type]
+        wav_bytes(np.zeros(4, np.int16), format="mp3")  # type: ignore[arg-type]  # an invalid format on purpose
 
 
 def test_analysis_helpers() -> None:

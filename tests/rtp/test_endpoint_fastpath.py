@@ -6,27 +6,35 @@ datagrams out, same counters.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from confstream import metrics
+import numpy as np
+import numpy.typing as npt
+
+from confstream.conference.base import Frame
 from confstream.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from confstream.rtp.endpoint import PENDING, RtpEndpoint, flush_metrics
 from confstream.rtp.packet import RtpPacket
+from confstream.tools.metrics import sample
 
 PEER = ("192.0.2.10", 4000)
 
 
-def speech(k: int, n: int = 160) -> np.ndarray:
+def speech(k: int, n: int = 160) -> Frame:
     t = np.arange(k * n, (k + 1) * n) / 8000
-    return (6000 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.int16)
+    wave: npt.NDArray[np.float64] = (
+        6000 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    )
+    return wave.astype(np.int16)
 
 
-def packets(pt: int, count: int, n: int = 160, **extra: object) -> list[bytes]:
+def packets(pt: int, count: int, n: int = 160, **extra: Any) -> list[bytes]:
+    """``count`` speech packets; ``extra`` are further RtpPacket fields (csrc, padding...)."""
     out = []
     for k in range(count):
         pcm = speech(k, n)
         codes = (ulaw_encode(pcm) if pt == 0 else alaw_encode(pcm)).tobytes()
-        out.append(RtpPacket(pt, 100 + k, 5000 + k * n, 77, codes, **extra).serialize())  # type: ignore[arg-type]
+        out.append(RtpPacket(pt, 100 + k, 5000 + k * n, 77, codes, **extra).serialize())
     return out
 
 
@@ -155,7 +163,7 @@ def test_write_ulaw_declines_when_write_frame_must_do_it() -> None:
 
 def test_packet_counts_reach_prometheus_on_flush() -> None:
     flush_metrics()
-    before_in = metrics.RTP_PACKETS_IN._value.get()
+    before_in = sample("confstream_rtp_packets_received_total")
     ep = RtpEndpoint()
     ep.set_remote(*PEER, 0, None)
     for k, data in enumerate(packets(0, 7)):
@@ -164,4 +172,4 @@ def test_packet_counts_reach_prometheus_on_flush() -> None:
     assert PENDING.packets_in == 7
     flush_metrics()
     assert PENDING.packets_in == 0
-    assert metrics.RTP_PACKETS_IN._value.get() - before_in == 7
+    assert sample("confstream_rtp_packets_received_total") - before_in == 7

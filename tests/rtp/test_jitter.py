@@ -18,7 +18,9 @@ def ident(f: Frame | None) -> int | None:
     return None if f is None else int(f[0])
 
 
-def feed(jb: JitterBuffer, seqs: list[int], *, ssrc: int = 1, start: float = 0.0) -> list[str]:
+def feed(
+    jb: JitterBuffer[Frame], seqs: list[int], *, ssrc: int = 1, start: float = 0.0
+) -> list[str]:
     """Put packets with perfectly regular arrival (20 ms) in the given order."""
     out = []
     for i, seq in enumerate(seqs):

@@ -4,17 +4,18 @@ the port journal that carries the quarantine across an unclean restart."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from confstream import metrics
 from confstream.rtp.ports import RtpPortPool, RtpPortsExhausted
 from confstream.rtp.portstate import PortJournal, PortState, open_port_pool, read_state, state_path
 from confstream.settings import Settings
+from confstream.tools.metrics import sample
 
 
 def gauge() -> float:
-    return float(metrics.RTP_PORTS_IN_USE._value.get())
+    return sample("confstream_rtp_ports_in_use")
 
 
 class Clock:
@@ -128,11 +129,12 @@ def test_invalid_ranges() -> None:
 # -- the journal and the restart ----------------------------------------------------------
 
 
-def settings(tmp_path: Path, **extra: object) -> Settings:
+def settings(tmp_path: Path, **extra: Any) -> Settings:
+    """Settings with a journal under ``tmp_path``; ``extra`` are further Settings fields."""
     return Settings(
         database_url=f"sqlite:///{tmp_path / 'confstream.db'}",
         rtp_ports="40000-40007",  # 4 even ports
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
 
 
@@ -185,7 +187,9 @@ def test_a_second_crash_within_the_quarantine_quarantines_again(tmp_path: Path) 
     clock.now += cfg.rtp_port_quarantine
     assert run4.quarantined == frozenset()
     run4.close()
-    assert live not in read_state(state_path(cfg)).live  # type: ignore[arg-type]
+    journal = state_path(cfg)
+    assert journal is not None
+    assert live not in read_state(journal).live
 
 
 def test_clean_shutdown_leaves_no_quarantine(tmp_path: Path) -> None:

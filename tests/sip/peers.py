@@ -4,18 +4,17 @@ fixture helper, and sipp scenario files written per call."""
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from confstream.conference.base import Participant
-from confstream.conference.gateway import JoinRefused
+from confstream.conference.gateway import IncomingCall, JoinRefused
 from confstream.rtp.ports import RtpPortPool
 from confstream.settings import Settings
 from confstream.sip.server import SipServer
 from confstream.sip.transaction import TimerConfig
+from confstream.tools.net import free_media_port, free_udp_port, rtp_port_bounds
 
 ACCOUNT = "AC0f3b8e1c-1111-4aaa-8bbb-222233334444"
 TOKEN = "secret-token-of-account-a"
@@ -33,6 +32,7 @@ class MemoryGateway:
     members: dict[str, Participant] = field(default_factory=dict)
     where: dict[str, tuple[str, str]] = field(default_factory=dict)
     joins: list[tuple[str, str, str]] = field(default_factory=list)
+    incoming: list[IncomingCall] = field(default_factory=list)
     leaves: list[tuple[str, str]] = field(default_factory=list)
     holds: list[tuple[str, bool]] = field(default_factory=list)
     dtmf: list[tuple[str, str, int]] = field(default_factory=list)
@@ -43,6 +43,10 @@ class MemoryGateway:
 
     async def auth_token(self, account_sid: str) -> str | None:
         return self.tokens.get(account_sid)
+
+    async def incoming_call(self, call: IncomingCall, participant: Participant) -> None:
+        self.incoming.append(call)
+        await self.join(call.account_sid, call.request_user, participant)
 
     async def join(self, account_sid: str, conference_name: str, participant: Participant) -> str:
         if conference_name in self.join_delay:
@@ -67,29 +71,6 @@ class MemoryGateway:
         self.dtmf.append((call_sid, digit, duration_ms))
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_rtp_range(size: int = 400) -> tuple[int, int]:
-    """A range for the server's RTP pool, below the kernel's ephemeral range (32768+) so that
-    it never overlaps the ports sipp gets (kernel-chosen); a busy port is skipped by
-    RtpSession.open(), so parallel runs sharing part of a range still work."""
-    low = 10000 + 2 * random.randrange(0, (30000 - 10000 - size) // 2)
-    return low, low + size
-
-
-def sipp_media_port() -> int:
-    """An even, currently free, kernel-chosen port for sipp's -mp (it also binds port+2)."""
-    for _ in range(50):
-        port = free_udp_port()
-        if port % 2 == 0 and port + 2 < 65536:
-            return port
-    return free_udp_port() & ~1
-
-
 async def start_server(
     gateway: MemoryGateway,
     *,
@@ -98,7 +79,7 @@ async def start_server(
     nonce_ttl: float = 300.0,
     pool_size: int = 400,
 ) -> tuple[SipServer, RtpPortPool]:
-    low, high = free_rtp_range(pool_size)
+    low, high = rtp_port_bounds(pool_size)
     settings = Settings(
         sip_listen="127.0.0.1:0",
         rtp_ports=f"{low}-{high}",
@@ -235,7 +216,7 @@ async def run_sipp(
     args = [
         "sipp", f"127.0.0.1:{server_port}", "-sf", str(scenario_file), "-s", room,
         "-au", user, "-ap", password, "-m", str(calls), "-i", "127.0.0.1",
-        "-p", str(free_udp_port()), "-mp", str(sipp_media_port()), "-t", transport,
+        "-p", str(free_udp_port()), "-mp", str(free_media_port()), "-t", transport,
         "-timeout", f"{int(seconds)}", "-timeout_error", "-nostdin", "-trace_err",
         "-max_recv_loops", "10000",
     ]  # fmt: skip

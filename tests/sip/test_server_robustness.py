@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from confstream import metrics
 from confstream.sip.transaction import TimerConfig
+from confstream.tools.metrics import sample
 
 from .peers import (
     ACCOUNT,
@@ -99,7 +99,7 @@ async def _tcp_blast(port: int) -> None:
 async def test_malformed_corpus_then_a_call_still_works(tmp_path: Path) -> None:
     gateway = MemoryGateway()
     server, pool = await start_server(gateway)
-    before = metrics.SIP_PARSE_ERRORS._value.get()
+    before = sample("confstream_sip_parse_errors_total")
     try:
         await asyncio.get_running_loop().run_in_executor(None, _udp_blast, server.port)
         await _tcp_blast(server.port)
@@ -112,7 +112,7 @@ async def test_malformed_corpus_then_a_call_still_works(tmp_path: Path) -> None:
         assert len(gateway.joins) == 1
     finally:
         await server.stop()
-    assert metrics.SIP_PARSE_ERRORS._value.get() - before >= 15
+    assert sample("confstream_sip_parse_errors_total") - before >= 15
     assert pool.in_use == 0
 
 

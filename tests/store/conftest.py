@@ -14,7 +14,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -22,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from confstream.tools.net import free_port
 
 
 def _pg_bin(tool: str) -> str:
@@ -33,18 +34,12 @@ def _pg_bin(tool: str) -> str:
     raise RuntimeError(f"PostgreSQL tool {tool!r} not found on PATH or /usr/lib/postgresql")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PostgresServer:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="confstream-pg-"))
         self.data = self.root / "data"
         self.sockets = self.root / "sock"
-        self.port = _free_port()
+        self.port = free_port()
         self.prefix: list[str] = []
         if os.geteuid() == 0:
             user = "postgres"

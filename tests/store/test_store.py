@@ -21,7 +21,13 @@ from confstream.store import (
     async_database_url,
     open_store,
 )
-from confstream.store.models import Base
+from confstream.store.models import (
+    CONFERENCE_END_REASONS,
+    ENDED_LAST_LEFT,
+    Base,
+    end_reason,
+    split_end_reason,
+)
 
 
 @pytest.fixture
@@ -158,6 +164,12 @@ async def test_participants(store: Store) -> None:
 
     updated = await store.update_participant("a", muted=True, hold=False)
     assert updated is not None and updated.muted is True
+    assert updated.end_conference_on_exit is False
+    on_exit = await store.update_participant("b", end_conference_on_exit=True)
+    assert on_exit is not None and on_exit.end_conference_on_exit is True
+    assert on_exit.muted is True  # untouched
+    assert await store.list_participants(conference.sid, coaching=True) == []
+    assert len(await store.list_participants(conference.sid, coaching=False)) == 3
     assert await store.get_participant("a", "other-conference") is None
 
     done = await store.complete_participant("a", "hangup")
@@ -238,3 +250,15 @@ async def test_sqlite_pragmas(tmp_path: object) -> None:
         assert (mode, keys, busy) == ("wal", 1, 5000)
     finally:
         await store.close()
+
+
+def test_end_reason_round_trip() -> None:
+    for reason in CONFERENCE_END_REASONS:
+        assert split_end_reason(end_reason(reason)) == (reason, None)
+        assert split_end_reason(end_reason(reason, "c-1")) == (reason, "c-1")
+    stored = end_reason(ENDED_LAST_LEFT, "3f1c-uuid")
+    assert stored == "last-participant-left call_sid=3f1c-uuid"
+    # free text (restarts, shutdowns, older records) comes back whole
+    assert split_end_reason("confstream restarted") == ("confstream restarted", None)
+    assert split_end_reason("odd call_sid=x") == ("odd call_sid=x", None)
+    assert split_end_reason(None) == (None, None)

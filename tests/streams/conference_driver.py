@@ -1,5 +1,5 @@
 """A live conference for stream tests: the real Engine (its 20 ms clock and mixer) with
-in-process participants, one of them playing a tone."""
+in-process participants (:mod:`confstream.tools.participants`), one of them playing a tone."""
 
 from __future__ import annotations
 
@@ -7,40 +7,8 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
-import numpy as np
-
-from confstream.conference.base import FRAME_SAMPLES, Frame
 from confstream.conference.engine import ConferenceMedia, Engine
-
-
-class ToneParticipant:
-    """Plays a sine tone (or silence with ``hz=0``); records what it hears and DTMF sent."""
-
-    def __init__(self, hz: float, amplitude: int = 8000) -> None:
-        self.call_sid = str(uuid.uuid4())
-        self.muted = False
-        self.hold = False
-        self.hz = hz
-        self.amplitude = amplitude
-        self._n = 0
-        self.heard: list[Frame] = []
-        self.dtmf: list[tuple[str, int]] = []
-
-    def read_frame(self) -> Frame | None:
-        if not self.hz:
-            return None
-        n = np.arange(self._n, self._n + FRAME_SAMPLES)
-        self._n += FRAME_SAMPLES
-        return (np.sin(2 * np.pi * self.hz * n / 8000) * self.amplitude).astype(np.int16)
-
-    def write_frame(self, frame: Frame) -> None:
-        self.heard.append(frame)
-
-    def send_dtmf(self, digit: str, duration_ms: int) -> None:
-        self.dtmf.append((digit, duration_ms))
-
-    def hangup(self, reason: str) -> None:
-        pass
+from confstream.tools.participants import ToneParticipant
 
 
 class ToneConference:
@@ -53,8 +21,8 @@ class ToneConference:
         self.engine = engine
         self.sid = str(uuid.uuid4())
         self.media: ConferenceMedia = engine.add_conference(self.sid)
-        self.talker = ToneParticipant(self.inbound_hz)
-        self.listener = ToneParticipant(0)
+        self.talker = ToneParticipant(None, self.inbound_hz, amplitude=8000)
+        self.listener = ToneParticipant(None, None)
         self.media.add_participant(self.talker)
         self.media.add_participant(self.listener)
 

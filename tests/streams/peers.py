@@ -9,21 +9,25 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import trustme
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 
+from confstream.tools.tls import Tls
+
+__all__ = [
+    "LOOPBACK",
+    "Behaviour",
+    "Conn",
+    "RawServer",
+    "Receiver",
+    "Tls",
+    "raw_server",
+    "ws_receiver",
+]
+
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
-
-
-@dataclass
-class Tls:
-    ca: trustme.CA
-    ca_file: Path
-    server_ctx: ssl.SSLContext
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from websockets.frames import Close, CloseCode
 
@@ -12,7 +14,10 @@ from confstream.streams.failures import (
     StreamError,
     StreamFailure,
     failure_of_close,
+    markdown_table,
 )
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 # The documented table (docs/errors.md, docs/protocol.md): literal codes on purpose.
 DOCUMENTED = {
@@ -28,9 +33,11 @@ DOCUMENTED = {
     Failure.PING_TIMEOUT: (31903, "general_error"),
     Failure.PROTOCOL_ERROR: (31924, "general_error"),
     Failure.MESSAGE_TOO_BIG: (31924, "general_error"),
+    Failure.RECEIVER_FLOOD: (31924, "general_error"),
     Failure.INTERNAL_ERROR: (31903, "general_error"),
     Failure.SHUTTING_DOWN: (31903, "general_error"),
     Failure.NO_LIVE_MEDIA: (31903, "general_error"),
+    Failure.SERVER_RESTARTED: (31990, "general_error"),
 }
 
 
@@ -80,3 +87,14 @@ def test_close_codes_are_websocket_members() -> None:
     assert Failure.PING_TIMEOUT.close_code is CloseCode.INTERNAL_ERROR
     assert Failure.PROTOCOL_ERROR.close_code == 1002
     assert Failure.MESSAGE_TOO_BIG.close_code == 1009
+    assert Failure.RECEIVER_FLOOD.close_code == 1008
+    assert Failure.SERVER_RESTARTED.close_code is None
+
+
+def test_stream_table_in_docs_matches_the_code() -> None:
+    text = (DOCS / "errors.md").read_text()
+    marker = "<!-- generated from confstream.streams.failures.Failure"
+    start = text.index("-->\n", text.index(marker)) + len("-->\n")
+    end = text.index("\n<!-- end of generated stream table -->")
+    assert text[start:end] == markdown_table()
+    assert "| 31990 |" in markdown_table() and "31924 | `general_error` | 1008" in markdown_table()

@@ -86,9 +86,9 @@ def test_counters_media_dtmf_mark_stop() -> None:
     p = proto(custom_parameters={})
     p.connected()
     assert json.loads(p.start())["start"]["customParameters"] == {}
-    m1 = json.loads(p.media("inbound", b"\x01\x02", 0))
-    m2 = json.loads(p.media("outbound", b"\x03", 0))
-    m3 = json.loads(p.media("inbound", b"", 60))
+    m1 = json.loads(p.media(MediaTrack.INBOUND, b"\x01\x02", 0))
+    m2 = json.loads(p.media(MediaTrack.OUTBOUND, b"\x03", 0))
+    m3 = json.loads(p.media(MediaTrack.INBOUND, b"", 60))
     assert m1 == {
         "event": "media",
         "sequenceNumber": "2",
@@ -146,7 +146,7 @@ def test_track_media_tracks() -> None:
 @given(st.binary(max_size=1000), st.integers(min_value=0, max_value=10**9))
 def test_media_string_building_equals_json(payload: bytes, ts: int) -> None:
     p = proto()
-    msg = p.media("outbound", payload, ts)
+    msg = p.media(MediaTrack.OUTBOUND, payload, ts)
     obj = json.loads(msg)
     assert base64.b64decode(obj["media"]["payload"]) == payload
     assert obj["media"]["timestamp"] == str(ts)

@@ -1,10 +1,15 @@
-"""Shared pieces of the REST API: request parsing, dates, booleans, paging, JSON answers."""
+"""Shared pieces of the REST API: request parsing, dates, booleans, paging, JSON answers.
+
+Every rule here answers 422 with code 20001 when broken (docs/api.md, Conventions), except
+too many form fields: 413 (20413).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -13,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from confstream.api.errors import invalid
+from confstream.api.errors import invalid, too_large
 
 RowT = TypeVar("RowT")
 
@@ -23,6 +28,14 @@ TWILIO_BASE = "/2010-04-01"
 #: Paging (docs/api.md, Conventions): default page size 50, at most 1000, like Twilio.
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+#: The furthest a page may start (``Page`` x ``PageSize``, or a ``PageToken``'s offset): far
+#: beyond any real list, far below the 64-bit integers the databases page with.
+MAX_OFFSET = 1_000_000_000
+#: Form fields parsed from one body when ``app.state.max_form_fields`` is not set.
+DEFAULT_MAX_FORM_FIELDS = 256
+
+_DIGITS = re.compile(r"[0-9]{1,12}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def rfc2822(value: dt.datetime | None) -> str | None:
@@ -46,10 +59,19 @@ class JSONResponse(Response):
 
 
 async def form(request: Request) -> dict[str, str]:
-    """The ``application/x-www-form-urlencoded`` body (the first value of repeated keys)."""
+    """The ``application/x-www-form-urlencoded`` body (the first value of repeated keys).
+
+    The body was bounded in bytes before the route ran (:mod:`confstream.api.limits`); here
+    the number of fields is: more than ``app.state.max_form_fields`` (the setting
+    ``api_max_form_fields``) answers 413 (20413)."""
+    limit: int = getattr(request.app.state, "max_form_fields", DEFAULT_MAX_FORM_FIELDS)
     body = (await request.body()).decode("utf-8", errors="replace")
+    try:
+        pairs = parse_qsl(body, keep_blank_values=True, max_num_fields=limit)
+    except ValueError as exc:
+        raise too_large(f"The request has more than {limit} parameters") from exc
     out: dict[str, str] = {}
-    for key, value in parse_qsl(body, keep_blank_values=True):
+    for key, value in pairs:
         out.setdefault(key, value)
     return out
 
@@ -67,11 +89,22 @@ def parse_bool(name: str, value: str | None) -> bool | None:
 
 
 def parse_date(name: str, value: str) -> dt.date:
-    """A date filter value: ``YYYY-MM-DD`` (Twilio's form)."""
+    """A date filter value: exactly ``YYYY-MM-DD`` (Twilio's form), a real calendar day.
+    Anything else (trailing text, a time, other ISO forms, an empty value) is refused."""
+    message = f"{name} must be a date as YYYY-MM-DD, not {value!r}"
+    if _DATE.fullmatch(value) is None:
+        raise invalid(20001, message)
     try:
-        return dt.date.fromisoformat(value.strip()[:10])
+        return dt.date.fromisoformat(value)
     except ValueError as exc:
-        raise invalid(20001, f"{name} must be a date as YYYY-MM-DD, not {value!r}") from exc
+        raise invalid(20001, message) from exc
+
+
+def parse_count(name: str, value: str, low: int, high: int) -> int:
+    """A whole number written in ASCII digits (no sign, space or ``_``), ``low..high``."""
+    if _DIGITS.fullmatch(value) is None or not low <= int(value) <= high:
+        raise invalid(20001, f"{name} must be a whole number from {low} to {high}, not {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -83,23 +116,22 @@ class Paging:
 
 def parse_paging(request: Request) -> Paging:
     """``Page`` (from 0), ``PageSize`` (1..1000, default 50) and ``PageToken`` (``PA<offset>``,
-    as written in ``next_page_uri``/``previous_page_uri``; it wins over ``Page``)."""
+    as written in ``next_page_uri``/``previous_page_uri``; it wins over ``Page``). The start
+    of the page, ``Page`` x ``PageSize`` or the token's offset, is at most :data:`MAX_OFFSET`.
+    Each must be plain ASCII digits; anything else answers 422 (20001)."""
     params = request.query_params
-    try:
-        page_size = int(params.get("PageSize", DEFAULT_PAGE_SIZE))
-        page = int(params.get("Page", 0))
-    except ValueError as exc:
-        raise invalid(20001, "Page and PageSize must be integers") from exc
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise invalid(20001, f"PageSize must be between 1 and {MAX_PAGE_SIZE}")
-    if page < 0:
-        raise invalid(20001, "Page must not be negative")
+    page_size = parse_count(
+        "PageSize", params.get("PageSize", str(DEFAULT_PAGE_SIZE)), 1, MAX_PAGE_SIZE
+    )
+    page = parse_count("Page", params.get("Page", "0"), 0, MAX_OFFSET)
     offset = page * page_size
     token = params.get("PageToken")
-    if token:
-        if not token.startswith("PA") or not token[2:].isdigit():
-            raise invalid(20001, f"invalid PageToken {token!r}")
-        offset = int(token[2:])
+    if token is not None:
+        if not token.startswith("PA"):
+            raise invalid(20001, f"PageToken must be PA followed by an offset, not {token!r}")
+        offset = parse_count("PageToken offset", token[2:], 0, MAX_OFFSET)
+    elif offset > MAX_OFFSET:
+        raise invalid(20001, f"Page x PageSize must be at most {MAX_OFFSET}")
     return Paging(page=page, page_size=page_size, offset=offset)
 
 

@@ -8,19 +8,26 @@ look them up; the few confstream-only codes are marked *extension*.
 =====  ======  ===============================================================================
 code   HTTP    meaning
 =====  ======  ===============================================================================
-20001  422     A parameter has an invalid value (boolean, Status, StreamCodec, Parameter{N}...)
+20001  422     A parameter has an invalid value (a boolean, an enum such as Status or
+               StreamCodec, Page/PageSize/PageToken, a date filter, a stream Name...)
 20003  401     Authentication failed: bad credentials, or an AccountSid that is not the caller's
 20004  405     Method not allowed on this resource
 20404  404     The resource was not found
 20409  409     *extension*: a stream with this Name is already active in the conference
+20413  413     The request body is larger than the limit (``CONFSTREAM_API_MAX_BODY_BYTES``) or
+               has more parameters than ``CONFSTREAM_API_MAX_FORM_FIELDS``
 20500  500     Internal server error
+20501  400     *extension*: a parameter Twilio documents that confstream does not support yet
+               (``HoldUrl``, ``WaitUrl``, ``Coaching=true``...); nothing was changed
 21205  422     ``Url``/``AnnounceUrl`` is not a valid URL (or a relative Url without a base URL)
 21209  422     ``StatusCallbackMethod``/``AnnounceMethod`` is not GET or POST
 21220  409     The conference is not in progress
 21609  422     ``StatusCallback`` is not a valid http(s) URL, or its host is refused by the
                outbound policy (docs/operations.md)
-31922  --      Invalid stream URL (not ``wss://``, or refused by the outbound policy); reported
-               on the stream resource (``error_code``) and in ``stream-error`` callbacks
+31922  400     Invalid stream ``Url``: not ``wss://``, no host, a bad port or spaces. Refused
+               when the stream is created; an address the outbound policy refuses (known only
+               after DNS) is reported on the stream resource (``error_code``) and in
+               ``stream-error`` callbacks instead
 31941  422     ``Track`` is not ``inbound_track``, ``outbound_track`` or ``both_tracks``
 11200  502     The announcement audio could not be fetched (``AnnounceUrl``)
 12300  422     The announcement audio is not a supported WAV file
@@ -51,12 +58,14 @@ ERROR_CODES: dict[int, ErrorCode] = {
         ErrorCode(20004, 405, "Method not allowed"),
         ErrorCode(20404, 404, "The requested resource was not found"),
         ErrorCode(20409, 409, "A stream with this Name is already active (extension)"),
+        ErrorCode(20413, 413, "Request entity too large"),
         ErrorCode(20500, 500, "Internal server error"),
+        ErrorCode(20501, 400, "Parameter not supported yet (extension)"),
         ErrorCode(21205, 422, "Url is not a valid URL"),
         ErrorCode(21209, 422, "Invalid method: use GET or POST"),
         ErrorCode(21220, 409, "Conference is not in progress"),
         ErrorCode(21609, 422, "Invalid StatusCallback URL"),
-        ErrorCode(31922, 200, "Stream - Invalid URL (reported on the stream)"),
+        ErrorCode(31922, 400, "Stream - Invalid URL: only wss:// is supported"),
         ErrorCode(31941, 422, "Stream - Invalid Track configuration"),
         ErrorCode(11200, 502, "HTTP retrieval failure (AnnounceUrl)"),
         ErrorCode(12300, 422, "Invalid announcement audio"),
@@ -108,6 +117,20 @@ def unauthorized() -> ApiError:
     return ApiError(20003, "Authentication Error - invalid username", status=401)
 
 
+def too_large(message: str) -> ApiError:
+    """413 (20413): the body or its number of parameters is over the configured limit."""
+    return ApiError(20413, message, status=413)
+
+
+def unsupported(parameter: str, detail: str = "") -> ApiError:
+    """400 (20501, *extension*): ``parameter`` is documented by Twilio but not supported yet.
+    The request is refused as a whole, so nothing it asked for was done."""
+    message = f"{parameter} is not supported yet by confstream"
+    if detail:
+        message = f"{message}: {detail}"
+    return ApiError(20501, message, status=400)
+
+
 def internal_error() -> ApiError:
     return ApiError(20500, "Internal server error", status=500)
 
@@ -131,6 +154,24 @@ def markdown_table() -> str:
     """The table of codes as Markdown, for docs/errors.md."""
     lines = ["| Code | HTTP | Meaning |", "|---|---|---|"]
     for e in sorted(ERROR_CODES.values(), key=lambda e: e.code):
-        status = "—" if e.code == 31922 else str(e.status)
-        lines.append(f"| {e.code} | {status} | {e.title} |")
+        lines.append(f"| {e.code} | {e.status} | {e.title} |")
     return "\n".join(lines)
+
+
+GENERATED_START = "<!-- generated from confstream.api.errors.ERROR_CODES"
+GENERATED_END = "\n<!-- end of generated table -->"
+
+
+def rewrite_docs(text: str) -> str:
+    """``text`` (docs/errors.md) with the generated table replaced by :func:`markdown_table`."""
+    start = text.index("-->\n", text.index(GENERATED_START)) + len("-->\n")
+    end = text.index(GENERATED_END)
+    return text[:start] + markdown_table() + text[end:]
+
+
+if __name__ == "__main__":  # python -m confstream.api.errors docs/errors.md
+    import sys
+    from pathlib import Path
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/errors.md")
+    target.write_text(rewrite_docs(target.read_text()))

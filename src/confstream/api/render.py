@@ -1,4 +1,14 @@
-"""JSON shapes of the resources (docs/api.md)."""
+"""JSON shapes of the resources (docs/api.md), with Twilio's field values.
+
+* Conference ``reason_conference_ended``: null while in progress, then Twilio's value
+  (``conference-ended-via-api``, ``last-participant-left``...) with the CallSid that ended it in
+  ``call_sid_ending_conference`` (null when the API ended it); a conference ended by a restart
+  or a shutdown shows the text recorded then, and no CallSid.
+* Conference ``subresource_uris``: ``participants``, ``recordings`` (answers 404 until
+  confstream records conferences) and the ``streams`` extension.
+* Participant ``status``: Twilio's ``connected`` (stored ``in-progress``) or ``complete``;
+  ``queue_time`` is null (Twilio fills it only for participants created through its API).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ from typing import Any
 
 from confstream.api.common import API_VERSION, rfc2822
 from confstream.store import Account, Conference, Participant, Stream
+from confstream.store.models import PARTICIPANT_API_STATUS, split_end_reason
 
 
 def _conference_uri(base: str, account_sid: str, conference_sid: str) -> str:
@@ -14,9 +25,13 @@ def _conference_uri(base: str, account_sid: str, conference_sid: str) -> str:
 
 
 def account_json(base: str, account: Account) -> dict[str, Any]:
+    """Twilio's Account shape (docs/api.md, Account); the SDKs read every one of these keys.
+    ``auth_token`` is shown only to the account itself (the only one that can fetch it);
+    ``subresource_uris`` lists only what exists here (conferences)."""
     uri = f"{base}/Accounts/{account.sid}"
     return {
         "sid": account.sid,
+        "auth_token": account.auth_token,
         "friendly_name": account.friendly_name,
         "status": account.status,
         "type": "Full",
@@ -31,6 +46,7 @@ def account_json(base: str, account: Account) -> dict[str, Any]:
 
 def conference_json(base: str, conference: Conference) -> dict[str, Any]:
     uri = _conference_uri(base, conference.account_sid, conference.sid)
+    reason, ending_call_sid = split_end_reason(conference.reason_ended)
     return {
         "sid": conference.sid,
         "account_sid": conference.account_sid,
@@ -40,11 +56,12 @@ def conference_json(base: str, conference: Conference) -> dict[str, Any]:
         "date_updated": rfc2822(conference.date_updated),
         "api_version": API_VERSION,
         "region": conference.region,
-        "reason_conference_ended": conference.reason_ended,
-        "call_sid_ending_conference": None,
+        "reason_conference_ended": reason,
+        "call_sid_ending_conference": ending_call_sid,
         "uri": f"{uri}.json",
         "subresource_uris": {
             "participants": f"{uri}/Participants.json",
+            "recordings": f"{uri}/Recordings.json",
             "streams": f"{uri}/Streams.json",
         },
     }
@@ -60,7 +77,8 @@ def participant_json(base: str, participant: Participant) -> dict[str, Any]:
         "label": participant.label,
         "date_created": rfc2822(participant.date_created),
         "date_updated": rfc2822(participant.date_updated),
-        "status": participant.status,
+        "status": PARTICIPANT_API_STATUS.get(participant.status, participant.status),
+        "queue_time": None,
         "muted": participant.muted,
         "hold": participant.hold,
         "coaching": participant.coaching,

@@ -4,11 +4,19 @@ Both base paths, ``/api/laml/2010-04-01`` (SignalWire) and ``/2010-04-01`` (Twil
 same routes; every path also answers with a ``.json`` suffix (it is stripped before routing,
 and every URI in answers carries it, as Twilio's do). ``GET /healthz`` answers 200 once
 ``app.state.ready`` is true (the server sets it when every listener is up), else 503.
-``GET /metrics`` serves the Prometheus registry.
+``GET /metrics`` serves the Prometheus registry. ``/dashboard`` is the read-only live dashboard
+(:mod:`confstream.api.dashboard`).
 
 Authentication is HTTP Basic ``AccountSid:AuthToken``; a failure, and a path AccountSid that
 is not the caller's, both answer the same 401 (code 20003) so nothing tells whether another
 account exists.
+
+Every parameter a route accepts does what docs/api.md says, or is refused: enum values are
+checked (Status, AnnounceMethod, HoldMethod, WaitMethod...), and parameters Twilio documents
+that confstream cannot honour yet (``HoldUrl``, ``WaitUrl``, ``Coaching=true``,
+``CallSidToCoach``, ``BeepOnExit=true``) answer 400 (20501) and change nothing. Parameters
+Twilio does not document are ignored, as Twilio does. Request bodies are bounded
+(:mod:`confstream.api.limits`, 413).
 
 Choices where the contract is silent (as Twilio does): conferences list newest first;
 participants list and fetch show the participants in the conference now (``in-progress``),
@@ -27,6 +35,7 @@ import base64
 import binascii
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -48,6 +57,7 @@ from confstream.api.common import (
     parse_date,
     parse_paging,
 )
+from confstream.api.dashboard import dashboard_routes
 from confstream.api.errors import (
     ApiError,
     from_domain,
@@ -55,14 +65,16 @@ from confstream.api.errors import (
     invalid,
     not_found,
     unauthorized,
+    unsupported,
 )
+from confstream.api.limits import BodyLimit
 from confstream.api.openapi import openapi_json
 from confstream.api.render import account_json, conference_json, participant_json, stream_json
 from confstream.api.streams import parse_stream_request
 from confstream.errors import ConfstreamError
 from confstream.services import Services
 from confstream.store import Account, Conference, ConferenceFilter, DateFilter
-from confstream.store.models import CONFERENCE_STATUSES
+from confstream.store.models import CONFERENCE_STATUSES, STREAM_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +117,29 @@ async def fetch_account(request: Request) -> Response:
     return JSONResponse(account_json(base_path(request), account))
 
 
+async def list_accounts(request: Request) -> Response:
+    """``GET /Accounts``: only the caller's own account (there are no subaccounts), in
+    Twilio's list envelope; the ``FriendlyName`` and ``Status`` filters apply to it."""
+    account = await _authenticate(request)
+    paging = parse_paging(request)
+    q = request.query_params
+    name, status = q.get("FriendlyName"), q.get("Status")
+    matches = (name is None or name == account.friendly_name) and (
+        status is None or status == account.status
+    )
+    rows = [account] if matches and paging.offset == 0 else []
+    return page_response(request, "/Accounts", "accounts", rows, account_json, paging)
+
+
+def _method(params: dict[str, str], name: str, default: str) -> str:
+    """An HTTP method parameter: ``GET`` or ``POST`` in any case, else 422 (21209)."""
+    value = params.get(name)
+    method = default if value is None or value == "" else value.strip().upper()
+    if method not in ("GET", "POST"):
+        raise invalid(21209, f"{name} must be GET or POST, not {value!r}")
+    return method
+
+
 # ------------------------------------------------------------------------ conferences
 def _conference_filter(request: Request) -> ConferenceFilter:
     q = request.query_params
@@ -115,9 +150,9 @@ def _conference_filter(request: Request) -> ConferenceFilter:
     def dates(name: str) -> DateFilter:
         on, before, after = q.get(name), q.get(f"{name}<"), q.get(f"{name}>")
         return DateFilter(
-            on=parse_date(name, on) if on else None,
-            on_or_before=parse_date(f"{name}<", before) if before else None,
-            on_or_after=parse_date(f"{name}>", after) if after else None,
+            on=parse_date(name, on) if on is not None else None,
+            on_or_before=parse_date(f"{name}<", before) if before is not None else None,
+            on_or_after=parse_date(f"{name}>", after) if after is not None else None,
         )
 
     return ConferenceFilter(
@@ -155,9 +190,7 @@ async def conference_instance(request: Request) -> Response:
         if status is not None and status != "completed":
             raise invalid(20001, "Status can only be set to completed")
         announce_url = (params.get("AnnounceUrl") or "").strip() or None
-        announce_method = (params.get("AnnounceMethod") or "POST").upper()
-        if announce_method not in ("GET", "POST"):
-            raise invalid(21209, "AnnounceMethod must be GET or POST")
+        announce_method = _method(params, "AnnounceMethod", "POST")
         conference = await services.update_conference(
             conference,
             end=status == "completed",
@@ -175,15 +208,58 @@ async def list_participants(request: Request) -> Response:
     q = request.query_params
     muted = parse_bool("Muted", q.get("Muted"))
     hold = parse_bool("Hold", q.get("Hold"))
+    coaching = parse_bool("Coaching", q.get("Coaching"))
     rows = await _services(request).list_participants(
         conference.sid,
         muted=muted,
         hold=hold,
+        coaching=coaching,
         offset=paging.offset,
         limit=paging.page_size + 1,
     )
     path = f"/Accounts/{account.sid}/Conferences/{conference.sid}/Participants"
     return page_response(request, path, "participants", rows, participant_json, paging)
+
+
+@dataclass(frozen=True)
+class ParticipantUpdate:
+    """A validated participant update (docs/api.md, Participants)."""
+
+    muted: bool | None = None
+    hold: bool | None = None
+    end_conference_on_exit: bool | None = None
+    announce_url: str | None = None
+    announce_method: str = "POST"
+
+
+def parse_participant_update(params: dict[str, str]) -> ParticipantUpdate:
+    """Check every parameter Twilio documents for a participant update before anything is
+    done: bad values answer 422, what confstream cannot do yet 400 (20501)."""
+    muted = parse_bool("Muted", params.get("Muted"))
+    hold = parse_bool("Hold", params.get("Hold"))
+    end_on_exit = parse_bool("EndConferenceOnExit", params.get("EndConferenceOnExit"))
+    beep_on_exit = parse_bool("BeepOnExit", params.get("BeepOnExit"))
+    coaching = parse_bool("Coaching", params.get("Coaching"))
+    announce_method = _method(params, "AnnounceMethod", "POST")
+    _method(params, "HoldMethod", "GET")
+    _method(params, "WaitMethod", "POST")
+    if (params.get("HoldUrl") or "").strip():
+        raise unsupported("HoldUrl", "a participant on hold hears silence")
+    if (params.get("WaitUrl") or "").strip():
+        raise unsupported("WaitUrl", "conferences start with their first participant")
+    if beep_on_exit:
+        raise unsupported("BeepOnExit=true", "confstream plays no beeps")
+    if coaching:
+        raise unsupported("Coaching=true", "every participant hears the whole conference")
+    if (params.get("CallSidToCoach") or "").strip():
+        raise unsupported("CallSidToCoach", "every participant hears the whole conference")
+    return ParticipantUpdate(
+        muted=muted,
+        hold=hold,
+        end_conference_on_exit=end_on_exit,
+        announce_url=(params.get("AnnounceUrl") or "").strip() or None,
+        announce_method=announce_method,
+    )
 
 
 async def participant_instance(request: Request) -> Response:
@@ -196,20 +272,23 @@ async def participant_instance(request: Request) -> Response:
         await services.kick(call_sid)
         return Response(status_code=204)
     if request.method == "POST":
-        params = await form(request)
-        muted = parse_bool("Muted", params.get("Muted"))
-        hold = parse_bool("Hold", params.get("Hold"))
-        announce_url = (params.get("AnnounceUrl") or "").strip() or None
-        announce_method = (params.get("AnnounceMethod") or "POST").upper()
-        if announce_method not in ("GET", "POST"):
-            raise invalid(21209, "AnnounceMethod must be GET or POST")
-        if muted is not None or hold is not None:
-            updated = await services.update_participant(call_sid, muted=muted, hold=hold)
-            row = updated if updated is not None else row
-        if announce_url is not None:
+        update = parse_participant_update(await form(request))
+        # the announcement first: when it cannot be played, nothing else has changed
+        if update.announce_url is not None:
             await services.announce(
-                conference.sid, announce_url, announce_method, target_call_sid=call_sid
+                conference.sid,
+                update.announce_url,
+                update.announce_method,
+                target_call_sid=call_sid,
             )
+        if (update.muted, update.hold, update.end_conference_on_exit) != (None, None, None):
+            changed = await services.update_participant(
+                call_sid,
+                muted=update.muted,
+                hold=update.hold,
+                end_conference_on_exit=update.end_conference_on_exit,
+            )
+            row = changed if changed is not None else row
     return JSONResponse(participant_json(base_path(request), row))
 
 
@@ -226,6 +305,8 @@ async def streams_collection(request: Request) -> Response:
         return JSONResponse(stream_json(base, row))
     paging = parse_paging(request)
     status = request.query_params.get("Status")
+    if status is not None and status not in STREAM_STATUSES:
+        raise invalid(20001, f"Status must be one of {', '.join(STREAM_STATUSES)}")
     rows = await services.list_streams(
         conference.sid, status=status, offset=paging.offset, limit=paging.page_size + 1
     )
@@ -245,6 +326,19 @@ async def stream_instance(request: Request) -> Response:
             raise invalid(20001, "Status is required and can only be stopped")
         row = await services.stop_stream(row)
     return JSONResponse(stream_json(base_path(request), row))
+
+
+# ------------------------------------------------------------------------- recordings
+async def recordings(request: Request) -> Response:
+    """Conference recordings: listed in ``subresource_uris`` as Twilio does, answered 404
+    (20404) until confstream records conferences."""
+    account = await _authenticate(request)
+    conference = await _conference(request, account)
+    message = (
+        f"The requested resource Recordings of Conference {conference.sid} was not found: "
+        "confstream does not record conferences yet"
+    )
+    raise ApiError(20404, message, status=404)
 
 
 # ------------------------------------------------------------------------ operations
@@ -290,6 +384,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def _resource_routes() -> list[Route]:
     conf = "/Accounts/{account_sid}/Conferences/{conference_sid}"
     return [
+        Route("/Accounts", list_accounts, methods=["GET"]),
         Route("/Accounts/{account_sid}", fetch_account, methods=["GET"]),
         Route("/Accounts/{account_sid}/Conferences", list_conferences, methods=["GET"]),
         Route(conf, conference_instance, methods=["GET", "POST"]),
@@ -301,6 +396,12 @@ def _resource_routes() -> list[Route]:
         ),
         Route(f"{conf}/Streams", streams_collection, methods=["GET", "POST"]),
         Route(f"{conf}/Streams/{{stream_sid}}", stream_instance, methods=["GET", "POST"]),
+        Route(f"{conf}/Recordings", recordings, methods=["GET"]),
+        Route(
+            f"{conf}/Recordings/{{recording_sid}}",
+            recordings,
+            methods=["GET", "POST", "DELETE"],
+        ),
     ]
 
 
@@ -330,6 +431,7 @@ def create_api(services: Services) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
+            *dashboard_routes(services),
             Mount(SIGNALWIRE_BASE, routes=routes),
             Mount(TWILIO_BASE, routes=routes),
         ],
@@ -341,6 +443,9 @@ def create_api(services: Services) -> Starlette:
         },
     )
     app.add_middleware(StripJsonSuffix)
+    # added last, so outermost: bodies are bounded before anything else runs
+    app.add_middleware(BodyLimit, max_bytes=services.settings.api_max_body_bytes)
     app.state.services = services
+    app.state.max_form_fields = services.settings.api_max_form_fields
     app.state.ready = False
     return app

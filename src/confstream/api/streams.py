@@ -2,11 +2,17 @@
 
 Rules, and the code answered (422 unless noted):
 
-* ``Url`` required (21205). Absolute URLs are taken as they are: a scheme other than ``wss``
-  is *not* refused here; the stream record is created and the stream manager ends it with
-  31922, so ``stream-error``/``stream-stopped`` callbacks fire as SignalWire does. A relative
-  Url is resolved against the account's ``stream_base_url``; without one: 21205.
-* ``Name`` optional, 1..255 characters (20001); uniqueness is checked by the service (20409).
+* ``Url`` required (21205). A relative Url is resolved against the account's
+  ``stream_base_url``; without one: 21205. The absolute URL must be ``wss://`` with a host, a
+  valid port and no whitespace, else **400** with 31922 ("only wss:// is supported") and no
+  stream is created. Whether the host's addresses are allowed (the outbound policy) needs DNS:
+  that is checked when the stream connects, and reported on the stream (31922,
+  ``stream-error``), as are specs that reach the stream manager without this API.
+* ``Name`` optional, 1..255 characters once stripped (20001); uniqueness is checked by the
+  service (20409). A Name must stay addressable as the last segment of the stream's URL
+  (``.../Streams/{Name}.json``, percent-encoded or as SDKs send it), so it may not contain
+  ``/``, backslash, ``?``, ``#``, ``%``, control characters or line/paragraph separators, may not
+  be ``.`` or ``..`` and may not end in ``.json`` (20001).
 * ``Track``: ``inbound_track`` | ``outbound_track`` | ``both_tracks`` (31941), default both.
 * ``StatusCallback``: absolute http(s) URL whose host the outbound policy accepts (21609).
 * ``StatusCallbackMethod``: GET | POST in any case (21209), default POST.
@@ -16,19 +22,23 @@ Rules, and the code answered (422 unless noted):
   be under 500 characters (20001).
 * ``AuthorizationBearerToken``: passed to the stream, never stored.
 
-All problems found are reported together in ``errors``; the top-level code is the first one's.
+All problems found are reported together; the top-level code and HTTP status are the first
+one's (``errors`` lists every message on 422 answers).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import urljoin, urlsplit
 
 from confstream import netpolicy
 from confstream.api.common import parse_bool
-from confstream.api.errors import ApiError
+from confstream.api.errors import ERROR_CODES, ApiError
 from confstream.settings import Settings
 from confstream.store import Account
+from confstream.streams.failures import StreamFailure
+from confstream.streams.session import validate_stream_url
 from confstream.streams.spec import StreamRequest
 from confstream.streams.vocabulary import (
     DEFAULT_CALLBACK_METHOD,
@@ -49,6 +59,9 @@ MAX_PARAMETER_CHARS = 500
 MAX_NAME_CHARS = 255
 
 _PARAMETER_KEY = re.compile(r"^Parameter(\d+)\.(Name|Value)$")
+#: Characters a stream Name may not contain (besides control characters and line or
+#: paragraph separators): they cannot come back as one path segment.
+NAME_FORBIDDEN = "/\\?#%"
 
 
 class _Problems:
@@ -61,7 +74,28 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.items:
             code, message = self.items[0]
-            raise ApiError(code, message, [m for _, m in self.items], status=422)
+            status = ERROR_CODES[code].status if code in ERROR_CODES else 422
+            raise ApiError(code, message, [m for _, m in self.items], status=status)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` (already stripped) cannot be a stream Name, or None when it can."""
+    if len(name) > MAX_NAME_CHARS:
+        return f"Name must be at most {MAX_NAME_CHARS} characters"
+    bad = [
+        ch for ch in name if ch in NAME_FORBIDDEN or unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+    ]
+    if bad:
+        return (
+            f"Name must not contain {bad[0]!r}: it would not be addressable in "
+            ".../Streams/{Name}.json (/, \\, ?, #, %, control characters and line breaks "
+            "are refused)"
+        )
+    if name in (".", ".."):
+        return f"Name must not be {name!r}"
+    if name.endswith(".json"):
+        return "Name must not end in .json"
+    return None
 
 
 def resolve_stream_url(raw: str, account: Account) -> str | None:
@@ -92,12 +126,17 @@ async def parse_stream_request(
             )
         else:
             url = resolved
+            try:
+                validate_stream_url(url)
+            except StreamFailure as exc:
+                problems.add(31922, exc.message)
 
     name = params.get("Name")
     if name is not None:
         name = name.strip() or None
-        if name is not None and len(name) > MAX_NAME_CHARS:
-            problems.add(20001, f"Name must be at most {MAX_NAME_CHARS} characters")
+        problem = name_problem(name) if name is not None else None
+        if problem is not None:
+            problems.add(20001, problem)
 
     track = DEFAULT_TRACK
     raw_track = params.get("Track") or DEFAULT_TRACK.value
@@ -176,4 +215,11 @@ async def parse_stream_request(
     )
 
 
-__all__ = ["CODECS", "METHODS", "TRACKS", "parse_stream_request", "resolve_stream_url"]
+__all__ = [
+    "CODECS",
+    "METHODS",
+    "TRACKS",
+    "name_problem",
+    "parse_stream_request",
+    "resolve_stream_url",
+]

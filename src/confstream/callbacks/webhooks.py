@@ -41,7 +41,12 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from confstream import metrics
-from confstream.netpolicy import policy_client, policy_error_of, redact_url
+from confstream.netpolicy import (
+    describe_connect_error,
+    policy_client,
+    policy_error_of,
+    redact_url,
+)
 from confstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -182,7 +187,7 @@ class CallbackSender:
                     "status callback %s failed (attempt %d): %s",
                     redact_url(cb.url),
                     attempt + 1,
-                    type(exc).__name__,
+                    describe_connect_error(exc),
                 )
                 retry = True
             else:

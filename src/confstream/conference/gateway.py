@@ -6,6 +6,7 @@ layer only calls these methods, so it never touches the database or the mixer di
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from confstream.conference.base import Participant
@@ -14,7 +15,60 @@ from confstream.conference.base import Participant
 # meets them. The SIP edge answers the INVITE with their ``sip_status`` (docs/errors.md, SIP).
 from confstream.errors import AccountNotActive, AlreadyJoined, JoinRefused
 
-__all__ = ["AccountNotActive", "AlreadyJoined", "ConferenceGateway", "JoinRefused"]
+__all__ = [
+    "AccountNotActive",
+    "AlreadyJoined",
+    "ConferenceGateway",
+    "IncomingCall",
+    "JoinOptions",
+    "JoinRefused",
+]
+
+
+@dataclass(frozen=True)
+class IncomingCall:
+    """An authenticated initial INVITE, as the application sees it (no SIP objects).
+
+    ``request_user`` is the Request-URI user part, URL-unescaped: the conference name when the
+    account has no voice URL (docs/sip.md). ``sip_headers`` are the request's ``X-`` headers
+    in arrival order (what a voice webhook receives as ``SipHeader_X-…``)."""
+
+    call_sid: str
+    account_sid: str
+    request_user: str
+    from_uri: str
+    to_uri: str
+    caller_name: str | None = None
+    sip_headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    source: tuple[str, int] = ("", 0)
+    transport: str = "UDP"
+
+
+@dataclass(frozen=True)
+class JoinOptions:
+    """How a participant joins a conference: the attributes of cXML ``<Conference>`` and the
+    parameters of ``POST …/Participants`` (docs/voice.md, docs/api.md). The defaults are a
+    plain SIP caller's (and Twilio's).
+
+    The conference-level fields (``wait_url``, ``max_participants``, ``status_callback*``) are
+    taken from the participant that creates the conference, as Twilio does."""
+
+    muted: bool = False
+    #: ``true``, ``false``, ``onEnter`` or ``onExit``.
+    beep: str = "true"
+    start_conference_on_enter: bool = True
+    end_conference_on_exit: bool = False
+    #: A WAV URL played while the conference waits for a moderator; None: silence.
+    wait_url: str | None = None
+    wait_method: str = "POST"
+    max_participants: int = 250
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+    #: Twilio's words: ``start end join leave mute hold modify speaker announcement``.
+    status_callback_event: tuple[str, ...] = ()
+    label: str | None = None
+    coaching: bool = False
+    call_sid_to_coach: str | None = None
 
 
 class ConferenceGateway(Protocol):
@@ -22,11 +76,13 @@ class ConferenceGateway(Protocol):
         """The account's AuthToken (the SIP digest password), or None for no such account."""
         ...
 
-    async def join(self, account_sid: str, conference_name: str, participant: Participant) -> str:
-        """Add ``participant`` (its ``call_sid`` already set, a UUID) to the account's conference
-        named ``conference_name``, creating it ``in-progress`` when needed. Returns the
-        ConferenceSid. Raises :class:`JoinRefused` (:class:`AccountNotActive`: 403,
-        :class:`AlreadyJoined`: 482)."""
+    async def incoming_call(self, call: IncomingCall, participant: Participant) -> None:
+        """Take an authenticated call before it is answered. ``participant`` (its ``call_sid``
+        set, a UUID) is the caller's audio, already able to play and hear. On return the SIP
+        edge answers 200; raising :class:`JoinRefused` answers its ``sip_status`` instead
+        (:class:`AccountNotActive`: 403, :class:`AlreadyJoined`: 482, a ``<Reject>``: 486 or
+        603). Without a voice application the caller joins the account's conference named
+        ``call.request_user``, created ``in-progress`` when needed."""
         ...
 
     async def leave(self, call_sid: str, reason: str) -> None:

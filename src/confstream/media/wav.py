@@ -23,6 +23,8 @@ from confstream.media.g711 import alaw_decode, ulaw_decode, ulaw_encode
 from confstream.media.resample import resample
 
 Int16Array = npt.NDArray[np.int16]
+#: What :func:`write_wav` writes: 16-bit PCM or G.711 µ-law (tag 7).
+WavFormat = Literal["pcm16", "ulaw"]
 
 FORMAT_PCM = 1
 FORMAT_FLOAT = 3
@@ -120,9 +122,7 @@ def parse_wav(data: bytes) -> Int16Array:
     return resample(pcm, rate, TARGET_RATE)
 
 
-def wav_bytes(
-    pcm: npt.ArrayLike, rate: int = TARGET_RATE, format: Literal["pcm16", "ulaw"] = "pcm16"
-) -> bytes:
+def wav_bytes(pcm: npt.ArrayLike, rate: int = TARGET_RATE, format: WavFormat = "pcm16") -> bytes:
     """A mono WAV file as bytes: 16-bit PCM (tag 1) or G.711 µ-law (tag 7, 8 bits)."""
     samples = np.asarray(pcm, dtype=np.int16)
     if format == "pcm16":
@@ -147,7 +147,7 @@ def write_wav(
     path: str | Path,
     pcm: npt.ArrayLike,
     rate: int = TARGET_RATE,
-    format: Literal["pcm16", "ulaw"] = "pcm16",
+    format: WavFormat = "pcm16",
 ) -> Path:
     """Write a mono WAV: ``"pcm16"`` (baresip's ``aufile``) or ``"ulaw"`` (sipp's
     ``rtp_stream``, which wants tag 7, 8 kHz mono). Returns the path."""

@@ -76,6 +76,7 @@ __all__ = [
     "SUPPORTED_PAYLOAD_TYPES",
     "RtpEndpoint",
     "RtpStats",
+    "SourceAddress",
     "flush_metrics",
 ]
 
@@ -88,6 +89,9 @@ SUPPORTED_PAYLOAD_TYPES = (PCMU, PCMA)
 CLOCK_RATE = 8000
 
 Address = tuple[str, int]
+#: A datagram's source as the socket reports it: (host, port), or (host, port, flowinfo,
+#: scope_id) on an IPv6 socket.
+SourceAddress = tuple[str, int] | tuple[str, int, int, int]
 
 #: Values of ``latching`` (setting ``CONFSTREAM_RTP_LATCHING``, docs/operations.md).
 LATCHING_MODES = ("signalling-ip", "sdp-only")
@@ -280,7 +284,7 @@ class RtpEndpoint:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def _admit(self, addr: Address) -> bool:
+    def _admit(self, addr: SourceAddress) -> bool:
         """Whether a datagram from ``addr`` (not the latched source) may be handled: only
         before latching, from the SDP address and port or from an IP that may latch."""
         if self._source is not None:
@@ -291,7 +295,7 @@ class RtpEndpoint:
         remote = self._sdp_remote
         return remote is not None and addr[1] == remote[1] and host in self._sdp_ips
 
-    def _reject(self, addr: Address) -> None:
+    def _reject(self, addr: SourceAddress) -> None:
         counts = self._counts
         counts.rejected += 1
         PENDING.rejected_source += 1
@@ -309,7 +313,7 @@ class RtpEndpoint:
         self._counts.discarded += 1
         _count_discard(reason)
 
-    def receive(self, data: bytes, addr: Address, now: float) -> list[DtmfEvent]:
+    def receive(self, data: bytes, addr: SourceAddress, now: float) -> list[DtmfEvent]:
         """Handle one datagram from ``addr`` arriving at ``now`` (seconds, monotonic).
         Returns the DTMF key presses it completed. Never raises for bad input."""
         if addr != self._source and not self._admit(addr):
@@ -373,12 +377,12 @@ class RtpEndpoint:
         self._discard("unknown_payload")
         return []
 
-    def _latch(self, addr: Address) -> None:
+    def _latch(self, addr: SourceAddress) -> None:
         self._source = addr
         self._latched = (addr[0], addr[1])
         self.dest = self._latched
 
-    def _accept(self, packet: RtpPacket, addr: Address, now: float) -> None:
+    def _accept(self, packet: RtpPacket, addr: SourceAddress, now: float) -> None:
         counts = self._counts
         counts.packets_received += 1
         counts.bytes_received += len(packet.payload)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, overload
 
 import numpy as np
 
@@ -97,6 +97,28 @@ class JitterBuffer(Generic[T]):
     is waiting to start.
     """
 
+    # Without ``conceal`` the buffer holds int16 frames (the default concealment halves them),
+    # so ``JitterBuffer()`` is a ``JitterBuffer[Frame]``; any other item type needs ``conceal``.
+    @overload
+    def __init__(
+        self: JitterBuffer[Frame],
+        *,
+        frame_samples: int = ...,
+        min_depth: int = ...,
+        max_depth: int = ...,
+        conceal: None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        *,
+        frame_samples: int = ...,
+        min_depth: int = ...,
+        max_depth: int = ...,
+        conceal: Callable[[T], Frame | None],
+    ) -> None: ...
+
     def __init__(
         self,
         *,
@@ -113,6 +135,8 @@ class JitterBuffer(Generic[T]):
         self.stats = JitterStats()
         #: RFC 3550 interarrival jitter estimate, in timestamp units.
         self.jitter = 0.0
+        # The overloads above make T Frame whenever ``conceal`` is None; the implementation
+        # body cannot see that link, hence the ignore on the default ``_half``.
         self._conceal_fn: Callable[[T], Frame | None] = (
             conceal if conceal is not None else _half  # type: ignore[assignment]
         )

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from confstream import metrics
 from confstream.conference.base import Frame
 from confstream.rtp.dtmf import DtmfEvent
-from confstream.rtp.endpoint import PENDING, RtpEndpoint, RtpStats, flush_metrics
+from confstream.rtp.endpoint import PENDING, RtpEndpoint, RtpStats, SourceAddress, flush_metrics
 from confstream.rtp.ports import RtpPortPool
 
 __all__ = ["RtpSession", "RtpStats"]
@@ -64,7 +64,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self._session = session
         self._endpoint = session.endpoint
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def datagram_received(self, data: bytes, addr: SourceAddress) -> None:
         session = self._session
         loop = session._loop
         if session._closed or loop is None:

@@ -17,6 +17,11 @@ Sans-I/O: the caller passes the current time and the account's password; nothing
 * The digest-uri must name the Request-URI's host and port (the user part is not compared).
 * Requests without ``qop`` (RFC 2069 style) are accepted for old UAs; they get no replay
   protection beyond the nonce lifetime.
+* Guessing is throttled per source address by :class:`FailureThrottle`: ``max_failures``
+  (default 10) failed attempts within ``window`` (60 s) block the source for
+  ``block_seconds`` (300 s). A failed attempt is a credential that was checked and refused
+  (wrong password, unknown account, wrong digest-uri, replayed nc); a missing, malformed or
+  expired credential only draws a challenge and is not counted (docs/sip.md "Limits").
 """
 
 from __future__ import annotations
@@ -283,3 +288,82 @@ class DigestAuthenticator:
             return False
         self._nc_seen[nonce] = (nc, issued)
         return True
+
+
+@dataclass
+class _SourceRecord:
+    window_start: float
+    failures: int = 0
+    blocked_until: float = 0.0
+
+
+class FailureThrottle:
+    """Failed digest attempts per source address, in fixed windows; sans-I/O.
+
+    :meth:`failure` records one failed attempt and returns True when it blocks the source:
+    the ``max_failures``-th failure of a window of ``window`` seconds (counted from the
+    window's first failure) blocks it for ``block_seconds``. :meth:`blocked` tells whether a
+    source is blocked now; while it is, its requests are not checked at all, so they neither
+    count nor extend the block. Successes do not reset the count (a valid account must not
+    buy guesses at other accounts).
+
+    Memory is bounded: at most ``max_sources`` (default 10 000) sources are tracked, least
+    recently active dropped first (expired records go first anyway, as they are the oldest).
+    """
+
+    def __init__(
+        self,
+        max_failures: int = 10,
+        window: float = 60.0,
+        block_seconds: float = 300.0,
+        max_sources: int = 10_000,
+    ) -> None:
+        if max_failures < 1 or window <= 0 or block_seconds <= 0 or max_sources < 1:
+            raise ValueError("throttle limits must be positive")
+        self.max_failures = max_failures
+        self.window = window
+        self.block_seconds = block_seconds
+        self.max_sources = max_sources
+        self._sources: OrderedDict[str, _SourceRecord] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def _expired(self, rec: _SourceRecord, now: float) -> bool:
+        return now - rec.window_start >= self.window and rec.blocked_until <= now
+
+    def _prune(self, now: float) -> None:
+        while self._sources:
+            rec = next(iter(self._sources.values()))
+            if self._expired(rec, now) or len(self._sources) > self.max_sources:
+                self._sources.popitem(last=False)
+            else:
+                return
+
+    def blocked(self, source: str, now: float) -> bool:
+        rec = self._sources.get(source)
+        if rec is None or rec.blocked_until <= now:
+            return False
+        self._sources.move_to_end(source)  # an active attacker stays tracked
+        return True
+
+    def failure(self, source: str, now: float) -> bool:
+        """Record a failed attempt from ``source``; True when the source is now blocked."""
+        rec = self._sources.get(source)
+        if rec is None or self._expired(rec, now):
+            rec = _SourceRecord(window_start=now)
+            self._sources[source] = rec
+        elif rec.blocked_until > now:
+            self._sources.move_to_end(source)
+            return False  # checked before the block began; already blocked
+        elif now - rec.window_start >= self.window:
+            rec.window_start, rec.failures = now, 0
+        self._sources.move_to_end(source)
+        rec.failures += 1
+        blocks = rec.failures >= self.max_failures
+        if blocks:
+            rec.blocked_until = now + self.block_seconds
+            rec.failures = 0
+            rec.window_start = now
+        self._prune(now)
+        return blocks

@@ -8,8 +8,14 @@ SDP offer/answer (:mod:`.sdp`), and talks to the rest of the server only through
 Behaviour, by method:
 
 * ``INVITE`` (initial): Digest-authenticated (username = AccountSid, password = AuthToken);
-  no credentials -> 401, wrong ones -> 403, expired nonce -> 401 ``stale=true``. Then 100,
-  RTP port, ``gateway.join`` (its :class:`JoinRefused` status is sent), 200 with the SDP answer.
+  no credentials -> 401, wrong ones -> 403, expired nonce -> 401 ``stale=true``. Answers to
+  requests not yet authenticated (401, 403, 415, 420, 481) are sent once, never on Timer G,
+  and over UDP only when at most :data:`AMPLIFICATION_LIMIT` times the size of the request,
+  so that the server cannot be used as a UDP amplifier. A source with too many failed attempts is
+  blocked for a while (:class:`~.digest.FailureThrottle`): its initial INVITEs are dropped
+  over UDP and answered 403 over TCP, without checking (docs/sip.md "Limits"). Then 100,
+  RTP port, ``gateway.incoming_call`` (its :class:`JoinRefused` status is sent), 200 with the SDP
+  answer.
   No common codec -> 488. The Request-URI user part, URL-unescaped, is the conference name.
   An INVITE without SDP gets our offer in the 200 and the answer is read from the ACK.
 * ``INVITE`` (re-INVITE): new SDP; ``sendonly``/``inactive``/``c=0.0.0.0`` is hold.
@@ -30,7 +36,7 @@ from typing import Any
 
 from confstream import metrics
 from confstream.conference.base import Frame
-from confstream.conference.gateway import ConferenceGateway, JoinRefused
+from confstream.conference.gateway import ConferenceGateway, IncomingCall, JoinRefused
 from confstream.rtp.ports import RtpPortPool, RtpPortsExhausted
 from confstream.rtp.session import RtpSession
 from confstream.settings import Settings
@@ -39,6 +45,7 @@ from confstream.sip.digest import (
     DigestAuthenticator,
     DigestOutcome,
     DigestParseError,
+    FailureThrottle,
     parse_authorization,
 )
 from confstream.sip.message import (
@@ -72,7 +79,7 @@ from confstream.sip.transaction import (
     Transaction,
     Transmit,
 )
-from confstream.sip.transport import Flow, SipTransport
+from confstream.sip.transport import Flow, SipTransport, TransportLimits
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,12 @@ KNOWN_UNSERVED = frozenset(
     {"REGISTER", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "INFO", "UPDATE", "PRACK", "PUBLISH"}
 )
 USER_AGENT = "confstream"
+#: At most one "source blocked" log line per this many seconds (the others are counted in it).
+AUTH_LOG_INTERVAL = 10.0
+#: Over UDP, an answer to a request not authenticated is sent only when it is at most this many
+#: times the size of the request (the anti-amplification factor of QUIC, RFC 9000 §8). Real
+#: INVITEs are far larger than their 401; a 139-byte minimal INVITE draws a 326-byte one.
+AMPLIFICATION_LIMIT = 3
 
 ServerTxn = ServerInviteTransaction | ServerNonInviteTransaction
 
@@ -170,7 +183,23 @@ class SipServer:
             nonce_ttl=settings.sip_nonce_ttl,
             algorithms=tuple(settings.sip_digest_algorithms),
         )
-        self.transport = SipTransport(self._on_message)
+        self.throttle = FailureThrottle(
+            settings.sip_auth_max_failures,
+            settings.sip_auth_failure_window,
+            settings.sip_auth_block_seconds,
+        )
+        self._auth_log_next = 0.0
+        self._auth_blocks_unlogged = 0
+        self.transport = SipTransport(
+            self._on_message,
+            TransportLimits(
+                udp_rcvbuf=settings.sip_udp_rcvbuf,
+                tcp_max_connections=settings.sip_tcp_max_connections,
+                tcp_first_message_timeout=settings.sip_tcp_first_message_timeout,
+                tcp_idle_timeout=settings.sip_tcp_idle_timeout,
+                tcp_max_write_buffer=settings.sip_tcp_max_write_buffer,
+            ),
+        )
         self.port = 0
         self.host = ""
         #: Live calls by CallSid (answered or being set up).
@@ -180,7 +209,9 @@ class SipServer:
         self._client_txns: dict[tuple[str, str], ClientNonInviteTransaction] = {}
         self._txn_flow: dict[Transaction, Flow] = {}
         self._timer_handles: dict[Transaction, asyncio.TimerHandle] = {}
-        self._txn_keys: dict[Transaction, tuple[str, ...]] = {}
+        self._txn_keys: dict[Transaction, tuple[str, str, str] | tuple[str, str]] = {}
+        #: Transactions whose response would amplify (see AMPLIFICATION_LIMIT): never sent.
+        self._muted: set[Transaction] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -206,6 +237,7 @@ class SipServer:
         self._client_txns.clear()
         self._txn_flow.clear()
         self._txn_keys.clear()
+        self._muted.clear()
         await self.transport.stop()
 
     @property
@@ -252,6 +284,9 @@ class SipServer:
         flow = self._txn_flow.get(txn)
         for out in outputs:
             if isinstance(out, Transmit) and flow is not None:
+                if txn in self._muted:
+                    metrics.SIP_RESPONSES_SUPPRESSED.inc()
+                    continue
                 self._send(flow, out.message)
             elif isinstance(out, TimedOut):
                 self._on_txn_timeout(txn)
@@ -276,11 +311,14 @@ class SipServer:
 
     def _forget(self, txn: Transaction) -> None:
         self._txn_flow.pop(txn, None)
+        self._muted.discard(txn)
         key = self._txn_keys.pop(txn, None)
         if key is None:
             return
-        self._server_txns.pop(key, None)  # type: ignore[call-overload,arg-type]
-        self._client_txns.pop(key, None)  # type: ignore[call-overload,arg-type]
+        if len(key) == 3:
+            self._server_txns.pop(key, None)
+        else:
+            self._client_txns.pop(key, None)
 
     def _register(self, txn: ServerTxn, key: tuple[str, str, str], flow: Flow) -> None:
         self._server_txns[key] = txn
@@ -296,20 +334,28 @@ class SipServer:
         to_tag: str | None = None,
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
+        retransmit: bool = True,
     ) -> None:
+        """``retransmit=False``: a final sent once, for requests not authenticated."""
         if txn.state not in (State.TRYING, State.PROCEEDING):
             return
         extra = [("server", USER_AGENT), *(headers or [])]
         if status >= 200 and to_tag is None:
             to_tag = new_tag()
         response = build_response(request, status, to_tag=to_tag, headers=extra, body=body)
-        self._run(txn, txn.send_response(response, self._now()))
+        if not retransmit:
+            flow = self._txn_flow.get(txn)
+            if flow is not None and not flow.reliable:
+                if len(response.serialize()) > AMPLIFICATION_LIMIT * flow.size:
+                    self._muted.add(txn)  # the transaction still absorbs retransmissions
+        self._run(txn, txn.send_response(response, self._now(), retransmit=retransmit))
 
     # -- receiving -----------------------------------------------------------------------------
 
-    def _on_message(self, data: bytes, flow: Flow) -> None:
+    def _on_message(self, data: bytes, flow: Flow) -> bool:
+        """Handle one message; False when it was not valid SIP (the transport counts those)."""
         if not data.strip(b"\r\n"):
-            return  # keep-alive
+            return True  # keep-alive
         try:
             msg = parse_message(data)
             if isinstance(msg, SipRequest):
@@ -333,7 +379,7 @@ class SipServer:
                 h = Headers([*salvaged, ("server", USER_AGENT)])
                 flow.send(SipResponse(h, b"", 400, "Bad Request").serialize())
                 metrics.SIP_MESSAGES.labels(direction="out", kind="400").inc()
-            return
+            return False
         if isinstance(msg, SipResponse):
             metrics.SIP_MESSAGES.labels(direction="in", kind="response").inc()
             self._on_response(msg)
@@ -341,6 +387,7 @@ class SipServer:
             kind = msg.method if msg.method in KNOWN_UNSERVED or msg.method in ALLOW else "other"
             metrics.SIP_MESSAGES.labels(direction="in", kind=kind).inc()
             self._on_request(msg, flow)
+        return True
 
     def _on_response(self, response: SipResponse) -> None:
         via = response.top_via
@@ -372,6 +419,9 @@ class SipServer:
             return
 
         if request.method == "INVITE":
+            if not request.to.tag and self.throttle.blocked(flow.remote[0], now):
+                self._refuse_blocked(request, flow)
+                return
             itxn = ServerInviteTransaction(request, flow.reliable, self.timers)
             self._register(itxn, key, flow)
             if request.to.tag:
@@ -409,11 +459,19 @@ class SipServer:
         self, request: SipRequest, txn: ServerInviteTransaction, flow: Flow
     ) -> None:
         if request.body and request.content_type not in ("application/sdp", ""):
-            self._respond(txn, request, 415, headers=[("accept", "application/sdp")])
+            self._respond(
+                txn, request, 415, headers=[("accept", "application/sdp")], retransmit=False
+            )
             return
         if request.headers.get("require"):
             unsupported = request.headers.get_all("require")
-            self._respond(txn, request, 420, headers=[("unsupported", ", ".join(unsupported))])
+            self._respond(
+                txn,
+                request,
+                420,
+                headers=[("unsupported", ", ".join(unsupported))],
+                retransmit=False,
+            )
             return
         self._spawn(self._handle_invite(request, txn, flow))
 
@@ -445,12 +503,47 @@ class SipServer:
         else:
             reason = "unknown_account" if password is None else "bad_credentials"
             metrics.SIP_AUTH_FAILURES.labels(reason=reason).inc()
-            self._respond(txn, request, 403)
+            flow = self._txn_flow.get(txn)
+            if flow is not None:
+                self._auth_failed(flow.remote[0])
+            self._respond(txn, request, 403, retransmit=False)
         return None
 
     def _challenge(self, request: SipRequest, txn: ServerInviteTransaction, stale: bool) -> None:
         headers = [("www-authenticate", c) for c in self.auth.challenges(self._now(), stale)]
-        self._respond(txn, request, 401, headers=headers)
+        self._respond(txn, request, 401, headers=headers, retransmit=False)
+
+    def _auth_failed(self, source: str) -> None:
+        """Count a refused credential; log blocks, at most one line per AUTH_LOG_INTERVAL."""
+        now = self._now()
+        if not self.throttle.failure(source, now):
+            return
+        metrics.SIP_AUTH_BLOCKS.inc()
+        if now < self._auth_log_next:
+            self._auth_blocks_unlogged += 1
+            return
+        log.warning(
+            "SIP digest: blocking %s for %.0f s after %d failed attempts within %.0f s"
+            " (%d more sources blocked since the last such line)",
+            source,
+            self.throttle.block_seconds,
+            self.throttle.max_failures,
+            self.throttle.window,
+            self._auth_blocks_unlogged,
+        )
+        self._auth_blocks_unlogged = 0
+        self._auth_log_next = now + AUTH_LOG_INTERVAL
+
+    def _refuse_blocked(self, request: SipRequest, flow: Flow) -> None:
+        """An initial INVITE from a blocked source: dropped over UDP (the source may be
+        spoofed), a stateless 403 over TCP (the handshake proved the address)."""
+        metrics.SIP_AUTH_THROTTLED.inc()
+        if flow.reliable:
+            headers = [
+                ("server", USER_AGENT),
+                ("retry-after", str(int(self.throttle.block_seconds))),
+            ]
+            self._send(flow, build_response(request, 403, to_tag=new_tag(), headers=headers))
 
     async def _handle_invite(
         self, request: SipRequest, txn: ServerInviteTransaction, flow: Flow
@@ -534,7 +627,9 @@ class SipServer:
             self._end_setup(call, None)
             return
         try:
-            await self.gateway.join(account_sid, name, participant)
+            await self.gateway.incoming_call(
+                self._incoming(call_sid, account_sid, name, request, flow), participant
+            )
         except JoinRefused as exc:
             self._end_setup(call, exc.sip_status if 300 <= exc.sip_status < 700 else 403)
             return
@@ -564,6 +659,31 @@ class SipServer:
             body=body,
         )
 
+    @staticmethod
+    def _incoming(
+        call_sid: str, account_sid: str, name: str, request: SipRequest, flow: Flow
+    ) -> IncomingCall:
+        try:
+            caller = request.from_
+            from_uri, caller_name = str(caller.uri), caller.display
+        except SipParseError:
+            from_uri, caller_name = "", None
+        try:
+            to_uri = str(request.to.uri)
+        except SipParseError:
+            to_uri = request.uri
+        return IncomingCall(
+            call_sid=call_sid,
+            account_sid=account_sid,
+            request_user=name,
+            from_uri=from_uri,
+            to_uri=to_uri,
+            caller_name=caller_name,
+            sip_headers=tuple((k, v) for k, v in request.headers if k.lower().startswith("x-")),
+            source=(flow.remote[0], flow.remote[1]),
+            transport=flow.transport,
+        )
+
     def _end_setup(self, call: SipCall, status: int | None) -> None:
         if status is not None:
             self._respond(call.invite_txn, call.invite, status)
@@ -579,7 +699,7 @@ class SipServer:
     def _on_reinvite(self, request: SipRequest, txn: ServerInviteTransaction, flow: Flow) -> None:
         call = self._dialogs.get((request.call_id, request.to.tag or ""))
         if call is None or call.dialog is None or not call.dialog.matches(request):
-            self._respond(txn, request, 481)
+            self._respond(txn, request, 481, retransmit=False)
             return
         dialog = call.dialog
         if not dialog.accept_remote_cseq(request.cseq.number):

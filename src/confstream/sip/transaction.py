@@ -14,12 +14,20 @@ Server INVITE (§17.2.1 + RFC 6026 §7.1)::
     Proceeding --send 1xx--> Proceeding          (INVITE retransmission: resend last 1xx)
     Proceeding --send 2xx--> Accepted             2xx resent every T1·2ⁿ (cap T2) until ACK
                                                   [unreliable transports only]; Timer L = 64·T1
-    Proceeding --send 3xx-6xx--> Completed        Timer G = T1·2ⁿ (cap T2) resends [unreliable];
+    Proceeding --send 3xx-6xx--> Completed        Timer G = T1·2ⁿ (cap T2) resends [unreliable,
+                                                  and only with retransmit=True];
                                                   Timer H = 64·T1 gives up waiting for the ACK
     Completed  --ACK--> Confirmed                 Timer I = T4 [unreliable] or 0 absorbs ACKs
     Accepted   --ACK (for the 2xx)--> Accepted    stops resending; Timer L ends the transaction
     Accepted   --Timer L without ACK--> Terminated + TimedOut (the dialog owner sends BYE)
     Completed  --Timer H--> Terminated + TimedOut
+
+A final response sent with ``retransmit=False`` is sent once: no Timer G. The server uses it
+for answers to requests from sources not (yet) authenticated: 401/407 challenges, 403 for
+refused credentials and other refusals before authentication, so that a spoofed source cannot
+turn one datagram into eleven (docs/sip.md "Limits"). A retransmission of the request still
+gets the response once more (one answer per request received, never more), which is how a
+caller whose 401 was lost recovers.
 
 Server non-INVITE (§17.2.2)::
 
@@ -232,7 +240,10 @@ class ServerInviteTransaction(Transaction):
             self._deadlines.pop(E.TIMER_G, None)
         return []
 
-    def send_response(self, response: SipResponse, now: float) -> list[Output]:
+    def send_response(
+        self, response: SipResponse, now: float, *, retransmit: bool = True
+    ) -> list[Output]:
+        """Send ``response``; ``retransmit=False`` sends a 3xx-6xx only once (no Timer G)."""
         if response.status < 200:
             event = E.SEND_1XX
         elif response.status < 300:
@@ -248,7 +259,7 @@ class ServerInviteTransaction(Transaction):
                 self._deadlines[E.TIMER_G] = now + self._interval
         elif event is E.SEND_FINAL:
             self._deadlines[E.TIMER_H] = now + 64 * self.timers.t1
-            if not self.reliable:
+            if not self.reliable and retransmit:
                 self._interval = self.timers.t1
                 self._deadlines[E.TIMER_G] = now + self._interval
         return [Transmit(response)]
@@ -277,7 +288,10 @@ class ServerNonInviteTransaction(Transaction):
             return [Transmit(self.last_response)]
         return []
 
-    def send_response(self, response: SipResponse, now: float) -> list[Output]:
+    def send_response(
+        self, response: SipResponse, now: float, *, retransmit: bool = True
+    ) -> list[Output]:
+        """Send ``response`` (non-INVITE finals are never retransmitted on a timer anyway)."""
         if response.status < 200:
             event = E.SEND_1XX
         elif response.status < 300:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from confstream.errors import NameInUse
 from confstream.store.models import (
     Account,
+    Call,
     Conference,
     Participant,
     Stream,
@@ -26,6 +27,7 @@ from confstream.store.store import (
 
 __all__ = [
     "Account",
+    "Call",
     "Conference",
     "ConferenceFilter",
     "DateFilter",

@@ -31,15 +31,57 @@ CONFERENCE_IN_PROGRESS = "in-progress"
 CONFERENCE_COMPLETED = "completed"
 CONFERENCE_STATUSES = (CONFERENCE_INIT, CONFERENCE_IN_PROGRESS, CONFERENCE_COMPLETED)
 
-#: Participant statuses.
+#: Why a conference ended: Twilio's ``reason_conference_ended`` values (docs/api.md,
+#: Conferences). Stored in ``conferences.reason_ended`` as :func:`end_reason` writes it, with
+#: the CallSid that ended the conference (Twilio's ``call_sid_ending_conference``) when there
+#: is one. Ends that are none of these (a restart, a shutdown) store free text instead.
+ENDED_VIA_API = "conference-ended-via-api"
+ENDED_END_ON_EXIT_LEFT = "participant-with-end-conference-on-exit-left"
+ENDED_END_ON_EXIT_KICKED = "participant-with-end-conference-on-exit-kicked"
+ENDED_LAST_KICKED = "last-participant-kicked"
+ENDED_LAST_LEFT = "last-participant-left"
+CONFERENCE_END_REASONS = (
+    ENDED_VIA_API,
+    ENDED_END_ON_EXIT_LEFT,
+    ENDED_END_ON_EXIT_KICKED,
+    ENDED_LAST_KICKED,
+    ENDED_LAST_LEFT,
+)
+_ENDING_CALL = " call_sid="
+
+
+def end_reason(reason: str, call_sid: str | None = None) -> str:
+    """The ``reason_ended`` text for ``reason`` ended by ``call_sid``:
+    ``last-participant-left call_sid=<CallSid>``, or the reason alone."""
+    return reason if call_sid is None else f"{reason}{_ENDING_CALL}{call_sid}"
+
+
+def split_end_reason(stored: str | None) -> tuple[str | None, str | None]:
+    """``(reason, call_sid)`` from a stored ``reason_ended`` (see :func:`end_reason`); free
+    text comes back whole, with no CallSid."""
+    if stored is None:
+        return None, None
+    reason, sep, call_sid = stored.partition(_ENDING_CALL)
+    if sep and reason in CONFERENCE_END_REASONS:
+        return reason, call_sid or None
+    return stored, None
+
+
+#: Participant statuses as stored. The API shows them with Twilio's participant values
+#: (:data:`PARTICIPANT_API_STATUS`).
 PARTICIPANT_IN_PROGRESS = "in-progress"
 PARTICIPANT_COMPLETED = "completed"
+#: Stored participant status -> Twilio's (``queued``, ``connecting``, ``ringing``,
+#: ``connected``, ``complete``, ``failed``; only the two below ever occur: a participant is a
+#: SIP caller whose call is already answered).
+PARTICIPANT_API_STATUS = {PARTICIPANT_IN_PROGRESS: "connected", PARTICIPANT_COMPLETED: "complete"}
 
 #: Stream statuses: queued -> in-progress -> stopped.
 STREAM_QUEUED = "queued"
 STREAM_IN_PROGRESS = "in-progress"
 STREAM_STOPPED = "stopped"
 STREAM_ACTIVE_STATUSES = (STREAM_QUEUED, STREAM_IN_PROGRESS)
+STREAM_STATUSES = (STREAM_QUEUED, STREAM_IN_PROGRESS, STREAM_STOPPED)
 
 
 def utcnow() -> dt.datetime:
@@ -91,6 +133,19 @@ class Account(Timestamped, Base):
     #: are refused.
     stream_base_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     status: Mapped[str] = mapped_column(String(32), default="active")
+    #: The voice application (docs/voice.md): fetched for every incoming call when set; None
+    #: keeps the plain SIP behaviour (join the conference the Request-URI names).
+    voice_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    voice_method: Mapped[str] = mapped_column(String(8), default="POST", server_default="POST")
+    voice_fallback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    voice_fallback_method: Mapped[str] = mapped_column(
+        String(8), default="POST", server_default="POST"
+    )
+    #: Call progress callbacks for calls of this account that name none themselves.
+    status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status_callback_method: Mapped[str] = mapped_column(
+        String(8), default="POST", server_default="POST"
+    )
 
 
 class Conference(Timestamped, AccountOwned, Base):
@@ -113,6 +168,64 @@ class Conference(Timestamped, AccountOwned, Base):
     status: Mapped[str] = mapped_column(String(32), default=CONFERENCE_IN_PROGRESS)
     region: Mapped[str] = mapped_column(String(32), default="us1")
     reason_ended: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Conference status callbacks (``<Conference statusCallback>``, docs/voice.md); the
+    #: events are Twilio's space-separated ``statusCallbackEvent`` words.
+    status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status_callback_method: Mapped[str] = mapped_column(
+        String(8), default="POST", server_default="POST"
+    )
+    status_callback_event: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+#: Call statuses (Twilio's Call resource): queued -> ringing -> in-progress -> one final one.
+CALL_QUEUED = "queued"
+CALL_RINGING = "ringing"
+CALL_IN_PROGRESS = "in-progress"
+CALL_COMPLETED = "completed"
+CALL_BUSY = "busy"
+CALL_FAILED = "failed"
+CALL_NO_ANSWER = "no-answer"
+CALL_CANCELED = "canceled"
+CALL_ACTIVE_STATUSES = (CALL_QUEUED, CALL_RINGING, CALL_IN_PROGRESS)
+CALL_STATUSES = (
+    *CALL_ACTIVE_STATUSES,
+    CALL_COMPLETED,
+    CALL_BUSY,
+    CALL_FAILED,
+    CALL_NO_ANSWER,
+    CALL_CANCELED,
+)
+#: Call directions: a SIP caller, a call made through ``POST /Calls``, a callee dialled for a
+#: conference participant.
+CALL_INBOUND = "inbound"
+CALL_OUTBOUND_API = "outbound-api"
+CALL_OUTBOUND_DIAL = "outbound-dial"
+
+
+class Call(Timestamped, AccountOwned, Base):
+    """One SIP leg, either direction. A participant's ``call_sid`` is a Call's ``sid``."""
+
+    __tablename__ = "calls"
+    __table_args__ = (Index("ix_calls_account_created", "account_sid", "date_created"),)
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    direction: Mapped[str] = mapped_column(String(16), default=CALL_INBOUND)
+    from_uri: Mapped[str] = mapped_column(Text)
+    to_uri: Mapped[str] = mapped_column(Text)
+    caller_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[str] = mapped_column(String(32), default=CALL_RINGING)
+    start_time: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    end_time: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    duration: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    parent_call_sid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: The cXML document URL the call runs (voice URL, ``Url`` of POST /Calls, a redirect).
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    method: Mapped[str] = mapped_column(String(8), default="POST")
+    status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status_callback_method: Mapped[str] = mapped_column(String(8), default="POST")
+    status_callback_event: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: The final SIP status of an outbound call that failed (486 busy, 480, 408…).
+    sip_response_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Participant(Timestamped, ConferencePart, Base):

@@ -369,6 +369,7 @@ class Store:
         status: str | None = PARTICIPANT_IN_PROGRESS,
         muted: bool | None = None,
         hold: bool | None = None,
+        coaching: bool | None = None,
         offset: int = 0,
         limit: int = 50,
     ) -> list[Participant]:
@@ -380,6 +381,8 @@ class Store:
             clauses.append(Participant.muted == muted)
         if hold is not None:
             clauses.append(Participant.hold == hold)
+        if coaching is not None:
+            clauses.append(Participant.coaching == coaching)
         query = (
             select(Participant)
             .where(*clauses)
@@ -400,9 +403,14 @@ class Store:
             return int(count or 0)
 
     async def update_participant(
-        self, call_sid: str, *, muted: bool | None = None, hold: bool | None = None
+        self,
+        call_sid: str,
+        *,
+        muted: bool | None = None,
+        hold: bool | None = None,
+        end_conference_on_exit: bool | None = None,
     ) -> Participant | None:
-        changes = _given(muted=muted, hold=hold)
+        changes = _given(muted=muted, hold=hold, end_conference_on_exit=end_conference_on_exit)
         return await self._change(Participant, call_sid, lambda row: row.update(changes))
 
     async def complete_participant(self, call_sid: str, reason: str) -> Participant | None:
@@ -581,6 +589,36 @@ class Store:
             "streams": len(stream_sids),
         }
 
+    async def close_leftover_streams(
+        self, error_code: int, error_message: str
+    ) -> list[tuple[Stream, str]]:
+        """Close the streams a previous run left queued or in progress (it crashed: nothing
+        reported them stopped): status ``stopped`` with ``error_code``/``error_message`` and a
+        history row with the code. Returns each closed stream with its account's AuthToken, so
+        the caller can send its final callbacks (docs/operations.md). Run at start-up before
+        :meth:`close_leftovers`, which then finds no stream to close."""
+        now = utcnow()
+        async with self.session() as session, session.begin():
+            rows = list(
+                await session.execute(
+                    select(Stream, Account.auth_token)
+                    .join(Account, Account.sid == Stream.account_sid)
+                    .where(Stream.status.in_(STREAM_ACTIVE_STATUSES))
+                    .order_by(Stream.date_created, Stream.sid)
+                )
+            )
+            for row, _token in rows:
+                row.status = STREAM_STOPPED
+                row.error_code = error_code
+                row.error_message = error_message
+                row.date_updated = now
+                session.add(
+                    StreamStatusChange(
+                        stream_sid=row.sid, status=STREAM_STOPPED, at=now, code=error_code
+                    )
+                )
+        return [(row, token) for row, token in rows]
+
 
 async def open_store(database_url: str, *, migrate: bool = True, echo: bool = False) -> Store:
     """Open the database named by ``database_url`` and bring its schema up to date.
@@ -594,7 +632,7 @@ async def open_store(database_url: str, *, migrate: bool = True, echo: bool = Fa
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         kwargs["pool_pre_ping"] = True
-    engine = create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, hide_parameters=True, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     if migrate:

@@ -19,17 +19,25 @@ Other handshake failure                    31920   general_error                
 Receiver closed with a code other than     31921   general_error                            (*)
 1000/1001
 Connection lost without a close frame      31903   general_error                            1006
-No pong in time                            31903   general_error                            1011
+No pong in time (receiver stopped          31903   general_error                            1011
+reading or answering)
 WebSocket protocol violation by receiver   31924   general_error                            1002
-Receiver message over 1 MiB                31924   general_error                            1009
+Receiver message over the size limit       31924   general_error                            1009
+Receiver sent messages too fast            31924   general_error                            1008
 Internal error                             31903   general_error                            1011
 Server shutting down (before connecting)   31903   general_error                            --
 Conference has no live media               31903   general_error                            --
+Server restarted (crash) while the         31990   general_error                            --
+stream was open (*extension*)
 =========================================  ======  =======================================  =====
 
 (*) the receiver's close frame decides: 1000 (normal) or 1001 (going away) ends the stream
 without an error (:data:`CLEAN_CLOSE_CODES`), any other code is :attr:`Failure.RECEIVER_CLOSED`.
-1006 is never sent; it stands for "no close frame" as in RFC 6455.
+1006 is never sent; it stands for "no close frame" as in RFC 6455. When the close frame cannot
+be written or answered within ``stream_close_timeout`` the connection is aborted.
+31924 covers every receiver that breaks the limits on what it may send (docs/protocol.md,
+"Limits on what receivers send"). 31990 is confstream's own code: no session reports it; the
+start-up closes the streams a crashed run left open with it (docs/operations.md).
 :func:`failure_of_close` reads this table backwards: from the close frames of a finished
 connection to the failure.
 
@@ -74,21 +82,86 @@ class Failure(Enum):
         self.close_code = close_code
         self.description = description
 
-    INVALID_URL = (31922, StreamError.INVALID_URL, None, "invalid URL or address refused")
-    UNRESOLVED_HOST = (31902, StreamError.CONNECTION_REFUSED, None, "host does not resolve")
-    CONNECTION_REFUSED = (31902, StreamError.CONNECTION_REFUSED, None, "TCP connect failed")
-    CONNECT_TIMEOUT = (31901, StreamError.TIMEOUT_OR_SSL, None, "connect timeout")
-    TLS_FAILED = (31910, StreamError.TIMEOUT_OR_SSL, None, "TLS failure")
-    HANDSHAKE_REJECTED = (31920, StreamError.CONNECTION_REFUSED, None, "non-101 answer")
-    HANDSHAKE_FAILED = (31920, _GENERAL, None, "other handshake failure")
-    RECEIVER_CLOSED = (31921, _GENERAL, None, "receiver closed with an error code")
-    CONNECTION_LOST = (31903, _GENERAL, CloseCode.ABNORMAL_CLOSURE, "lost without close frame")
-    PING_TIMEOUT = (31903, _GENERAL, CloseCode.INTERNAL_ERROR, "no pong in time")
-    PROTOCOL_ERROR = (31924, _GENERAL, CloseCode.PROTOCOL_ERROR, "protocol violation")
-    MESSAGE_TOO_BIG = (31924, _GENERAL, CloseCode.MESSAGE_TOO_BIG, "receiver message too big")
-    INTERNAL_ERROR = (31903, _GENERAL, CloseCode.INTERNAL_ERROR, "internal error")
-    SHUTTING_DOWN = (31903, _GENERAL, None, "server shutting down")
-    NO_LIVE_MEDIA = (31903, _GENERAL, None, "conference has no live media")
+    INVALID_URL = (
+        31922,
+        StreamError.INVALID_URL,
+        None,
+        "Host's address refused by the outbound policy (or, for specs that bypass the REST API, "
+        "a URL that is not `wss://` or is malformed)",
+    )
+    UNRESOLVED_HOST = (31902, StreamError.CONNECTION_REFUSED, None, "Host name does not resolve")
+    CONNECTION_REFUSED = (
+        31902,
+        StreamError.CONNECTION_REFUSED,
+        None,
+        "TCP connection refused or unreachable",
+    )
+    CONNECT_TIMEOUT = (
+        31901,
+        StreamError.TIMEOUT_OR_SSL,
+        None,
+        "Connect timeout (TCP, TLS or upgrade; `stream_connect_timeout`, 5 s)",
+    )
+    TLS_FAILED = (
+        31910,
+        StreamError.TIMEOUT_OR_SSL,
+        None,
+        "TLS failure (untrusted certificate, wrong host name, protocol)",
+    )
+    HANDSHAKE_REJECTED = (
+        31920,
+        StreamError.CONNECTION_REFUSED,
+        None,
+        "The receiver answered the upgrade with something other than 101",
+    )
+    HANDSHAKE_FAILED = (31920, _GENERAL, None, "Other handshake failure")
+    RECEIVER_CLOSED = (
+        31921,
+        _GENERAL,
+        None,
+        "The receiver closed with a code other than 1000/1001",
+    )
+    CONNECTION_LOST = (
+        31903,
+        _GENERAL,
+        CloseCode.ABNORMAL_CLOSURE,
+        "Connection lost without a close frame",
+    )
+    PING_TIMEOUT = (
+        31903,
+        _GENERAL,
+        CloseCode.INTERNAL_ERROR,
+        "No pong within `stream_ping_timeout` (20 s): the receiver stopped answering or reading",
+    )
+    PROTOCOL_ERROR = (
+        31924,
+        _GENERAL,
+        CloseCode.PROTOCOL_ERROR,
+        "WebSocket protocol violation by the receiver",
+    )
+    MESSAGE_TOO_BIG = (
+        31924,
+        _GENERAL,
+        CloseCode.MESSAGE_TOO_BIG,
+        "The receiver sent a message over `stream_max_message_bytes` (64 KiB)",
+    )
+    RECEIVER_FLOOD = (
+        31924,
+        _GENERAL,
+        CloseCode.POLICY_VIOLATION,
+        "The receiver sent messages faster than `stream_inbound_rate` (200/s) beyond "
+        "`stream_inbound_burst` (1000)",
+    )
+    INTERNAL_ERROR = (31903, _GENERAL, CloseCode.INTERNAL_ERROR, "Internal error")
+    SHUTTING_DOWN = (31903, _GENERAL, None, "Server shutting down before the stream connected")
+    NO_LIVE_MEDIA = (31903, _GENERAL, None, "The conference has no live media")
+    SERVER_RESTARTED = (
+        31990,
+        _GENERAL,
+        None,
+        "*extension*: the server stopped without closing the stream (crash, `kill -9`); "
+        "reported when it starts again",
+    )
 
 
 #: A receiver closing with one of these ends the stream without an error.
@@ -114,6 +187,23 @@ def failure_of_close(received: Close | None, sent: Close | None) -> Failure | No
             if sent.code == failure.close_code:
                 return failure
     return Failure.CONNECTION_LOST
+
+
+def markdown_table() -> str:
+    """The failure table as Markdown, for docs/errors.md (tests/streams/test_failures.py keeps
+    the two in sync)."""
+    lines = [
+        "| Failure | `error_code` | `StreamError` | Close code sent |",
+        "|---|---|---|---|",
+    ]
+    for f in Failure:
+        close = "—" if f.close_code is None else str(int(f.close_code))
+        if f is Failure.CONNECTION_LOST:
+            close = "— (none can be sent)"
+        elif f is Failure.RECEIVER_CLOSED:
+            close = "— (the receiver's)"
+        lines.append(f"| {f.description} | {f.code} | `{f.stream_error.value}` | {close} |")
+    return "\n".join(lines)
 
 
 class StreamFailure(Exception):
@@ -158,4 +248,5 @@ __all__ = [
     "StreamError",
     "StreamFailure",
     "failure_of_close",
+    "markdown_table",
 ]

@@ -16,8 +16,13 @@ The REST/services layer calls exactly :class:`StreamManager`'s public methods. G
   StreamEvent, StreamTrack, StreamError (stream-error only), Timestamp`` (ISO 8601 UTC).
   Signed with the account's AuthToken; delivered in order per stream by
   :class:`~confstream.callbacks.webhooks.CallbackSender`.
-* :meth:`StreamManager.stop` is idempotent and bounded (:data:`STOP_TIMEOUT_S`): past it the
+* :meth:`StreamManager.stop` is idempotent and bounded (:data:`FLUSH_TIMEOUT_S` +
+  ``settings.stream_close_timeout`` + :data:`STOP_MARGIN_S`, 6 s by default): past it the
   session task is cancelled and still reported stopped.
+* After a crash the start-up closes the streams the previous run left open (status ``stopped``,
+  error 31990, docs/operations.md) and hands them to :meth:`StreamManager.report_restarted`,
+  which sends each one's ``stream-error`` and ``stream-stopped`` callbacks, signed and delivered
+  like any other.
 """
 
 from __future__ import annotations
@@ -25,24 +30,87 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 from confstream.callbacks.webhooks import Callback, CallbackSender, iso_timestamp
 from confstream.netpolicy import client_ssl_context
 from confstream.settings import Settings
 from confstream.streams.failures import Failure, Outcome, StreamError, StreamFailure
-from confstream.streams.session import ConferenceMediaLike, StreamSession, validate_stream_url
+from confstream.streams.session import (
+    FLUSH_TIMEOUT_S,
+    ConferenceMediaLike,
+    StreamSession,
+    validate_stream_url,
+)
 from confstream.streams.spec import StreamSpec
+from confstream.streams.vocabulary import CallbackMethod, StreamCodec, Track
 
-__all__ = ["STOP_TIMEOUT_S", "StatusHook", "StreamManager", "StreamSpec"]
+__all__ = [
+    "RESTARTED_MESSAGE",
+    "STOP_MARGIN_S",
+    "STOP_TIMEOUT_S",
+    "StatusHook",
+    "StreamManager",
+    "StreamRecord",
+    "StreamSpec",
+    "spec_of_record",
+]
 
 log = logging.getLogger(__name__)
 
 StatusHook = Callable[[str, str, int | None, str | None], Awaitable[None]]
 #            (stream_sid, status "in-progress"|"stopped", error_code, error_message)
 
-STOP_TIMEOUT_S = 6.0  # flush (2 s) + stop/close (2 s) + margin
+STOP_MARGIN_S = 2.0
+#: :meth:`StreamManager.stop`'s bound with the default settings: flush (2 s) + stop/close (2 s)
+#: + margin.
+STOP_TIMEOUT_S = FLUSH_TIMEOUT_S + 2.0 + STOP_MARGIN_S
+#: The ``error_message`` of streams closed at start-up after a crash (error 31990).
+RESTARTED_MESSAGE = "the server restarted while the stream was open (it had stopped abnormally)"
+
+
+class StreamRecord(Protocol):
+    """The stored fields of a stream (``confstream.store.Stream``) a callback needs."""
+
+    @property
+    def sid(self) -> str: ...
+    @property
+    def account_sid(self) -> str: ...
+    @property
+    def conference_sid(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def track(self) -> str: ...
+    @property
+    def codec(self) -> str: ...
+    @property
+    def realtime(self) -> bool: ...
+    @property
+    def status_callback(self) -> str | None: ...
+    @property
+    def status_callback_method(self) -> str: ...
+
+
+def spec_of_record(record: StreamRecord, auth_token: str) -> StreamSpec:
+    """The spec of a stored stream (no custom parameters or bearer token: they are not stored).
+    ValueError when a stored value is not of the vocabulary."""
+    return StreamSpec(
+        sid=record.sid,
+        account_sid=record.account_sid,
+        auth_token=auth_token,
+        conference_sid=record.conference_sid,
+        url=record.url,
+        name=record.name,
+        track=Track(record.track),
+        codec=StreamCodec(record.codec),
+        realtime=record.realtime,
+        status_callback=record.status_callback,
+        status_callback_method=CallbackMethod(record.status_callback_method.upper()),
+    )
 
 
 class StreamManager:
@@ -72,6 +140,7 @@ class StreamManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._by_conference: dict[str, dict[str, None]] = {}  # ordered set of sids
         self._closing = False
+        self.stop_timeout = FLUSH_TIMEOUT_S + settings.stream_close_timeout + STOP_MARGIN_S
 
     # ------------------------------------------------------------------ public API
 
@@ -107,16 +176,16 @@ class StreamManager:
 
     async def stop(self, stream_sid: str, reason: str = "api") -> None:
         """Stop a stream (``stop`` is sent if its socket is open) and wait for it to finish,
-        at most :data:`STOP_TIMEOUT_S`. Unknown or already stopped sids are ignored."""
+        at most :attr:`stop_timeout`. Unknown or already stopped sids are ignored."""
         session = self._sessions.get(stream_sid)
         task = self._tasks.get(stream_sid)
         if session is None or task is None:
             return
         session.request_stop(reason)
-        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+        done, _ = await asyncio.wait({task}, timeout=self.stop_timeout)
         if not done:
             log.warning(
-                "stream %s did not stop within %.0f s; cancelling", stream_sid, STOP_TIMEOUT_S
+                "stream %s did not stop within %.0f s; cancelling", stream_sid, self.stop_timeout
             )
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -135,6 +204,25 @@ class StreamManager:
         """The live session of ``stream_sid`` (tests, metrics)."""
         return self._sessions.get(stream_sid)
 
+    def report_restarted(self, records: Iterable[tuple[StreamRecord, str]]) -> None:
+        """Queue ``stream-error`` (``general_error``) then ``stream-stopped`` for each stream a
+        crashed run left open, given as (stream record, its account's AuthToken); the caller has
+        already recorded them ``stopped`` with :attr:`Failure.SERVER_RESTARTED` (31990). Never
+        blocks."""
+        for record, auth_token in records:
+            try:
+                spec = spec_of_record(record, auth_token)
+            except ValueError:
+                log.exception("stream %s: cannot report it stopped", record.sid)
+                continue
+            log.warning(
+                "stream %s was left open by a previous run: reported stopped (%d)",
+                spec.sid,
+                Failure.SERVER_RESTARTED.code,
+            )
+            self._callback(spec, "stream-error", Failure.SERVER_RESTARTED.stream_error)
+            self._callback(spec, "stream-stopped")
+
     async def close(self, callback_timeout: float = 5.0) -> None:
         """Server shutdown: stop every stream concurrently, then flush callbacks (bounded)."""
         self._closing = True
@@ -145,10 +233,10 @@ class StreamManager:
 
     def _media_of(self, conference_sid: str) -> ConferenceMediaLike | None:
         try:
-            media = self.engine.get(conference_sid)
+            media: ConferenceMediaLike | None = self.engine.get(conference_sid)
         except KeyError:
             return None
-        return media  # type: ignore[no-any-return]
+        return media
 
     async def _run(self, spec: StreamSpec, session: StreamSession) -> None:
         outcome = Outcome()

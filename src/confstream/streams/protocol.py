@@ -1,4 +1,4 @@
-"""The Conference Streams WebSocket protocol, sans I/O (CONTRACT §2.2, §2.4).
+"""The Conference Streams WebSocket protocol, sans I/O (docs/protocol.md).
 
 :class:`StreamProtocol` builds the exact JSON text messages the server sends on one stream
 connection and keeps its counters; :func:`parse_inbound` turns the text a receiver sends back
@@ -20,10 +20,11 @@ Rules (one place):
   user-chosen text (custom parameters, mark names, digits) goes through ``json.dumps``.
 
 Inbound (receiver → server) messages understood: ``media`` (``media.payload`` base64 in the
-stream's codec, any length), ``mark`` (``mark.name``), ``clear``, ``dtmf`` (``dtmf.digit``, an
-optional numeric ``dtmf.duration`` in ms, default 200, clamped to 40..5000). A ``streamSid``,
-when present, must be this stream's. Anything else raises :class:`InboundError` with a message
-saying what is wrong.
+stream's codec, any length), ``mark`` (``mark.name``, at most
+:data:`~confstream.streams.inbound.MAX_MARK_NAME` characters), ``clear``, ``dtmf``
+(``dtmf.digit``, an optional numeric ``dtmf.duration`` in ms, default 200, clamped to
+40..5000). A ``streamSid``, when present, must be this stream's. Anything else raises
+:class:`InboundError` with a message saying what is wrong.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from confstream.media.codecs import StreamCodec, codec_named
+from confstream.streams.inbound import MAX_MARK_NAME
 from confstream.streams.vocabulary import MediaTrack, Track
 
 PROTOCOL_NAME = "Call"
@@ -242,6 +244,8 @@ def parse_inbound(data: str | bytes, stream_sid: str | None = None) -> InboundEv
         name = mark.get("name")
         if not isinstance(name, str):
             raise InboundError("mark.name must be a string")
+        if len(name) > MAX_MARK_NAME:
+            raise InboundError(f"mark.name is longer than {MAX_MARK_NAME} characters")
         return MarkIn(name)
     if event == "clear":
         return ClearIn()

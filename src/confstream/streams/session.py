@@ -14,18 +14,27 @@ Life of a session (:meth:`StreamSession.run`):
    ``settings.stream_connect_timeout`` (default 5 s).
 3. Send ``connected`` and ``start``, attach to the conference as a tap, report "started".
 4. Stream: each engine tick calls :meth:`on_frame` (encode + enqueue, never blocks, never
-   awaits); a sender task builds messages and writes them. WebSocket pings every
-   ``settings.stream_ping_interval`` (20 s); no pong within ``stream_ping_timeout`` (20 s) ends
-   the stream with an error.
+   awaits); a sender task builds messages and writes them. A keepalive task (ours, not
+   websockets': its ping waits for the socket to drain with no deadline, so a receiver that
+   stops reading would hang it) pings every ``settings.stream_ping_interval`` (20 s); when the
+   ping cannot even be written (TCP window full) or no pong comes within
+   ``stream_ping_timeout`` (20 s), the stream ends with 31903. A receiver that stops reading or
+   answering therefore ends at most ping interval + ping timeout + close timeout after it
+   stopped (20 + 20 + 2 s by default).
 5. End: on :meth:`request_stop` (API stop, conference end, shutdown) queued audio is flushed for
-   at most :data:`FLUSH_TIMEOUT_S`, then ``stop`` is sent and the socket closed (1000). When the
-   receiver closed the socket or it broke, there is nothing to send ``stop`` on.
+   at most :data:`FLUSH_TIMEOUT_S`, then ``stop`` is sent and the socket closed (1000). On a
+   failure the socket is still open for (no pong, too many messages, an internal error)
+   ``stop`` is sent and the socket closed with the failure's close code. Sending ``stop`` plus
+   the closing handshake take at most ``settings.stream_close_timeout`` (2 s); past it, or when
+   the close frame cannot be written, the TCP connection is aborted. When the receiver closed
+   the socket or it broke, there is nothing to send ``stop`` on.
 
 Send queue: at most ``settings.stream_queue_ms / 20`` ticks of audio (default 1000 ms = 50
 ticks), oldest dropped first and counted in ``metrics.STREAM_FRAMES_DROPPED``; ``dtmf`` and
 ``mark`` kept in order and never dropped for audio; beyond
 :data:`~confstream.streams.sendqueue.MAX_CONTROL_ITEMS` (1000) pending they are dropped and
-counted in the same metric (rules in :mod:`confstream.streams.sendqueue`).
+counted in ``metrics.STREAM_MARKS_DROPPED`` / ``STREAM_DTMF_DROPPED{direction="to_receiver"}``
+(rules in :mod:`confstream.streams.sendqueue`).
 
 Audio is encoded with :func:`confstream.media.codecs.get_encoder` (one encoder per track, as the
 resampling codecs keep state) and returned audio decoded with
@@ -38,6 +47,17 @@ before it has played; ``clear`` drops queued audio and echoes pending marks; ``d
 to the conference's participants. Not realtime: such messages are ignored, logged once per
 stream, counted in ``metrics.STREAM_INBOUND_IGNORED``. Malformed messages are ignored and
 counted the same way in both modes (Twilio's warning 31951).
+
+What a receiver sends is bounded (rules and numbers in :mod:`confstream.streams.inbound`):
+messages over ``stream_max_message_bytes`` (64 KiB) are refused by websockets before they are
+read (1009), at most :data:`INBOUND_QUEUE` received messages wait in websockets (then TCP pushes
+back), a message beyond the rate limit stops the stream (1008), returned audio beyond
+``stream_return_audio_max_seconds`` (10 s) is dropped and counted
+(``metrics.STREAM_RETURN_AUDIO_DROPPED``), marks beyond ``stream_max_pending_marks`` and DTMF
+beyond :data:`~confstream.streams.inbound.MAX_DTMF_BACKLOG_S` too. Messages are handled one at a
+time on the receiver task, yielding to the event loop after each, so the 20 ms clock never waits
+for more than one message's decoding (at most 64 KiB); the engine tick itself only copies
+already decoded samples.
 
 How a failure becomes ``error_code``, ``StreamError`` and a close code is one table in
 :mod:`confstream.streams.failures`. A receiver closing with 1000 (normal) or 1001 (going away)
@@ -52,6 +72,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -69,8 +90,13 @@ from websockets.protocol import State
 from confstream import metrics
 from confstream.conference.base import AudioSource, Frame, Tap
 from confstream.conference.sources import QueueSource
-from confstream.media.codecs import Decoder, get_decoder, get_encoder
-from confstream.netpolicy import PolicyError, client_ssl_context, resolve_checked
+from confstream.media.codecs import PCM_RATE, Decoder, get_decoder, get_encoder
+from confstream.netpolicy import (
+    PolicyError,
+    client_ssl_context,
+    resolve_checked,
+    tls_failure_message,
+)
 from confstream.settings import Settings
 from confstream.streams.failures import (
     STOP_CLOSE_CODE,
@@ -79,6 +105,7 @@ from confstream.streams.failures import (
     StreamFailure,
     failure_of_close,
 )
+from confstream.streams.inbound import DtmfBacklog, MessageRate
 from confstream.streams.protocol import (
     ClearIn,
     DtmfIn,
@@ -93,9 +120,8 @@ from confstream.streams.spec import StreamSpec
 from confstream.streams.vocabulary import MediaTrack
 
 __all__ = [
-    "CLOSE_TIMEOUT_S",
     "FLUSH_TIMEOUT_S",
-    "MAX_INBOUND_MESSAGE",
+    "INBOUND_QUEUE",
     "ConferenceMediaLike",
     "Outcome",
     "StreamFailure",
@@ -108,8 +134,7 @@ log = logging.getLogger(__name__)
 
 FRAME_MS = 20
 FLUSH_TIMEOUT_S = 2.0  # how long a stopping stream may spend sending queued audio
-CLOSE_TIMEOUT_S = 2.0  # closing handshake bound
-MAX_INBOUND_MESSAGE = 1 << 20  # 1 MiB per receiver message (websockets' default)
+INBOUND_QUEUE = 16  # received messages websockets buffers before it stops reading the socket
 
 
 class ConferenceMediaLike(Protocol):
@@ -191,11 +216,20 @@ class StreamSession:
         self._t0: int | None = None
         self._ws: ClientConnection | None = None
         self._warned_inbound = False
+        self._rate = MessageRate(settings.stream_inbound_rate, settings.stream_inbound_burst)
+        self._dtmf_backlog = DtmfBacklog()
+        self._marks_pending = 0
+        #: Returned audio dropped (8 kHz samples) and marks dropped so far (inbound limits).
+        self.return_audio_dropped = 0
+        self.marks_dropped = 0
         self.source: QueueSource | None = None
         self._decoder: Decoder | None = None
         if spec.realtime:
             self._decoder = get_decoder(spec.codec)
-            self.source = QueueSource(on_mark=self._mark_played)
+            self.source = QueueSource(
+                on_mark=self._mark_played,
+                max_samples=max(1, int(settings.stream_return_audio_max_seconds * PCM_RATE)),
+            )
             self.own_source = self.source
         else:
             self.own_source = None
@@ -226,18 +260,25 @@ class StreamSession:
     def on_dtmf(self, call_sid: str, digit: str, duration_ms: int) -> None:
         """Queue a ``dtmf`` message (only for streams carrying the inbound track)."""
         if self._attached and MediaTrack.INBOUND in self.tracks:
-            self._push_control(ControlItem("dtmf", (call_sid, digit), int(duration_ms)))
+            if not self._push_control(ControlItem("dtmf", (call_sid, digit), int(duration_ms))):
+                metrics.STREAM_DTMF_DROPPED.labels(direction="to_receiver").inc()
 
-    def _push_control(self, item: ControlItem) -> None:
+    def _push_control(self, item: ControlItem) -> bool:
         if not self._queue.push_control(item):
-            metrics.STREAM_FRAMES_DROPPED.inc()
-            return
+            return False
         self._wake.set()
+        return True
 
     def _mark_played(self, name: str) -> None:
         """QueueSource callback: the audio queued before mark ``name`` has played (or was
         cleared). Called from the engine tick or from :meth:`_handle_inbound`."""
-        self._push_control(ControlItem("mark", (name,)))
+        self._marks_pending = max(0, self._marks_pending - 1)
+        if not self._push_control(ControlItem("mark", (name,))):
+            self._drop_mark()
+
+    def _drop_mark(self) -> None:
+        self.marks_dropped += 1
+        metrics.STREAM_MARKS_DROPPED.inc()
 
     @property
     def queued_ticks(self) -> int:
@@ -317,10 +358,11 @@ class StreamSession:
                     user_agent_header="confstream/0.1",
                     compression=None,
                     open_timeout=None,
-                    ping_interval=self.settings.stream_ping_interval,
-                    ping_timeout=self.settings.stream_ping_timeout,
-                    close_timeout=CLOSE_TIMEOUT_S,
-                    max_size=MAX_INBOUND_MESSAGE,
+                    ping_interval=None,  # our own keepalive: see _keepalive
+                    ping_timeout=None,
+                    close_timeout=self.settings.stream_close_timeout,
+                    max_size=self.settings.stream_max_message_bytes,
+                    max_queue=INBOUND_QUEUE,
                 )
         except PolicyError as exc:
             raise StreamFailure(Failure.INVALID_URL, f"stream URL refused: {exc}") from exc
@@ -336,7 +378,7 @@ class StreamSession:
         except ssl.SSLError as exc:
             raise StreamFailure(
                 Failure.TLS_FAILED,
-                f"TLS handshake with {host}:{port} failed: {exc.reason or exc}",
+                tls_failure_message(exc, host, port),
             ) from exc
         except InvalidStatus as exc:
             raise StreamFailure(
@@ -350,7 +392,7 @@ class StreamSession:
             if isinstance(exc.__cause__, ssl.SSLError):
                 raise StreamFailure(
                     Failure.TLS_FAILED,
-                    f"TLS handshake with {host}:{port} failed: {exc.__cause__}",
+                    tls_failure_message(exc, host, port),
                 ) from exc
             raise StreamFailure(
                 Failure.HANDSHAKE_FAILED, f"WebSocket handshake failed: {exc}"
@@ -381,40 +423,59 @@ class StreamSession:
                 log.exception("stream %s: on_started hook failed", self.spec.sid)
             sender: asyncio.Future[None] = asyncio.ensure_future(self._sender(ws))
             receiver: asyncio.Future[None] = asyncio.ensure_future(self._receiver(ws))
+            keepalive: asyncio.Future[None] = asyncio.ensure_future(self._keepalive(ws))
             stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+            tasks = (sender, receiver, keepalive)
             try:
-                await asyncio.wait(
-                    {sender, receiver, stop_wait}, return_when=asyncio.FIRST_COMPLETED
-                )
-                for t in (sender, receiver):
+                await asyncio.wait({*tasks, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                for t in tasks:
                     if t.done() and not t.cancelled():
                         err = t.exception()
+                        if isinstance(err, StreamFailure):
+                            # The receiver broke a limit or stopped responding.
+                            return await self._fail(ws, sender, err)
                         if err is not None and not isinstance(err, ConnectionClosed):
                             # A bug on our side: end the stream properly anyway.
                             log.error("stream %s: task failed: %r", self.spec.sid, err)
-                            self._detach()
-                            await self._stop_and_close(
-                                ws, CloseCode.INTERNAL_ERROR, "internal error"
-                            )
-                            return Outcome.failed(
-                                Failure.INTERNAL_ERROR, f"internal error: {err!r}", started=True
+                            return await self._fail(
+                                ws,
+                                sender,
+                                StreamFailure(Failure.INTERNAL_ERROR, f"internal error: {err!r}"),
                             )
                 if ws.state is State.OPEN:
                     # Stop requested (or, defensively, a task ended while the socket is open).
                     return await self._graceful_stop(ws, sender)
                 # The receiver closed the connection or it broke: no ``stop`` can be sent.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.wait_closed(), CLOSE_TIMEOUT_S)
+                    await asyncio.wait_for(ws.wait_closed(), self.settings.stream_close_timeout)
                 return self._closed_outcome(ws, None, started=True)
             finally:
-                for t in (sender, receiver, stop_wait):
+                for t in (*tasks, stop_wait):
                     if not t.done():
                         t.cancel()
-                for t in (sender, receiver, stop_wait):
+                for t in (*tasks, stop_wait):
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await t
         finally:
             metrics.STREAMS_ACTIVE.dec()
+
+    async def _fail(
+        self, ws: ClientConnection, sender: asyncio.Future[None], failure: StreamFailure
+    ) -> Outcome:
+        """End the stream on ``failure``: detach, stop sending audio, send ``stop`` and close
+        with the failure's close code (bounded, then aborted)."""
+        self._detach()
+        if not sender.done():
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+        reason = _STOPPED_REASONS.get(failure.failure)
+        if reason is not None:
+            metrics.STREAM_RECEIVERS_STOPPED.labels(reason=reason).inc()
+        code = failure.failure.close_code or CloseCode.INTERNAL_ERROR
+        if ws.state is State.OPEN:
+            await self._stop_and_close(ws, code, failure.failure.description)
+        return failure.outcome(started=True)
 
     async def _graceful_stop(self, ws: ClientConnection, sender: asyncio.Future[None]) -> Outcome:
         """Detach, flush queued audio (bounded), send ``stop``, close with 1000."""
@@ -436,13 +497,17 @@ class StreamSession:
         return self._closed_outcome(ws, None, started=True)
 
     async def _stop_and_close(self, ws: ClientConnection, code: CloseCode, reason: str) -> None:
-        """Send ``stop`` and close the socket, within :data:`FLUSH_TIMEOUT_S`."""
+        """Send ``stop`` and close the socket, within ``settings.stream_close_timeout``; past
+        it (e.g. the receiver stopped reading, so the close frame cannot even be written) the
+        TCP connection is aborted."""
         try:
-            async with asyncio.timeout(FLUSH_TIMEOUT_S):
+            async with asyncio.timeout(self.settings.stream_close_timeout):
                 await self._send(ws, self.protocol.stop(), "stop")
                 await ws.close(code, reason.encode("utf-8")[:120].decode("utf-8", "ignore"))
         except (TimeoutError, ConnectionClosed, OSError):
             pass
+        if ws.state is not State.CLOSED:
+            ws.transport.abort()
 
     def _detach(self) -> None:
         if self._attached:
@@ -469,7 +534,8 @@ class StreamSession:
         elif failure is Failure.PROTOCOL_ERROR and sent is not None:
             message = f"WebSocket protocol error: {sent.reason}"
         elif failure is Failure.MESSAGE_TOO_BIG:
-            message = "receiver sent a message over 1 MiB"
+            metrics.STREAM_RECEIVERS_STOPPED.labels(reason="message_too_big").inc()
+            message = f"receiver sent a message over {self.settings.stream_max_message_bytes} bytes"
         else:
             message = "connection to the receiver lost without a close frame"
         return Outcome.failed(failure, message, started=started)
@@ -501,8 +567,41 @@ class StreamSession:
             await self._wake.wait()
 
     async def _receiver(self, ws: ClientConnection) -> None:
+        """Handle the receiver's messages one at a time, yielding to the event loop after each
+        (websockets hands out buffered messages without suspending). Raises
+        :class:`StreamFailure` (:attr:`Failure.RECEIVER_FLOOD`) past the rate limit."""
+        rate = self._rate
         async for message in ws:
+            if not rate.take(time.monotonic()):
+                raise StreamFailure(
+                    Failure.RECEIVER_FLOOD,
+                    f"receiver sent messages faster than {rate.rate:g}/s beyond a burst of "
+                    f"{rate.burst} (error 31924)",
+                )
             self._handle_inbound(message)
+            await asyncio.sleep(0)
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        """Ping every ``stream_ping_interval``; raise :class:`StreamFailure`
+        (:attr:`Failure.PING_TIMEOUT`) when writing the ping and getting its pong take longer
+        than ``stream_ping_timeout``. ``ConnectionClosed`` when the connection ends."""
+        interval = self.settings.stream_ping_interval
+        timeout = self.settings.stream_ping_timeout
+        while True:
+            await asyncio.sleep(interval)
+            written = False
+            try:
+                async with asyncio.timeout(timeout):
+                    # ping() returns once the frame is handed to the kernel, which waits while
+                    # the receiver's TCP window is full; hence one deadline for both steps.
+                    pong = await ws.ping()
+                    written = True
+                    await pong
+            except TimeoutError:
+                why = "no pong" if written else "receiver stopped reading (ping not sent)"
+                raise StreamFailure(
+                    Failure.PING_TIMEOUT, f"{why}: no pong from the receiver within {timeout:g} s"
+                ) from None
 
     def _ignore(self, why: str) -> None:
         metrics.STREAM_INBOUND_IGNORED.inc()
@@ -526,12 +625,38 @@ class StreamSession:
         if not self._attached:
             return
         if isinstance(event, MediaIn):
-            samples = self._decoder.decode(event.payload)
-            if len(samples):
-                self.source.push(samples)
+            self._return_audio(self.source, self._decoder, event.payload)
         elif isinstance(event, MarkIn):
-            self.source.mark(event.name)
+            if self._marks_pending >= self.settings.stream_max_pending_marks:
+                self._drop_mark()
+                return
+            self._marks_pending += 1
+            self.source.mark(event.name)  # may fire (and be echoed) at once
         elif isinstance(event, ClearIn):
             self.source.clear()
         elif isinstance(event, DtmfIn):
-            self.media.send_dtmf(event.digit, event.duration_ms)
+            if self._dtmf_backlog.offer(time.monotonic(), event.duration_ms):
+                self.media.send_dtmf(event.digit, event.duration_ms)
+            else:
+                metrics.STREAM_DTMF_DROPPED.labels(direction="to_conference").inc()
+
+    def _return_audio(self, source: QueueSource, decoder: Decoder, payload: bytes) -> None:
+        """Decode returned audio into the bounded buffer; what does not fit is counted (and not
+        even decoded when nothing fits)."""
+        if source.max_samples is not None and source.queued_samples >= source.max_samples:
+            info = self.spec.codec.info
+            dropped = len(payload) // info.bytes_per_sample * PCM_RATE // info.sample_rate
+        else:
+            samples = decoder.decode(payload)
+            dropped = source.push(samples) if len(samples) else 0
+        if dropped:
+            self.return_audio_dropped += dropped
+            metrics.STREAM_RETURN_AUDIO_DROPPED.inc(dropped / PCM_RATE)
+
+
+#: Failures that count as a receiver stopped for breaking a limit or not responding
+#: (``metrics.STREAM_RECEIVERS_STOPPED``); MESSAGE_TOO_BIG is counted in ``_closed_outcome``.
+_STOPPED_REASONS = {
+    Failure.RECEIVER_FLOOD: "message_rate",
+    Failure.PING_TIMEOUT: "unresponsive",
+}

@@ -24,8 +24,9 @@ from confstream.streams.vocabulary import (
 
 @dataclass(frozen=True, kw_only=True)
 class StreamRequest:
-    """A validated request. ``url`` is absolute after relative resolution but may have any
-    scheme (a non-``wss`` URL is refused by the stream manager with 31922, not by the API).
+    """A validated request. ``url`` is absolute after relative resolution; the REST API
+    refuses a non-``wss`` URL with 400/31922 before a request is made (docs/api.md), and the
+    stream session refuses one again (31922) for specs built elsewhere.
     ``bearer_token`` is passed to the stream and never stored."""
 
     url: str

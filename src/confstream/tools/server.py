@@ -3,6 +3,8 @@
 Each instance has its own SQLite file in ``workdir``, free HTTP and SIP ports, an RTP range
 outside the kernel's ephemeral ports (so callers' sockets never hold the server's RTP ports),
 and loopback in ``allowed_networks`` so local receivers and callback servers are reachable.
+Ports come from :mod:`confstream.tools.net` (``free_port`` and ``rtp_port_range`` are
+re-exported here for existing callers).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,32 +23,11 @@ from typing import IO
 
 import httpx
 
+from confstream.tools.net import free_port, rtp_port_range
+
+__all__ = ["CONFSTREAM", "Account", "ServerProcess", "free_port", "rtp_port_range"]
+
 CONFSTREAM = str(Path(sys.executable).with_name("confstream"))
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (SIP listens on both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-
-
-def rtp_port_range(needed: int = 2500) -> str:
-    """An RTP range outside the kernel's ephemeral ports: above them when there is room for
-    ``needed`` even ports, else below them."""
-    low, high = 32768, 60999
-    with contextlib.suppress(OSError, ValueError):
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    if 65535 - (high + 1) >= 2 * needed:
-        return f"{high + 1}-65535"
-    return f"{max(1024, low - 2 * needed)}-{low - 1}"
 
 
 @dataclass(frozen=True)
@@ -58,7 +39,8 @@ class Account:
 @dataclass
 class ServerProcess:
     """One server. ``env`` adds or overrides ``CONFSTREAM_*`` variables; ``prefix`` goes before
-    the command (e.g. ``taskset -c 0``)."""
+    the command (e.g. ``taskset -c 0``). With ``tls_cert`` and ``tls_key`` (PEM files) the API
+    speaks HTTPS only; ``tls_ca`` is the CA file this helper's own clients trust."""
 
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
@@ -66,6 +48,9 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     http_port: int = 0
     sip_port: int = 0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     _log: IO[bytes] | None = None
 
     @property
@@ -74,7 +59,15 @@ class ServerProcess:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.tls_cert is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx verifies the API's certificate with."""
+        if self.tls_ca is None:
+            return True
+        return ssl.create_default_context(cafile=self.tls_ca)
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -85,6 +78,8 @@ class ServerProcess:
             CONFSTREAM_RTP_PORTS=rtp_port_range(),
             CONFSTREAM_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
         )
+        if self.tls_cert is not None and self.tls_key is not None:
+            env.update(CONFSTREAM_TLS_CERT=str(self.tls_cert), CONFSTREAM_TLS_KEY=str(self.tls_key))
         env.update(self.env)
         return env
 
@@ -116,7 +111,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                answer = httpx.get(f"{self.base}/healthz", timeout=1, verify=self.verify)
+                if answer.status_code == 200:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"server not healthy:\n{self.log_tail()}")
@@ -149,4 +145,5 @@ class ServerProcess:
             base_url=f"{self.base}/api/laml/2010-04-01/Accounts/{account.sid}",
             auth=(account.sid, account.token),
             timeout=timeout,
+            verify=self.verify,
         )

@@ -1,19 +1,38 @@
-"""In-process participants and taps for engine tests (real objects implementing the seams)."""
+"""In-process members of a conference for tests and measurements: real objects that plug into
+the engine's seams (:mod:`confstream.conference.base`), no sockets.
+
+* :class:`ToneParticipant` is a :class:`~confstream.conference.base.Participant` that plays a
+  continuous sine tone (phase-continuous across frames) or silence, and records what it hears,
+  the DTMF played to it and the hang-up reasons.
+* :class:`RecordingTap` is a :class:`~confstream.conference.base.Tap` that records every tick's
+  ``inbound`` and ``outbound`` mixes, their timestamps and DTMF events.
+
+Both record without bound: they are for short, bounded runs (tests), not for services.
+"""
 
 from __future__ import annotations
+
+import uuid
 
 import numpy as np
 import numpy.typing as npt
 
-from confstream.conference.base import FRAME_SAMPLES, AudioSource, Frame
+from confstream.conference.base import FRAME_SAMPLES, SAMPLE_RATE, AudioSource, Frame
 from confstream.media.analysis import tone
+
+#: Default tone amplitude: 6000 (peak about -14.7 dBFS), so four participants' tones plus a
+#: platform tone at 8000 mix without clipping.
+TONE_AMPLITUDE = 6000.0
 
 
 class ToneParticipant:
-    """Plays a continuous tone (or silence with freq None) and records what it hears."""
+    """Plays a sine tone of ``freq`` Hz (silence when ``freq`` is None or 0) and records what it
+    hears. ``call_sid`` defaults to a new UUID."""
 
-    def __init__(self, call_sid: str, freq: float | None, amplitude: float = 6000) -> None:
-        self.call_sid = call_sid
+    def __init__(
+        self, call_sid: str | None, freq: float | None, amplitude: float = TONE_AMPLITUDE
+    ) -> None:
+        self.call_sid = call_sid if call_sid is not None else str(uuid.uuid4())
         self.muted = False
         self.hold = False
         self.freq = freq
@@ -24,13 +43,14 @@ class ToneParticipant:
         self.hangups: list[str] = []
 
     def read_frame(self) -> Frame | None:
-        if self.freq is None:
+        if not self.freq:
             return None
-        t0 = self.sent * FRAME_SAMPLES / 8000
+        t0 = self.sent * FRAME_SAMPLES / SAMPLE_RATE
         self.sent += 1
         return tone(
             self.freq,
-            FRAME_SAMPLES / 8000,
+            FRAME_SAMPLES / SAMPLE_RATE,
+            rate=SAMPLE_RATE,
             amplitude=self.amplitude,
             phase=2 * np.pi * self.freq * t0,
         )
@@ -45,11 +65,15 @@ class ToneParticipant:
         self.hangups.append(reason)
 
     def heard_audio(self, last: int | None = None) -> npt.NDArray[np.int16]:
+        """What it heard (the last ``last`` frames when given), as one array."""
         frames = self.heard if last is None else self.heard[-last:]
         return np.concatenate(frames) if frames else np.zeros(0, np.int16)
 
 
 class RecordingTap:
+    """Records each tick's mixes and timestamps, and DTMF events; ``own_source`` is the tap's
+    returned audio, subtracted from its outbound mix (docs/protocol.md: tracks)."""
+
     def __init__(self, own_source: AudioSource | None = None) -> None:
         self.own_source = own_source
         self.inbound: list[Frame] = []
@@ -66,6 +90,7 @@ class RecordingTap:
         self.dtmf.append((call_sid, digit, duration_ms))
 
     def audio(self, track: str, last: int | None = None) -> npt.NDArray[np.int16]:
+        """The ``"inbound"`` or ``"outbound"`` track (the last ``last`` frames when given)."""
         frames = self.inbound if track == "inbound" else self.outbound
         frames = frames if last is None else frames[-last:]
         return np.concatenate(frames)
