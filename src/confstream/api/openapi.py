@@ -37,6 +37,7 @@ from starlette.responses import Response
 from confstream.api.common import (
     API_VERSION,
     DEFAULT_PAGE_SIZE,
+    MAX_OFFSET,
     MAX_PAGE_SIZE,
     SIGNALWIRE_BASE,
     TWILIO_BASE,
@@ -44,9 +45,6 @@ from confstream.api.common import (
 )
 
 JSONDict = dict[str, Any]
-
-#: The furthest a page may start (Page x PageSize, or a PageToken's offset); docs/api.md.
-MAX_OFFSET = 1_000_000_000
 
 _REF = "#/components/schemas/"
 
