@@ -363,22 +363,31 @@ class Store:
         start_conference_on_enter: bool = True,
         end_conference_on_exit: bool = False,
     ) -> Participant:
-        return await self._add(
-            _new(
-                Participant,
-                call_sid=call_sid,
-                conference_sid=conference_sid,
-                account_sid=account_sid,
-                status=PARTICIPANT_IN_PROGRESS,
-                muted=muted,
-                hold=hold,
-                coaching=False,
-                call_sid_to_coach=None,
-                start_conference_on_enter=start_conference_on_enter,
-                end_conference_on_exit=end_conference_on_exit,
-                label=label,
-            )
+        """Insert the participant ``in-progress``. A call has one participant record (the
+        CallSid is the key): when the call was in an earlier conference (it left it and goes
+        on, docs/voice.md), that completed record is replaced, as Twilio's Participants keep
+        no history. A record still in progress raises ``IntegrityError``."""
+        row = _new(
+            Participant,
+            call_sid=call_sid,
+            conference_sid=conference_sid,
+            account_sid=account_sid,
+            status=PARTICIPANT_IN_PROGRESS,
+            muted=muted,
+            hold=hold,
+            coaching=False,
+            call_sid_to_coach=None,
+            start_conference_on_enter=start_conference_on_enter,
+            end_conference_on_exit=end_conference_on_exit,
+            label=label,
         )
+        async with self.session() as session, session.begin():
+            earlier = await session.get(Participant, call_sid)
+            if earlier is not None and earlier.status == PARTICIPANT_COMPLETED:
+                await session.delete(earlier)
+                await session.flush()
+            session.add(row)
+        return row
 
     async def get_participant(
         self, call_sid: str, conference_sid: str | None = None
