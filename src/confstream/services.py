@@ -378,7 +378,6 @@ class Services:
                 media.waiting = not state.started
             if opts.muted:
                 participant.muted = True
-            media.add_participant(participant)
             try:
                 await self.store.add_participant(
                     participant.call_sid,
@@ -391,10 +390,12 @@ class Services:
                     end_conference_on_exit=opts.end_conference_on_exit,
                 )
             except BaseException:
-                media.remove_participant(participant.call_sid)
                 if not self.live_call_sids(conference.sid):
                     await self._end_locked(conference.sid, "join failed")
                 raise
+            # into the mix only now, with nothing awaited until the join event is queued: the
+            # engine's speech events for it must find it live and come after participant-join
+            media.add_participant(participant)
             live = LiveParticipant(participant, conference.sid, account_sid, opts)
             self._live[participant.call_sid] = live
             self._emit(state, confevents.PARTICIPANT_JOIN, live)
