@@ -319,7 +319,7 @@ def _parameters() -> JSONDict:
     params: JSONDict = {
         "AccountSid": _path("AccountSid", "Your AccountSid (another one answers 401)"),
         "ConferenceSid": _path("ConferenceSid", "The conference's SID"),
-        "CallSid": _path("CallSid", "The participant's CallSid"),
+        "CallSid": _path("CallSid", "The participant's CallSid, or its label"),
         "StreamSid": _path(
             "Sid",
             "The stream's SID, or its Name (percent-encoded)",
@@ -663,6 +663,8 @@ def _paths() -> JSONDict:
                     {
                         "Muted": {"type": "string", "pattern": BOOLEAN_PATTERN},
                         "Hold": {"type": "string", "pattern": BOOLEAN_PATTERN},
+                        "EndConferenceOnExit": {"type": "string", "pattern": BOOLEAN_PATTERN},
+                        "BeepOnExit": {"type": "string", "pattern": BOOLEAN_PATTERN},
                         **_ANNOUNCE,
                     }
                 ),
