@@ -2,9 +2,8 @@
 
 Received messages are handed to ``on_message(data, flow)`` as raw bytes (one datagram, or one
 Content-Length-framed message from a TCP stream); it returns whether they were a valid SIP
-message. The :class:`Flow` is where answers go: responses are always sent back on the flow
-they came from (symmetric signalling, RFC 3581), which is what makes UAs behind NAT, sipp and
-baresip work without looking at Via.
+message. The :class:`~confstream.sip.flow.Flow` is where answers go: responses are always sent
+back on the flow they came from (symmetric signalling, RFC 3581), with :meth:`SipTransport.send`.
 
 Limits (:class:`TransportLimits`; defaults, settings and reasons in docs/sip.md "Limits"):
 
@@ -40,11 +39,10 @@ from dataclasses import dataclass
 from typing import cast
 
 from confstream import metrics
+from confstream.sip.flow import Address, Flow
 from confstream.sip.message import SipParseError, StreamFramer
 
 log = logging.getLogger(__name__)
-
-Address = tuple[str, int]
 
 #: Unparseable messages in a row after which a TCP connection is closed.
 MAX_BAD_MESSAGES = 10
@@ -61,27 +59,6 @@ class TransportLimits:
     tcp_max_write_buffer: int = 256 * 1024
 
 
-class Flow:
-    """Where to send: ``transport`` is ``"UDP"`` or ``"TCP"``, ``remote`` the peer address.
-    ``size`` is the length in bytes of the message that arrived on it (0 for flows we make)."""
-
-    def __init__(self, owner: SipTransport, transport: str, remote: Address, size: int = 0) -> None:
-        self.owner = owner
-        self.transport = transport
-        self.remote = remote
-        self.size = size
-
-    @property
-    def reliable(self) -> bool:
-        return self.transport == "TCP"
-
-    def send(self, data: bytes) -> None:
-        self.owner.send(self, data)
-
-    def __repr__(self) -> str:
-        return f"<Flow {self.transport} {self.remote[0]}:{self.remote[1]}>"
-
-
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, owner: SipTransport) -> None:
         self.owner = owner
@@ -90,7 +67,7 @@ class _Udp(asyncio.DatagramProtocol):
         if len(data) > 65535:
             metrics.SIP_PARSE_ERRORS.inc()
             return
-        self.owner._deliver(data, Flow(self.owner, "UDP", (addr[0], addr[1]), len(data)))
+        self.owner._deliver(data, Flow("UDP", (addr[0], addr[1]), len(data)))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("sip udp error: %s", exc)
@@ -147,7 +124,7 @@ class _Tcp(asyncio.Protocol):
             self.close("framing")
             return
         for message in messages:
-            if self.owner._deliver(message, Flow(self.owner, "TCP", self.remote, len(message))):
+            if self.owner._deliver(message, Flow("TCP", self.remote, len(message))):
                 self.proven = True
                 self.bad_in_a_row = 0
             else:
