@@ -13,7 +13,8 @@
   ``to_formatted`` the same text (there are no phone numbers to format); ``duration`` is a
   string of whole seconds once the call has ended after being answered, else null; what
   confstream has no notion of (``price``, ``answered_by``, ``phone_number_sid``,
-  ``forwarded_from``, ``group_sid``, ``stir_verstat``, ``trunk_sid``) is null, ``queue_time`` ``"0"``.
+  ``forwarded_from``, ``group_sid``, ``stir_verstat``, ``trunk_sid``) is null, ``queue_time``
+  ``"0"``.
   ``subresource_uris`` lists only what exists here (``streams``).
 * Stream: a conference stream's ``call_sid`` is its ConferenceSid (as SignalWire shows it), a
   call stream's is its CallSid with ``conference_sid`` null and its URI under the call.
