@@ -376,7 +376,8 @@ def _parameters() -> JSONDict:
     params: JSONDict = {
         "AccountSid": _path("AccountSid", "Your AccountSid (another one answers 401)"),
         "ConferenceSid": _path("ConferenceSid", "The conference's SID"),
-        "CallSid": _path("CallSid", "A CallSid (a participant's CallSid is its call's)"),
+        "CallSid": _path("CallSid", "The participant's CallSid, or its label"),
+        "CallSidOfCall": _path("CallSid", "The call's SID (a participant's CallSid is its call's)"),
         "StreamSid": _path(
             "Sid",
             "The stream's SID, or its Name (percent-encoded)",
@@ -632,7 +633,7 @@ def _call_paths(acc: str) -> JSONDict:
             },
         },
         f"{call}.json": {
-            "parameters": _p("AccountSid", "CallSid"),
+            "parameters": _p("AccountSid", "CallSidOfCall"),
             "get": {
                 "operationId": "fetchCall",
                 "summary": "Fetch a call",
@@ -661,7 +662,7 @@ def _call_paths(acc: str) -> JSONDict:
             },
         },
         f"{call}/Streams.json": {
-            "parameters": _p("AccountSid", "CallSid"),
+            "parameters": _p("AccountSid", "CallSidOfCall"),
             "get": {
                 "operationId": "listCallStreams",
                 "summary": "List the call's streams, oldest first (extension)",
@@ -698,7 +699,7 @@ def _call_paths(acc: str) -> JSONDict:
             },
         },
         f"{call}/Streams/{{Sid}}.json": {
-            "parameters": _p("AccountSid", "CallSid", "StreamSid"),
+            "parameters": _p("AccountSid", "CallSidOfCall", "StreamSid"),
             "get": {
                 "operationId": "fetchCallStream",
                 "summary": "Fetch a call's stream by SID or Name (extension)",
@@ -910,6 +911,8 @@ def _paths() -> JSONDict:
                     {
                         "Muted": {"type": "string", "pattern": BOOLEAN_PATTERN},
                         "Hold": {"type": "string", "pattern": BOOLEAN_PATTERN},
+                        "EndConferenceOnExit": {"type": "string", "pattern": BOOLEAN_PATTERN},
+                        "BeepOnExit": {"type": "string", "pattern": BOOLEAN_PATTERN},
                         **_ANNOUNCE,
                     }
                 ),
