@@ -164,7 +164,7 @@ async def test_stream_error_31910_names_the_check(
     async with tls_server(server_context(ca, kind)) as port:
         spec = stream_spec(f"wss://localhost:{port}/media")
         # Connecting comes before any audio: a conference that is not clocked is enough.
-        session = StreamSession(spec, settings, Engine().add_conference(spec.conference_sid))
+        session = StreamSession(spec, settings, Engine().add_conference(spec.source_sid))
 
         async def never_started() -> None:
             raise AssertionError("the stream must not start")

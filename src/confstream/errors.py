@@ -50,14 +50,32 @@ class ConferenceNotLive(ConfstreamError):
 
 
 class NameInUse(ConfstreamError):
-    """A stream Name is already used by an active stream of the same conference (20409,
-    *extension*)."""
+    """A stream Name is already used by an active stream of the same conference or call
+    (20409, *extension*). ``owner`` names which (``conference`` or ``call``)."""
 
     code = 20409
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"A stream named {name!r} is already active in this conference")
+    def __init__(self, name: str, owner: str = "conference") -> None:
+        super().__init__(f"A stream named {name!r} is already active in this {owner}")
         self.name = name
+
+
+class CallNotLive(ConfstreamError):
+    """The call is not in progress (21220, Twilio's "invalid call state"): it has ended, or
+    has not been answered yet."""
+
+    code = 21220
+
+    def __init__(self, call_sid: str) -> None:
+        super().__init__(f"Call {call_sid} is not in progress")
+        self.call_sid = call_sid
+
+
+class CallControlUnavailable(ConfstreamError):
+    """Moving a live call to another document (``Url``/``Twiml``) needs the voice
+    application runtime, which is not running (20501, *extension*: not supported here)."""
+
+    code = 20501
 
 
 class UrlRefused(ConfstreamError):
@@ -135,6 +153,8 @@ __all__ = [
     "AlreadyJoined",
     "AnnouncementInvalid",
     "AnnouncementUnavailable",
+    "CallControlUnavailable",
+    "CallNotLive",
     "CoachingRefused",
     "ConferenceFull",
     "ConferenceNotLive",

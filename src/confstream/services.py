@@ -51,6 +51,20 @@ participants, the stream manager) and records (the store), keeping them in step:
 * **Streams**: create validates against the conference's state, stores the record (never the
   bearer token) and hands a spec to the stream manager; the manager reports every status change
   through :meth:`Services.on_stream_status`, which persists it.
+* **Calls** (docs/api.md, Calls): every SIP call has a Call record, created ``ringing`` by
+  :meth:`Services.incoming_call` before anything else happens to the call, ``in-progress``
+  (``start_time``) when the call is accepted, ``busy`` (SIP 486/600) or ``failed`` (any other
+  refusal) when it is refused, ``completed`` (``end_time``, ``duration``) by
+  :meth:`Services.leave`, which is the call's end: it also stops the call's streams. A live
+  call (answered or being answered, not yet ended) is known with its audio wherever it is
+  mixed, so :meth:`Services.hangup_call` (``Status=completed``/``canceled``) can hang it up;
+  :meth:`Services.redirect_call` (``Url``/``Twiml``) hands it to the voice runtime
+  (``Services.voice``, :class:`VoiceLike`); without one it answers
+  :class:`~confstream.errors.CallControlUnavailable`.
+* **Call streams** (docs/protocol.md, "Call streams"): :meth:`Services.start_call_stream` and
+  :meth:`Services.stop_call_stream` are the conference streams' create and stop for one live
+  call; the engine's call tap gives what that caller says (``inbound``) and hears
+  (``outbound``).
 
 Lifecycle changes (join, leave, end) are serialised by one ``asyncio.Lock``: they are rare and
 short, and the lock makes "last participant left" and "join creates the conference" race-free
@@ -86,17 +100,33 @@ from confstream.errors import (
     AlreadyJoined,
     AnnouncementInvalid,
     AnnouncementUnavailable,
+    CallControlUnavailable,
+    CallNotLive,
     CoachingRefused,
     ConferenceFull,
     ConferenceNotLive,
+    JoinRefused,
     NotFound,
     UrlRefused,
 )
 from confstream.logsetup import register_secret
 from confstream.settings import Settings
-from confstream.store import Account, Conference, ConferenceFilter, Store, Stream
+from confstream.store import (
+    Account,
+    Call,
+    CallFilter,
+    Conference,
+    ConferenceFilter,
+    Store,
+    Stream,
+)
 from confstream.store import Participant as ParticipantRecord
 from confstream.store.models import (
+    CALL_BUSY,
+    CALL_CANCELED,
+    CALL_COMPLETED,
+    CALL_FAILED,
+    CALL_IN_PROGRESS,
     CONFERENCE_COMPLETED,
     CONFERENCE_IN_PROGRESS,
     CONFERENCE_INIT,
@@ -122,6 +152,10 @@ RowT = TypeVar("RowT")
 REASON_KICKED = "Participant removed via API"
 #: reason recorded for streams stopped through the REST API
 REASON_STREAM_API = "Stream stopped via API"
+#: reason recorded for calls hung up through the REST API (Calls ``Status=completed``)
+REASON_CALL_API = "Call ended via API"
+#: SIP refusals recorded as a ``busy`` call; any other refusal is ``failed``.
+BUSY_SIP_STATUSES = frozenset({486, 600})
 #: How a plain SIP caller (no voice application) joins: Twilio's defaults without the beep,
 #: i.e. confstream's behaviour before voice applications (docs/sip.md).
 PLAIN_SIP_JOIN = JoinOptions(beep="false")
@@ -147,12 +181,31 @@ class EngineLike(Protocol):
     def add_conference(self, sid: str) -> Any: ...
     def get(self, sid: str) -> Any: ...
     def remove_conference(self, sid: str) -> Any: ...
+    def emit_call_dtmf(self, call_sid: str, digit: str, duration_ms: int) -> Any: ...
 
 
 class StreamsLike(Protocol):
     async def start(self, spec: Any) -> Any: ...
     async def stop(self, sid: str, reason: str) -> Any: ...
     async def stop_conference(self, conference_sid: str) -> Any: ...
+    async def stop_call(self, call_sid: str) -> Any: ...
+
+
+class VoiceLike(Protocol):
+    """What Services uses of the voice runtime (docs/voice.md): move a live call to another
+    cXML document, fetched from ``url`` with ``method``, or given as ``twiml``."""
+
+    async def redirect(
+        self, call_sid: str, *, url: str | None, method: str, twiml: str | None
+    ) -> None: ...
+
+
+@dataclass
+class LiveCall:
+    """A call from its Call record's creation to its end: its audio and account."""
+
+    participant: Participant
+    account_sid: str
 
 
 @dataclass
@@ -271,6 +324,9 @@ class Services:
         self._callbacks = callbacks
         self._own_callbacks = callbacks is None
         self._live: dict[str, LiveParticipant] = {}
+        self._calls: dict[str, LiveCall] = {}
+        #: The voice runtime (docs/voice.md), attached by the application when it runs one.
+        self.voice: VoiceLike | None = None
         self._conferences: dict[str, LiveConference] = {}
         media_engine: Any = engine
         if hasattr(media_engine, "speech_listener"):
@@ -325,9 +381,133 @@ class Services:
         return account.auth_token
 
     async def incoming_call(self, call: IncomingCall, participant: Participant) -> None:
-        """The SIP edge's authenticated call (gateway seam): join the conference the
-        Request-URI names (docs/sip.md, "Joining a conference")."""
-        await self.join(call.account_sid, call.request_user, participant, PLAIN_SIP_JOIN)
+        """The SIP edge's authenticated call (gateway seam). Its Call record is created first
+        (``ringing``); then the caller joins the conference the Request-URI names (docs/sip.md,
+        "Joining a conference"). Accepted: the call is ``in-progress``; refused: ``busy`` or
+        ``failed`` (see the module docstring) and the refusal is raised on."""
+        await self.open_call(call, participant)
+        try:
+            await self.join(call.account_sid, call.request_user, participant, PLAIN_SIP_JOIN)
+        except BaseException as exc:
+            await self.call_refused(call.call_sid, exc)
+            raise
+        await self.call_answered(call.call_sid)
+
+    # ------------------------------------------------------------------ calls
+    async def open_call(self, call: IncomingCall, participant: Participant) -> Call:
+        """Create the inbound call's record (``ringing``) and know it as live."""
+        record = await self.store.create_call(
+            call.account_sid,
+            sid=call.call_sid,
+            from_uri=call.from_uri,
+            to_uri=call.to_uri,
+            caller_name=call.caller_name,
+        )
+        self._calls[call.call_sid] = LiveCall(participant, call.account_sid)
+        return record
+
+    async def call_answered(self, call_sid: str) -> None:
+        """The call is accepted (the SIP edge answers 200): ``in-progress``, ``start_time``."""
+        await self.store.update_call(call_sid, status=CALL_IN_PROGRESS)
+
+    async def call_refused(self, call_sid: str, exc: BaseException) -> None:
+        """The call is refused before it was answered (no ``leave`` follows): ``busy`` for
+        SIP 486/600, ``canceled`` when the set-up was cancelled, else ``failed``; the SIP
+        status is kept in ``sip_response_code``."""
+        self._calls.pop(call_sid, None)
+        if isinstance(exc, JoinRefused):
+            sip = exc.sip_status
+            status = CALL_BUSY if sip in BUSY_SIP_STATUSES else CALL_FAILED
+        elif isinstance(exc, asyncio.CancelledError):
+            sip, status = 487, CALL_CANCELED
+        else:
+            sip, status = 500, CALL_FAILED
+        try:
+            await self.store.update_call(call_sid, status=status, sip_response_code=sip)
+        except Exception:
+            log.exception("recording the refusal of call %s failed", call_sid)
+
+    def live_call(self, call_sid: str) -> Participant | None:
+        """The audio of a live call (answered or being answered, not ended), or None."""
+        live = self._calls.get(call_sid)
+        return live.participant if live is not None else None
+
+    async def get_call(self, account_sid: str, call_sid: str) -> Call:
+        """The account's call; :class:`NotFound` when missing or another account's."""
+        return _found(await self.store.get_call(call_sid, account_sid), f"Call {call_sid}")
+
+    async def list_calls(
+        self, account_sid: str, filters: CallFilter, *, offset: int, limit: int
+    ) -> list[Call]:
+        """A page of the account's calls, newest first."""
+        return await self.store.list_calls(account_sid, filters, offset=offset, limit=limit)
+
+    async def _live_call_of(self, account: Account | str, call_sid: str) -> tuple[Account, Call]:
+        """The account and its call, which must be live and answered: :class:`NotFound`,
+        :class:`CallNotLive`."""
+        owner = await self._account(account)
+        call = await self.get_call(owner.sid, call_sid)
+        if call.status != CALL_IN_PROGRESS or call_sid not in self._calls:
+            raise CallNotLive(call_sid)
+        return owner, call
+
+    async def _account(self, account: Account | str) -> Account:
+        if isinstance(account, Account):
+            return account
+        return _found(await self.store.get_account(account), f"Account {account}")
+
+    async def hangup_call(
+        self, account: Account | str, call_sid: str, reason: str = REASON_CALL_API
+    ) -> Call:
+        """Hang a live call up (REST ``Status=completed``/``canceled``) and complete its
+        records now (the SIP edge's later ``leave`` changes nothing). A call that has ended
+        is returned as it is. :class:`NotFound` for another account's call."""
+        owner = await self._account(account)
+        call = await self.get_call(owner.sid, call_sid)
+        live = self._calls.get(call_sid)
+        if live is None:
+            return call
+        try:
+            live.participant.hangup(reason)
+        except Exception:
+            log.exception("hangup of %s failed", call_sid)
+        await self.leave(call_sid, reason)
+        return await self.get_call(owner.sid, call_sid)
+
+    async def redirect_call(
+        self,
+        account: Account | str,
+        call_sid: str,
+        url: str | None = None,
+        method: str = "POST",
+        twiml: str | None = None,
+    ) -> Call:
+        """Move a live call to the cXML document at ``url`` (fetched with ``method``) or to
+        ``twiml`` (REST ``Url``/``Twiml``): handed to the voice runtime, which ends what the
+        call is doing and runs the new document. :class:`NotFound`, :class:`CallNotLive`
+        (21220), :class:`CallControlUnavailable` (20501) when no voice runtime is attached."""
+        owner, _call = await self._live_call_of(account, call_sid)
+        if self.voice is None:
+            raise CallControlUnavailable(
+                "Url and Twiml need the voice application runtime, which this server does "
+                "not run; only Status=completed can change a call"
+            )
+        await self.voice.redirect(call_sid, url=url, method=method, twiml=twiml)
+        if url is not None:
+            await self.store.update_call(call_sid, url=url, method=method)
+        return await self.get_call(owner.sid, call_sid)
+
+    async def _call_ended(self, call_sid: str) -> None:
+        """The call is over: forget it, stop its streams, complete its record (idempotent)."""
+        self._calls.pop(call_sid, None)
+        if self.streams is not None:
+            try:
+                await self.streams.stop_call(call_sid)
+            except Exception:
+                log.exception("stopping the streams of call %s failed", call_sid)
+        for stream in await self.store.list_streams_active(None, call_sid=call_sid):
+            await self.store.set_stream_status(stream.sid, STREAM_STOPPED)
+        await self.store.update_call(call_sid, status=CALL_COMPLETED)
 
     async def join(
         self,
@@ -468,12 +648,15 @@ class Services:
         media.add_source(state.wait_source)
 
     async def leave(self, call_sid: str, reason: str, *, kicked: bool = False) -> None:
-        """The call has ended (``kicked``: removed through the REST API): the participant
-        leaves its conference. The conference ends when it was the last one, or when it had
-        ``end_conference_on_exit`` (see the module docstring for the reasons recorded).
-        Idempotent."""
-        async with self._lifecycle:
-            await self._leave_locked(call_sid, reason, kicked=kicked)
+        """The call has ended (gateway seam; ``kicked``: removed through the REST API): the
+        participant leaves its conference, which ends when it was the last one, or when it had
+        ``end_conference_on_exit`` (see the module docstring for the reasons recorded); the
+        call's streams stop and its Call record is completed. Idempotent."""
+        try:
+            async with self._lifecycle:
+                await self._leave_locked(call_sid, reason, kicked=kicked)
+        finally:
+            await self._call_ended(call_sid)
 
     async def leave_conference(self, call_sid: str, reason: str) -> None:
         """Take a live participant out of its conference WITHOUT ending its call (no hang-up):
@@ -591,6 +774,7 @@ class Services:
         self._emit_change(live, event)
 
     def dtmf_received(self, call_sid: str, digit: str, duration_ms: int) -> None:
+        self.engine.emit_call_dtmf(call_sid, digit, duration_ms)  # the call's own streams
         live = self._live.get(call_sid)
         if live is None:
             return
@@ -846,6 +1030,10 @@ class Services:
                 status_callback=request.status_callback,
                 status_callback_method=request.status_callback_method,
             )
+        return await self._start_stream(account, row, request)
+
+    async def _start_stream(self, account: Account, row: Stream, request: StreamRequest) -> Stream:
+        """Hand a stored queued stream to the stream manager; the record as it is now."""
         if self.streams is None:
             await self.store.set_stream_status(row.sid, STREAM_STOPPED, 20500, "no stream manager")
         else:
@@ -865,6 +1053,7 @@ class Services:
             account_sid=account.sid,
             auth_token=account.auth_token,
             conference_sid=row.conference_sid,
+            call_sid=row.call_sid,
         )
 
     async def stop_stream(self, stream: Stream, reason: str = REASON_STREAM_API) -> Stream:
@@ -878,6 +1067,58 @@ class Services:
             await self.store.set_stream_status(stream.sid, STREAM_STOPPED)
         fresh = await self.store.get_stream_by_sid(stream.sid)
         return fresh if fresh is not None else stream
+
+    # ----------------------------------------------------------- call streams
+    async def start_call_stream(
+        self, account: Account | str, call_sid: str, request: StreamRequest
+    ) -> Stream:
+        """Store a queued stream of one live call and start it (docs/protocol.md, "Call
+        streams"): ``inbound`` is what the caller says, ``outbound`` what it hears; audio a
+        bidirectional (``realtime``) stream returns is heard by that caller only. Raises
+        :class:`NotFound`, :class:`CallNotLive` (21220) or
+        :class:`~confstream.errors.NameInUse` (20409, a Name active on the same call)."""
+        owner = await self._account(account)
+        async with self._stream_create:
+            await self._live_call_of(owner, call_sid)
+            row = await self.store.create_stream(
+                call_sid=call_sid,
+                account_sid=owner.sid,
+                url=request.url,
+                name=request.name,
+                track=request.track,
+                codec=request.codec,
+                realtime=request.realtime,
+                status_callback=request.status_callback,
+                status_callback_method=request.status_callback_method,
+            )
+        return await self._start_stream(owner, row, request)
+
+    async def get_call_stream(self, call_sid: str, sid_or_name: str) -> Stream:
+        """The call's stream by SID, else by Name; :class:`NotFound` when none."""
+        stream = await self.store.get_stream(None, sid_or_name, call_sid=call_sid)
+        return _found(stream, f"Stream {sid_or_name}")
+
+    async def list_call_streams(
+        self, call_sid: str, *, status: str | None = None, offset: int, limit: int
+    ) -> list[Stream]:
+        """A page of the call's streams, oldest first, stopped ones included."""
+        return await self.store.list_streams(
+            None, call_sid=call_sid, status=status, offset=offset, limit=limit
+        )
+
+    async def stop_call_stream(
+        self,
+        account: Account | str,
+        call_sid: str,
+        sid_or_name: str,
+        reason: str = REASON_STREAM_API,
+    ) -> Stream:
+        """Stop the call's stream named by SID or Name (``<Stop><Stream>``, REST
+        ``Status=stopped``); a stopped one is returned as it is. :class:`NotFound` when the
+        call is not the account's or has no such stream."""
+        owner = await self._account(account)
+        await self.get_call(owner.sid, call_sid)
+        return await self.stop_stream(await self.get_call_stream(call_sid, sid_or_name), reason)
 
     async def on_stream_status(
         self,
@@ -969,10 +1210,14 @@ class Services:
         return await self.store.close_leftovers(reason)
 
     async def shutdown(self, reason: str = "confstream shutting down") -> None:
-        """End every live conference (orderly shutdown)."""
+        """End every live conference, then hang up the calls still live (orderly shutdown)."""
         conferences: Iterable[str] = {live.conference_sid for live in self._live.values()}
         for conference_sid in list(conferences):
             await self.end_conference(conference_sid, reason)
+        for call_sid in list(self._calls):
+            live = self._calls.get(call_sid)
+            if live is not None:
+                await self.hangup_call(live.account_sid, call_sid, reason)
         await self.drain()
         if self._callbacks is not None and self._own_callbacks:
             await self._callbacks.close()

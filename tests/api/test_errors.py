@@ -48,6 +48,8 @@ def test_modules_import_alone(module: str) -> None:
 HTTP_OF_DOMAIN: list[tuple[errors.ConfstreamError, int, int, bool]] = [
     (errors.NotFound("Conference C1"), 404, 20404, False),
     (errors.ConferenceNotLive("C1"), 409, 21220, False),
+    (errors.CallNotLive("CA1"), 409, 21220, False),
+    (errors.CallControlUnavailable("Url needs the voice runtime"), 400, 20501, False),
     (errors.NameInUse("n"), 409, 20409, False),
     (errors.UrlRefused("AnnounceUrl refused: loopback"), 422, 21205, True),
     (errors.AnnouncementUnavailable("AnnounceUrl answered HTTP 404"), 502, 11200, False),

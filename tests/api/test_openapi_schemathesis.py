@@ -50,10 +50,20 @@ _RUNTIME_URL_OPERATIONS = {
     "updateConference": ["422", "502"],
     "updateParticipant": ["422", "502"],
     "createStream": ["400", "422"],
+    "createCallStream": ["400", "422"],
+    # Url refused (21205) or combined with Status/Twiml (20001); no voice runtime (20501)
+    "updateCall": ["400", "422"],
 }
 #: List operations: ``Page`` x ``PageSize`` over the bound answers 422, a rule between two
 #: parameters that no schema states.
-_LIST_OPERATIONS = ["listAccounts", "listConferences", "listParticipants", "listStreams"]
+_LIST_OPERATIONS = [
+    "listAccounts",
+    "listConferences",
+    "listParticipants",
+    "listStreams",
+    "listCalls",
+    "listCallStreams",
+]
 
 _PATH_PARAM = re.compile(r"\{[^}]+\}")
 
@@ -215,7 +225,9 @@ async def test_schemathesis_finds_the_description_true(
             read_conf, (read_call,) = await _live_conference(
                 api, tmp_path, server, account, "fuzz-read", 1
             )
-            upd_conf, _ = await _live_conference(api, tmp_path, server, account, "fuzz-end", 1)
+            upd_conf, (upd_call,) = await _live_conference(
+                api, tmp_path, server, account, "fuzz-end", 1
+            )
             part_conf, (part_a, part_b) = await _live_conference(
                 api, tmp_path, server, account, "fuzz-people", 2
             )
@@ -231,6 +243,14 @@ async def test_schemathesis_finds_the_description_true(
                 data={"Url": "fuzz", "Name": "seeded"},
             ).json()
             assert seeded["url"] == f"{base_url}fuzz"
+            _check(
+                api,
+                seen,
+                200,
+                "POST",
+                f"/Calls/{read_call}/Streams.json",
+                data={"Url": "fuzz-call", "Name": "seeded"},
+            )
 
             # ------------------------------------------------ what fuzzing rarely builds
             await _by_hand(api, seen, account, extra_conf, extra_a, extra_b)
@@ -248,8 +268,14 @@ async def test_schemathesis_finds_the_description_true(
                     ("createStream", "ConferenceSid"),
                     ("fetchStream", "ConferenceSid Sid"),
                     ("stopStream", "ConferenceSid"),
+                    ("fetchCall", "CallSid"),
+                    ("listCallStreams", "CallSid"),
+                    ("createCallStream", "CallSid"),
+                    ("fetchCallStream", "CallSid Sid"),
+                    ("stopCallStream", "CallSid"),
                 )
             }
+            targets["updateCall"] = {"CallSid": upd_call}
             targets["updateConference"] = {"ConferenceSid": upd_conf}
             targets["updateParticipant"] = {"ConferenceSid": part_conf, "CallSid": part_a}
             targets["deleteParticipant"] = {"ConferenceSid": part_conf, "CallSid": part_b}
@@ -340,6 +366,31 @@ async def _by_hand(
     _check(api, seen, 413, "POST", p, data=big)
     _check(api, seen, 204, "DELETE", f"{c}/Participants/{call_b}.json")
     _check(api, seen, 404, "GET", f"{c}/Participants/{call_b}.json")
+    # calls: list, fetch; call streams; updates (this server runs no voice runtime)
+    _check(api, seen, 200, "GET", "/Calls.json", params={"Status": "in-progress"})
+    _check(api, seen, 422, "GET", "/Calls.json", params={"StartTime": "today"})
+    _check(api, seen, 200, "GET", f"/Calls/{call_a}.json")
+    cs = f"/Calls/{call_a}/Streams"
+    _check(api, seen, 200, "POST", f"{cs}.json", data={"Url": "a", "Name": "cone"})
+    _check(api, seen, 409, "POST", f"{cs}.json", data={"Url": "b", "Name": "cone"})
+    _check(api, seen, 400, "POST", f"{cs}.json", data={"Url": "ws://127.0.0.1/x"})
+    _check(api, seen, 422, "POST", f"{cs}.json", data={"Url": "a", "Track": "left"})
+    _check(api, seen, 413, "POST", f"{cs}.json", data=big)
+    _check(api, seen, 200, "GET", f"{cs}.json")
+    _check(api, seen, 422, "GET", f"{cs}.json", params={"Status": "sleeping"})
+    _check(api, seen, 200, "GET", f"{cs}/cone.json")
+    _check(api, seen, 422, "POST", f"{cs}/cone.json", data={"Status": "paused"})
+    _check(api, seen, 413, "POST", f"{cs}/cone.json", data=big)
+    _check(api, seen, 200, "POST", f"{cs}/cone.json", data={"Status": "stopped"})
+    _check(api, seen, 404, "GET", f"{cs}/nothing.json")
+    u = f"/Calls/{call_a}.json"
+    _check(api, seen, 422, "POST", u, data={"Status": "busy"})
+    _check(api, seen, 400, "POST", u, data={"Url": "https://127.0.0.1/next"})
+    _check(api, seen, 413, "POST", u, data=big)
+    # call_b was removed from its conference: its call has ended
+    _check(api, seen, 409, "POST", f"/Calls/{call_b}/Streams.json", data={"Url": "c"})
+    _check(api, seen, 409, "POST", f"/Calls/{call_b}.json", data={"Twiml": "<Response/>"})
+    _check(api, seen, 200, "POST", f"/Calls/{call_b}.json", data={"Status": "completed"})
     # the conference: announcement failures, too large, ended; then what an ended one answers
     _check(api, seen, 502, "POST", f"{c}.json", data={"AnnounceUrl": nowhere})
     _check(api, seen, 422, "POST", f"{c}.json", data={"Status": "paused"})
@@ -368,6 +419,18 @@ async def _by_hand(
         ("POST", f"{gone}/Streams.json", {"Url": "wss://127.0.0.1/x"}),
         ("GET", stream, None),
         ("POST", stream, {"Status": "stopped"}),
+    ):
+        _check(api, seen, 404, method, path, data=data)
+    # a call that never existed, and its streams
+    nocall = f"/Calls/{uuid.uuid4()}"
+    nostream = f"{nocall}/Streams/{uuid.uuid4()}.json"
+    for method, path, data in (
+        ("GET", f"{nocall}.json", None),
+        ("POST", f"{nocall}.json", {"Status": "completed"}),
+        ("GET", f"{nocall}/Streams.json", None),
+        ("POST", f"{nocall}/Streams.json", {"Url": "wss://127.0.0.1/x"}),
+        ("GET", nostream, None),
+        ("POST", nostream, {"Status": "stopped"}),
     ):
         _check(api, seen, 404, method, path, data=data)
 

@@ -221,7 +221,7 @@ async def test_close_leftovers(store: Store) -> None:
         conference_sid=live.sid, account_sid=account.sid, url="wss://x/"
     )
     counts = await store.close_leftovers("server restarted")
-    assert counts == {"conferences": 1, "participants": 1, "streams": 1}
+    assert counts == {"conferences": 1, "participants": 1, "streams": 1, "calls": 0}
     conference = await store.get_conference(live.sid)
     assert conference is not None and conference.status == "completed"
     assert conference.reason_ended == "server restarted"
@@ -237,6 +237,7 @@ async def test_close_leftovers(store: Store) -> None:
         "conferences": 0,
         "participants": 0,
         "streams": 0,
+        "calls": 0,
     }
 
 

@@ -18,10 +18,11 @@ code   HTTP    meaning
                has more parameters than ``CONFSTREAM_API_MAX_FORM_FIELDS``
 20500  500     Internal server error
 20501  400     *extension*: a parameter Twilio documents that confstream does not support yet
-               (``HoldUrl``, ``WaitUrl``, ``Coaching=true``...); nothing was changed
+               (``HoldUrl``, ``WaitUrl``, ``Coaching=true``..., a call ``Url``/``Twiml``
+               when no voice runtime runs); nothing was changed
 21205  422     ``Url``/``AnnounceUrl`` is not a valid URL (or a relative Url without a base URL)
 21209  422     ``StatusCallbackMethod``/``AnnounceMethod`` is not GET or POST
-21220  409     The conference is not in progress
+21220  409     The conference, or the call, is not in progress
 21609  422     ``StatusCallback`` is not a valid http(s) URL, or its host is refused by the
                outbound policy (docs/operations.md)
 31922  400     Invalid stream ``Url``: not ``wss://``, no host, a bad port or spaces. Refused
@@ -63,7 +64,7 @@ ERROR_CODES: dict[int, ErrorCode] = {
         ErrorCode(20501, 400, "Parameter not supported yet (extension)"),
         ErrorCode(21205, 422, "Url is not a valid URL"),
         ErrorCode(21209, 422, "Invalid method: use GET or POST"),
-        ErrorCode(21220, 409, "Conference is not in progress"),
+        ErrorCode(21220, 409, "Conference or call is not in progress"),
         ErrorCode(21609, 422, "Invalid StatusCallback URL"),
         ErrorCode(31922, 400, "Stream - Invalid URL: only wss:// is supported"),
         ErrorCode(31941, 422, "Stream - Invalid Track configuration"),

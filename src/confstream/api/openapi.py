@@ -88,6 +88,19 @@ CONFERENCE_END_REASONS = [
 ]
 PARTICIPANT_STATUSES = ["queued", "connecting", "ringing", "connected", "complete", "failed"]
 STREAM_STATUSES = ["queued", "in-progress", "stopped"]
+CALL_STATUSES = [
+    "queued",
+    "ringing",
+    "in-progress",
+    "completed",
+    "busy",
+    "failed",
+    "no-answer",
+    "canceled",
+]
+CALL_DIRECTIONS = ["inbound", "outbound-api", "outbound-dial"]
+#: The longest ``Twiml`` a call update accepts (confstream.api.calls.MAX_TWIML_CHARS).
+MAX_TWIML_CHARS = 4000
 TRACKS = ["inbound_track", "outbound_track", "both_tracks"]
 CODECS = ["PCMU", "PCMA", "L16", "L16@16000h", "L16@24000h"]
 ACCOUNT_STATUSES = ["active", "suspended", "closed"]
@@ -221,10 +234,47 @@ def _schemas() -> JSONDict:
                 "uri",
             ],
         ),
+        "Call": _obj(
+            {
+                "sid": _SID,
+                "date_created": _DATE,
+                "date_updated": _DATE,
+                "parent_call_sid": _nullable(_SID),
+                "account_sid": _SID,
+                "to": {"type": "string", "description": "the SIP URI of the INVITE's To"},
+                "to_formatted": {"type": "string"},
+                "from": {"type": "string", "description": "the SIP URI of the INVITE's From"},
+                "from_formatted": {"type": "string"},
+                "phone_number_sid": {"type": "null"},
+                "status": {"type": "string", "enum": CALL_STATUSES},
+                "start_time": _nullable(_DATE),
+                "end_time": _nullable(_DATE),
+                "duration": _nullable(
+                    {
+                        "type": "string",
+                        "pattern": "^[0-9]+$",
+                        "description": "whole seconds, once an answered call has ended",
+                    }
+                ),
+                "price": {"type": "null"},
+                "price_unit": {"type": "string"},
+                "direction": {"type": "string", "enum": CALL_DIRECTIONS},
+                "answered_by": {"type": "null"},
+                "api_version": {"type": "string", "const": API_VERSION},
+                "forwarded_from": {"type": "null"},
+                "group_sid": {"type": "null"},
+                "caller_name": _nullable({"type": "string"}),
+                "queue_time": {"type": "string"},
+                "stir_verstat": {"type": "null"},
+                "trunk_sid": {"type": "null"},
+                "uri": _URI,
+                "subresource_uris": _obj({"streams": _URI}),
+            }
+        ),
         "Stream": _obj(
             {
                 "account_sid": _SID,
-                "conference_sid": _SID,
+                "conference_sid": _nullable(_SID),
                 "call_sid": _SID,
                 "sid": _SID,
                 "name": _nullable({"type": "string"}),
@@ -244,15 +294,22 @@ def _schemas() -> JSONDict:
         "ConferencePage": page("conferences", "Conference"),
         "ParticipantPage": page("participants", "Participant"),
         "StreamPage": page("streams", "Stream"),
+        "CallPage": page("calls", "Call"),
     }
 
 
 # ------------------------------------------------------------------------- responses
 _ERROR_WHEN = {
-    400: "Refused before anything was done: a stream `Url` that is not `wss://` (31922)",
+    400: (
+        "Refused before anything was done: a stream `Url` that is not `wss://` (31922), or a "
+        "parameter not supported yet (20501)"
+    ),
     401: "Authentication failed, or the path names another account (20003)",
     404: "No such resource in this account (20404)",
-    409: "The conference is not in progress (21220), or the stream Name is in use (20409)",
+    409: (
+        "The conference or the call is not in progress (21220), or the stream Name is in use "
+        "(20409)"
+    ),
     413: "The body is over the size limit or has too many parameters (20413)",
     422: "A parameter has an invalid value; `errors` lists every problem (docs/errors.md)",
     502: "The `AnnounceUrl` audio could not be fetched (11200)",
@@ -320,6 +377,7 @@ def _parameters() -> JSONDict:
         "AccountSid": _path("AccountSid", "Your AccountSid (another one answers 401)"),
         "ConferenceSid": _path("ConferenceSid", "The conference's SID"),
         "CallSid": _path("CallSid", "The participant's CallSid, or its label"),
+        "CallSidOfCall": _path("CallSid", "The call's SID (a participant's CallSid is its call's)"),
         "StreamSid": _path(
             "Sid",
             "The stream's SID, or its Name (percent-encoded)",
@@ -368,6 +426,20 @@ def _parameters() -> JSONDict:
             "Status", "Only streams with this status", {"type": "string", "enum": STREAM_STATUSES}
         ),
     }
+    params |= {
+        "CallStatus": _query(
+            "Status", "Only calls with this status", {"type": "string", "enum": CALL_STATUSES}
+        ),
+        "From": _query("From", "Only calls from this SIP URI", {"type": "string"}),
+        "To": _query("To", "Only calls to this SIP URI", {"type": "string"}),
+        "ParentCallSid": _query(
+            "ParentCallSid", "Only the calls created by this call", {"type": "string"}
+        ),
+    }
+    for field in ("StartTime", "EndTime"):
+        params[field] = _query(field, "Started/ended on this UTC day", date)
+        params[f"{field}Before"] = _query(f"{field}<", "On or before this UTC day", date)
+        params[f"{field}After"] = _query(f"{field}>", "On or after this UTC day", date)
     for field in ("DateCreated", "DateUpdated"):
         params[field] = _query(field, "Created/updated on this UTC day", date)
         params[f"{field}Before"] = _query(f"{field}<", "On or before this UTC day", date)
@@ -470,6 +542,182 @@ def _stream_create_body() -> JSONDict:
             }
         },
     )
+
+
+def _call_update_body() -> JSONDict:
+    url = "Absolute http(s) URL (422, 21205 otherwise)"
+    unsupported = "Not supported yet: any non-blank value answers 400 (20501)"
+    return _form(
+        {
+            "Status": {
+                "type": "string",
+                "enum": ["completed", "canceled"],
+                "description": (
+                    "Hang the call up (an ended call is returned as it is); not with Url or "
+                    "Twiml (422, 20001)"
+                ),
+            },
+            "Url": {
+                "type": "string",
+                "description": (
+                    f"{url}: the call runs this cXML document (409, 21220 when the call is not "
+                    "in progress; 400, 20501 when the server runs no voice runtime); not with "
+                    "Twiml (422, 20001)"
+                ),
+            },
+            "Method": {
+                "type": "string",
+                "pattern": ANNOUNCE_METHOD_PATTERN,
+                "description": "GET or POST (default), any case (422, 21209 otherwise)",
+            },
+            "Twiml": {
+                "type": "string",
+                "maxLength": MAX_TWIML_CHARS,
+                "description": "A cXML document the call runs (as Url); blank means none",
+            },
+            "FallbackUrl": {"type": "string", "description": unsupported},
+            "StatusCallback": {"type": "string", "description": unsupported},
+            "TimeLimit": {"type": "string", "description": unsupported},
+            "FallbackMethod": {"type": "string", "pattern": ANNOUNCE_METHOD_PATTERN},
+            "StatusCallbackMethod": {"type": "string", "pattern": ANNOUNCE_METHOD_PATTERN},
+        }
+    )
+
+
+def _call_paths(acc: str) -> JSONDict:
+    """The Calls resource and call streams (docs/api.md, Calls)."""
+    call = f"{acc}/Calls/{{CallSid}}"
+    call_link = {"AccountSid": "$request.path.AccountSid", "CallSid": "$response.body#/sid"}
+    first_call = {
+        "AccountSid": "$request.path.AccountSid",
+        "CallSid": "$response.body#/calls/0/sid",
+    }
+    stream_link = {
+        "AccountSid": "$request.path.AccountSid",
+        "CallSid": "$response.body#/call_sid",
+        "Sid": "$response.body#/sid",
+    }
+    return {
+        f"{acc}/Calls.json": {
+            "parameters": _p("AccountSid"),
+            "get": {
+                "operationId": "listCalls",
+                "summary": "List calls, newest first (POST, making calls, is not offered: 405)",
+                "parameters": _p(
+                    "CallStatus",
+                    "From",
+                    "To",
+                    "ParentCallSid",
+                    "StartTime",
+                    "StartTimeBefore",
+                    "StartTimeAfter",
+                    "EndTime",
+                    "EndTimeBefore",
+                    "EndTimeAfter",
+                    *_PAGING,
+                ),
+                "responses": {
+                    "200": _ok(
+                        "CallPage",
+                        "A page of calls",
+                        {
+                            "GetFirstCall": {"operationId": "fetchCall", "parameters": first_call},
+                            "ListFirstCallStreams": {
+                                "operationId": "listCallStreams",
+                                "parameters": first_call,
+                            },
+                        },
+                    ),
+                    **_errors(401, 422),
+                },
+            },
+        },
+        f"{call}.json": {
+            "parameters": _p("AccountSid", "CallSidOfCall"),
+            "get": {
+                "operationId": "fetchCall",
+                "summary": "Fetch a call",
+                "responses": {
+                    "200": _ok(
+                        "Call",
+                        "The call",
+                        {
+                            "ListCallStreams": {
+                                "operationId": "listCallStreams",
+                                "parameters": call_link,
+                            }
+                        },
+                    ),
+                    **_errors(401, 404),
+                },
+            },
+            "post": {
+                "operationId": "updateCall",
+                "summary": "Hang a call up (Status) or move it to another document (Url, Twiml)",
+                "requestBody": _call_update_body(),
+                "responses": {
+                    "200": _ok("Call", "The call as it is now"),
+                    **_errors(400, 401, 404, 409, 413, 422),
+                },
+            },
+        },
+        f"{call}/Streams.json": {
+            "parameters": _p("AccountSid", "CallSidOfCall"),
+            "get": {
+                "operationId": "listCallStreams",
+                "summary": "List the call's streams, oldest first (extension)",
+                "parameters": _p("StreamStatus", *_PAGING),
+                "responses": {
+                    "200": _ok("StreamPage", "A page of streams"),
+                    **_errors(401, 404, 422),
+                },
+            },
+            "post": {
+                "operationId": "createCallStream",
+                "summary": (
+                    "Stream one call: inbound is what the caller says, outbound what it hears "
+                    "(409, 21220 when the call is not in progress)"
+                ),
+                "requestBody": _stream_create_body(),
+                "responses": {
+                    "200": _ok(
+                        "Stream",
+                        "The stream, queued",
+                        {
+                            "GetCallStream": {
+                                "operationId": "fetchCallStream",
+                                "parameters": stream_link,
+                            },
+                            "StopCallStream": {
+                                "operationId": "stopCallStream",
+                                "parameters": stream_link,
+                            },
+                        },
+                    ),
+                    **_errors(400, 401, 404, 409, 413, 422),
+                },
+            },
+        },
+        f"{call}/Streams/{{Sid}}.json": {
+            "parameters": _p("AccountSid", "CallSidOfCall", "StreamSid"),
+            "get": {
+                "operationId": "fetchCallStream",
+                "summary": "Fetch a call's stream by SID or Name (extension)",
+                "responses": {"200": _ok("Stream", "The stream"), **_errors(401, 404)},
+            },
+            "post": {
+                "operationId": "stopCallStream",
+                "summary": "Stop a call's stream (Status=stopped); a stopped one answers as it is",
+                "requestBody": _form(
+                    {"Status": {"type": "string", "enum": ["stopped"]}}, ["Status"]
+                ),
+                "responses": {
+                    "200": _ok("Stream", "The stream, stopped"),
+                    **_errors(401, 404, 413, 422),
+                },
+            },
+        },
+    }
 
 
 # ---------------------------------------------------------------------------- paths
@@ -752,6 +1000,7 @@ def _paths() -> JSONDict:
                 for method, verb in (("get", "fetch"), ("post", "update"), ("delete", "delete"))
             },
         },
+        **_call_paths(acc),
     }
 
 
@@ -763,7 +1012,7 @@ def openapi() -> JSONDict:
         "info": {
             "title": "confstream REST API",
             "version": API_VERSION,
-            "summary": "Conferences, participants and Conference Streams (wss://)",
+            "summary": "Conferences, participants, calls and their streams (wss://)",
             "description": (
                 "SignalWire/Twilio-compatible conference API of confstream (docs/api.md). "
                 "Every path also answers without the `.json` suffix. Requests are "

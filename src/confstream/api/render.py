@@ -8,6 +8,16 @@
   confstream records conferences) and the ``streams`` extension.
 * Participant ``status``: Twilio's ``connected`` (stored ``in-progress``) or ``complete``;
   ``queue_time`` is null (Twilio fills it only for participants created through its API).
+  A participant's ``call_sid`` is the SID of its Call (``…/Calls/{call_sid}.json``).
+* Call: Twilio's shape. ``from``/``to`` are the SIP URIs of the call and ``from_formatted``/
+  ``to_formatted`` the same text (there are no phone numbers to format); ``duration`` is a
+  string of whole seconds once the call has ended after being answered, else null; what
+  confstream has no notion of (``price``, ``answered_by``, ``phone_number_sid``,
+  ``forwarded_from``, ``group_sid``, ``stir_verstat``, ``trunk_sid``) is null, ``queue_time``
+  ``"0"``.
+  ``subresource_uris`` lists only what exists here (``streams``).
+* Stream: a conference stream's ``call_sid`` is its ConferenceSid (as SignalWire shows it), a
+  call stream's is its CallSid with ``conference_sid`` null and its URI under the call.
 """
 
 from __future__ import annotations
@@ -15,13 +25,18 @@ from __future__ import annotations
 from typing import Any
 
 from confstream.api.common import API_VERSION, rfc2822
-from confstream.store import Account, Conference, Participant, Stream
+from confstream.store import Account, Call, Conference, Participant, Stream
 from confstream.store.models import PARTICIPANT_API_STATUS, split_end_reason
 
 
 def _conference_uri(base: str, account_sid: str, conference_sid: str) -> str:
     """The conference's URI without ``.json``; participants and streams live below it."""
     return f"{base}/Accounts/{account_sid}/Conferences/{conference_sid}"
+
+
+def _call_uri(base: str, account_sid: str, call_sid: str) -> str:
+    """The call's URI without ``.json``; its streams live below it."""
+    return f"{base}/Accounts/{account_sid}/Calls/{call_sid}"
 
 
 def account_json(base: str, account: Account) -> dict[str, Any]:
@@ -89,13 +104,50 @@ def participant_json(base: str, participant: Participant) -> dict[str, Any]:
     }
 
 
+def call_json(base: str, call: Call) -> dict[str, Any]:
+    uri = _call_uri(base, call.account_sid, call.sid)
+    return {
+        "sid": call.sid,
+        "date_created": rfc2822(call.date_created),
+        "date_updated": rfc2822(call.date_updated),
+        "parent_call_sid": call.parent_call_sid,
+        "account_sid": call.account_sid,
+        "to": call.to_uri,
+        "to_formatted": call.to_uri,
+        "from": call.from_uri,
+        "from_formatted": call.from_uri,
+        "phone_number_sid": None,
+        "status": call.status,
+        "start_time": rfc2822(call.start_time),
+        "end_time": rfc2822(call.end_time),
+        "duration": None if call.duration is None else str(call.duration),
+        "price": None,
+        "price_unit": "USD",
+        "direction": call.direction,
+        "answered_by": None,
+        "api_version": API_VERSION,
+        "forwarded_from": None,
+        "group_sid": None,
+        "caller_name": call.caller_name,
+        "queue_time": "0",
+        "stir_verstat": None,
+        "trunk_sid": None,
+        "uri": f"{uri}.json",
+        "subresource_uris": {"streams": f"{uri}/Streams.json"},
+    }
+
+
 def stream_json(base: str, stream: Stream) -> dict[str, Any]:
-    conference = _conference_uri(base, stream.account_sid, stream.conference_sid)
-    uri = f"{conference}/Streams/{stream.sid}.json"
+    if stream.call_sid is not None:
+        owner = _call_uri(base, stream.account_sid, stream.call_sid)
+    else:
+        assert stream.conference_sid is not None
+        owner = _conference_uri(base, stream.account_sid, stream.conference_sid)
+    uri = f"{owner}/Streams/{stream.sid}.json"
     return {
         "account_sid": stream.account_sid,
         "conference_sid": stream.conference_sid,
-        "call_sid": stream.conference_sid,
+        "call_sid": stream.call_sid or stream.conference_sid,
         "sid": stream.sid,
         "name": stream.name,
         "status": stream.status,

@@ -9,7 +9,8 @@ and every URI in answers carries it, as Twilio's do). ``GET /healthz`` answers 2
 
 Authentication is HTTP Basic ``AccountSid:AuthToken``; a failure, and a path AccountSid that
 is not the caller's, both answer the same 401 (code 20003) so nothing tells whether another
-account exists.
+account exists (:mod:`confstream.api.access`). The Calls resource and call streams are in
+:mod:`confstream.api.calls`.
 
 Every parameter a route accepts does what docs/api.md says, or is refused: enum values are
 checked (Status, AnnounceMethod, HoldMethod, WaitMethod...), and parameters Twilio documents
@@ -32,8 +33,6 @@ exception handler turns those into answers (:func:`confstream.api.errors.from_do
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from confstream.api.access import authenticate, parse_method, services_of
+from confstream.api.calls import call_routes
 from confstream.api.common import (
     SIGNALWIRE_BASE,
     TWILIO_BASE,
@@ -65,7 +66,6 @@ from confstream.api.errors import (
     internal_error,
     invalid,
     not_found,
-    unauthorized,
     unsupported,
 )
 from confstream.api.limits import BodyLimit
@@ -82,28 +82,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-async def _authenticate(request: Request) -> Account:
-    """The caller's account; 401 (20003) on any failure or when the path names another one."""
-    header = request.headers.get("authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        raise unauthorized()
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise unauthorized() from exc
-    sid, sep, token = decoded.partition(":")
-    if not sep:
-        raise unauthorized()
-    account = await _services(request).authenticate(sid, token)
-    if account is None or request.path_params.get("account_sid", account.sid) != account.sid:
-        raise unauthorized()
-    return account
+_services = services_of
+_authenticate = authenticate
+_method = parse_method
 
 
 async def _conference(request: Request, account: Account) -> Conference:
@@ -130,15 +111,6 @@ async def list_accounts(request: Request) -> Response:
     )
     rows = [account] if matches and paging.offset == 0 else []
     return page_response(request, "/Accounts", "accounts", rows, account_json, paging)
-
-
-def _method(params: dict[str, str], name: str, default: str) -> str:
-    """An HTTP method parameter: ``GET`` or ``POST`` in any case, else 422 (21209)."""
-    value = params.get(name)
-    method = default if value is None or value == "" else value.strip().upper()
-    if method not in ("GET", "POST"):
-        raise invalid(21209, f"{name} must be GET or POST, not {value!r}")
-    return method
 
 
 # ------------------------------------------------------------------------ conferences
@@ -406,6 +378,7 @@ def _resource_routes() -> list[Route]:
             recordings,
             methods=["GET", "POST", "DELETE"],
         ),
+        *call_routes(),
     ]
 
 

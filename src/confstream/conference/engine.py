@@ -43,7 +43,33 @@ Per tick, for all conferences at once (``P`` participants, ``C`` conferences):
 
 The arrays handed to ``write_frame`` and ``on_frame`` are fresh every tick and read-only, so
 receivers may keep them without copying (one allocation per tick for all participants, one per
-conference with taps); all intermediate buffers are preallocated and grow by doubling.
+conference with taps, one or two per tapped call); all intermediate buffers are preallocated and
+grow by doubling.
+
+Call taps (one caller's audio, docs/protocol.md, "Call streams")
+----------------------------------------------------------------
+A tap may also be attached to one *call* (:meth:`Engine.add_call_tap`, or through
+:meth:`Engine.call_media`) instead of a conference. It is keyed by the CallSid, not by a
+conference, so it follows the participant when it moves between engine conferences (a call's
+solo room and a conference): on every tick where that participant is mixed somewhere, the tap
+gets
+
+* ``inbound``: what the caller sent this tick, even while it is muted or on hold in its
+  conference (muting changes what the conference hears, not what the caller says); silence
+  when it sent nothing;
+* ``outbound``: what the caller hears this tick, exactly the frame written to it (its mix-minus
+  with platform audio, targeted audio included; silence while on hold), minus the tap's own
+  returned audio.
+
+A call tap's ``own_source`` (a bidirectional call stream's returned audio) is read by the
+engine itself, once per tick while the call is mixed somewhere, and heard by that caller only
+(as targeted audio); nothing is read while the call is in no conference, so returned audio
+waits. Timestamps of call taps run on the engine's own timeline (ticks run plus ticks skipped,
+x 20 ms), which does not restart when the call moves. A tick where the call is mixed nowhere
+delivers nothing (the stream's timestamps jump). DTMF from the caller reaches its call taps
+through :meth:`Engine.emit_call_dtmf`. The per-tick cost is one dictionary lookup per tapped
+call; untapped participants cost nothing more (the participant loop only keeps the frames of
+rows that are muted or on hold, which it already singles out).
 
 Fast path for G.711 participants
 --------------------------------
@@ -290,7 +316,9 @@ class ConferenceMedia:
             self.remove_source(t.own_source)
 
     def emit_dtmf(self, call_sid: str, digit: str, duration_ms: int) -> None:
-        """A participant pressed a key: tell every tap (a failing tap is logged, not dropped)."""
+        """A participant pressed a key: tell every tap of the conference (a failing tap is
+        logged, not dropped). The call's own taps hear it through
+        :meth:`Engine.emit_call_dtmf`."""
         for t in list(self.taps):
             try:
                 t.on_dtmf(call_sid, digit, duration_ms)
@@ -304,6 +332,31 @@ class ConferenceMedia:
                 p.send_dtmf(digit, duration_ms)
             except Exception:
                 self._engine._log_error("send_dtmf", p, f"participant {p.call_sid}")
+
+
+class CallMedia:
+    """The tap point of one call, wherever it is mixed (see "Call taps" in the module
+    docstring): what a call stream attaches to. Made by :meth:`Engine.call_media`."""
+
+    def __init__(self, engine: Engine, call_sid: str) -> None:
+        self.call_sid = call_sid
+        self._engine = engine
+
+    def add_tap(self, t: Tap) -> None:
+        self._engine.add_call_tap(self.call_sid, t)
+
+    def remove_tap(self, t: Tap) -> None:
+        self._engine.remove_call_tap(self.call_sid, t)
+
+    def send_dtmf(self, digit: str, duration_ms: int) -> None:
+        """Play a DTMF digit to this caller only (nothing when it is mixed nowhere)."""
+        p = self._engine.participant(self.call_sid)
+        if p is None:
+            return
+        try:
+            p.send_dtmf(digit, duration_ms)
+        except Exception:
+            self._engine._log_error("send_dtmf", p, f"participant {self.call_sid}")
 
 
 class Engine:
@@ -325,6 +378,12 @@ class Engine:
         self._conf_of_row: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         # Runs of equally sized conferences: (first row, last row + 1, size, first conf, end).
         self._blocks: list[tuple[int, int, int, int, int]] = []
+        # Call taps (by CallSid) and the row of every member (rebuilt with the layout).
+        self._call_taps: dict[str, list[Tap]] = {}
+        self._row_of_call: dict[str, int] = {}
+        #: Ticks mixed and ticks skipped by the clock: the timeline of call taps.
+        self.ticks_run = 0
+        self.ticks_skipped = 0
         # Preallocated work buffers (grow by doubling).
         self._frames: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._mix: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
@@ -378,6 +437,47 @@ class Engine:
     def conferences(self) -> dict[str, ConferenceMedia]:
         return self._conferences
 
+    # ----------------------------------------------------------------- calls
+    def call_media(self, call_sid: str) -> CallMedia:
+        """The tap point of call ``call_sid`` (it need not be mixed anywhere yet)."""
+        return CallMedia(self, call_sid)
+
+    def add_call_tap(self, call_sid: str, t: Tap) -> None:
+        """Deliver call ``call_sid``'s own audio to ``t`` from the next tick (see "Call taps"
+        in the module docstring); adding the same tap twice has no effect."""
+        taps = self._call_taps.setdefault(call_sid, [])
+        if not any(x is t for x in taps):
+            taps.append(t)
+
+    def remove_call_tap(self, call_sid: str, t: Tap) -> None:
+        """Stop delivering to ``t`` (and reading its ``own_source``); no error if absent."""
+        taps = self._call_taps.get(call_sid)
+        if taps is None:
+            return
+        with contextlib.suppress(ValueError):
+            taps.remove(t)
+        if not taps:
+            del self._call_taps[call_sid]
+
+    def call_taps(self, call_sid: str) -> list[Tap]:
+        return list(self._call_taps.get(call_sid, ()))
+
+    def participant(self, call_sid: str) -> Participant | None:
+        """The participant of ``call_sid`` in whichever conference mixes it, or None."""
+        for conf in self._conferences.values():
+            p = conf.participants.get(call_sid)
+            if p is not None:
+                return p
+        return None
+
+    def emit_call_dtmf(self, call_sid: str, digit: str, duration_ms: int) -> None:
+        """The caller pressed a key: tell the call's own taps (a failing tap is logged)."""
+        for t in list(self._call_taps.get(call_sid, ())):
+            try:
+                t.on_dtmf(call_sid, digit, duration_ms)
+            except Exception:
+                self._log_error("on_dtmf", t, f"tap of call {call_sid}")
+
     @property
     def lateness_samples(self) -> list[float]:
         """Recent tick lateness values in seconds, oldest first (at most LATENESS_HISTORY)."""
@@ -429,6 +529,7 @@ class Engine:
         self._writes = writes
         self._any_ulaw_writer = any(w is not None for w in writes)
         self._conf_of_row = np.array(conf_of_row, dtype=np.intp)
+        self._row_of_call = {p.call_sid: i for i, p in enumerate(members)}
         self._waiting_rows = np.array(waiting_rows, dtype=np.intp)
         n_p, n_c = len(members), len(self._order)
         self._frames = _grow(self._frames, n_p)
@@ -462,14 +563,19 @@ class Engine:
         codes_view = self._codes_in_view
         hold_rows: list[int] = []
         pcm_rows: list[tuple[int, Participant, Frame]] = []
+        # rows muted or on hold: what they sent, for call taps (not mixed)
+        unmixed: dict[int, bytes | Frame | None] = {}
         i = 0
         for p, read in zip(members, self._reads, strict=True):
             try:
                 frame = read()
                 if p.hold:
                     hold_rows.append(i)
-                elif frame is None or p.muted:
+                    unmixed[i] = frame
+                elif frame is None:
                     pass
+                elif p.muted:
+                    unmixed[i] = frame
                 elif type(frame) is bytes:
                     start = i * FRAME_SAMPLES
                     codes_view[start : start + FRAME_SAMPLES] = frame
@@ -540,9 +646,36 @@ class Engine:
                     conf.remove_source(s)
                     log_error("read_frame", s, "audio source")
 
+        # 3b. returned audio of call taps, heard by that call only
+        call_taps = self._call_taps
+        row_of_call = self._row_of_call
+        call_own: dict[int, tuple[int, npt.NDArray[np.int16]]] = {}  # id(tap) -> (row, frame)
+        if call_taps:
+            for call_sid, taps in call_taps.items():
+                r = row_of_call.get(call_sid)
+                if r is None:
+                    continue
+                for t in taps:
+                    own = t.own_source
+                    if own is None:
+                        continue
+                    try:
+                        if own.finished:
+                            continue
+                        frame = own.read_frame()
+                        if frame is not None:
+                            if frame.shape != (FRAME_SAMPLES,):
+                                raise ValueError(f"source frame has shape {frame.shape}")
+                            call_own[id(t)] = (r, frame)
+                    except Exception:
+                        log_error("read_frame", own, f"returned audio of call {call_sid}")
+
         # 4. outbound and every participant's mix-minus
         outbound = self._outbound[:n_c]
         np.add(inbound, platform, out=outbound)
+        # a call tap's outbound without its own returned audio (by id of the tap)
+        own_removed: dict[int, npt.NDArray[np.int16]] = {}
+        heard: npt.NDArray[np.int16] | None = None
         if n_p:
             mix = self._mix[:n_p]
             np.take(outbound, self._conf_of_row, axis=0, out=mix)
@@ -555,8 +688,13 @@ class Engine:
                     r = row_of.get((id(conf), call_sid))
                     if r is not None:
                         mix[r] += frame
+            for r, frame in call_own.values():
+                mix[r] += frame
             if hold_rows:
                 mix[hold_rows] = 0
+            for key, (r, frame) in call_own.items():
+                if not members[r].hold:
+                    own_removed[key] = _to_int16((mix[r] - frame)[np.newaxis, :])[0]
             heard = _to_int16(mix)
             blob = b""
             if self._any_ulaw_writer:
@@ -594,6 +732,41 @@ class Engine:
                         conf.remove_tap(t)
                         log_error("on_frame", t, f"tap of conference {conf.sid} (dropped)")
             conf.ticks += 1
+
+        # 6. call taps: the caller's own audio and what it hears
+        if call_taps and heard is not None:
+            ts = (self.ticks_run + self.ticks_skipped) * FRAME_MS
+            for call_sid, taps in list(call_taps.items()):
+                r = row_of_call.get(call_sid)
+                if r is None:
+                    continue
+                said = self._said(r, frames, unmixed)
+                for t in list(taps):
+                    try:
+                        out_t = own_removed.get(id(t), heard[r])
+                        t.on_frame(said, out_t, ts)
+                    except Exception:
+                        self.remove_call_tap(call_sid, t)
+                        log_error("on_frame", t, f"tap of call {call_sid} (dropped)")
+        self.ticks_run += 1
+
+    @staticmethod
+    def _said(
+        r: int, frames: Int32Matrix, unmixed: dict[int, bytes | Frame | None]
+    ) -> npt.NDArray[np.int16]:
+        """What row ``r``'s caller sent this tick, as a fresh read-only int16 frame."""
+        if r in unmixed:
+            raw = unmixed[r]
+            if raw is None:
+                said = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+            elif type(raw) is bytes:
+                said = ULAW_DECODE[np.frombuffer(raw, dtype=np.uint8)]
+            else:
+                said = np.array(raw, dtype=np.int16)
+        else:
+            said = frames[r].astype(np.int16)
+        said.flags.writeable = False
+        return said
 
     def _detect_speech(self, members: list[Participant]) -> None:
         """Advance the speech detector by one measurement (see the module docstring)."""
@@ -657,6 +830,7 @@ class Engine:
             behind = int(lateness / TICK_SECONDS)
             if behind > MAX_BEHIND_TICKS:
                 n += behind
+                self.ticks_skipped += behind
                 metrics.TICKS_SKIPPED.inc(behind)
                 for conf in self._conferences.values():
                     conf.skipped += behind
@@ -680,4 +854,4 @@ class Engine:
         return f"<Engine conferences={len(self._conferences)} running={self.running}>"
 
 
-__all__ = ["ConferenceMedia", "Engine", "UlawMedia"]
+__all__ = ["CallMedia", "ConferenceMedia", "Engine", "UlawMedia"]

@@ -16,6 +16,7 @@ from confstream.store.models import (
     utcnow,
 )
 from confstream.store.store import (
+    CallFilter,
     ConferenceFilter,
     DateFilter,
     Store,
@@ -28,6 +29,7 @@ from confstream.store.store import (
 __all__ = [
     "Account",
     "Call",
+    "CallFilter",
     "Conference",
     "ConferenceFilter",
     "DateFilter",

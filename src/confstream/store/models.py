@@ -244,11 +244,24 @@ class Participant(Timestamped, ConferencePart, Base):
     reason_ended: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
-class Stream(Timestamped, ConferencePart, Base):
+class Stream(Timestamped, AccountOwned, Base):
+    """A stream of a conference (``conference_sid`` set) or of one call (``call_sid`` set):
+    exactly one of the two (docs/api.md, Streams and Calls)."""
+
     __tablename__ = "streams"
-    __table_args__ = (Index("ix_streams_conference", "conference_sid", "date_created"),)
+    __table_args__ = (
+        Index("ix_streams_conference", "conference_sid", "date_created"),
+        Index("ix_streams_call", "call_sid", "date_created"),
+    )
 
     sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    conference_sid: Mapped[str | None] = mapped_column(
+        ForeignKey("conferences.sid", ondelete="CASCADE"), nullable=True
+    )
+    call_sid: Mapped[str | None] = mapped_column(
+        ForeignKey("calls.sid", ondelete="CASCADE", name="fk_streams_call_sid_calls"),
+        nullable=True,
+    )
     name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     #: The resolved wss:// URL. The AuthorizationBearerToken is never stored.
     url: Mapped[str] = mapped_column(Text)

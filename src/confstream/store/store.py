@@ -43,6 +43,12 @@ from sqlalchemy.ext.asyncio import (
 
 from confstream.errors import NameInUse
 from confstream.store.models import (
+    CALL_ACTIVE_STATUSES,
+    CALL_COMPLETED,
+    CALL_IN_PROGRESS,
+    CALL_INBOUND,
+    CALL_RINGING,
+    CALL_STATUSES,
     CONFERENCE_COMPLETED,
     CONFERENCE_IN_PROGRESS,
     CONFERENCE_INIT,
@@ -53,6 +59,7 @@ from confstream.store.models import (
     STREAM_STOPPED,
     Account,
     Base,
+    Call,
     Conference,
     Participant,
     Stream,
@@ -143,6 +150,42 @@ class ConferenceFilter:
     date_updated: DateFilter = DateFilter()
 
 
+@dataclass(frozen=True)
+class CallFilter:
+    """The Calls list filters (docs/api.md, Calls): exact ``Status``, ``From``, ``To`` and
+    ``ParentCallSid``; ``StartTime``/``EndTime`` as :class:`DateFilter` days (a call that has
+    not started, or not ended, matches no such filter)."""
+
+    status: str | None = None
+    from_uri: str | None = None
+    to_uri: str | None = None
+    parent_call_sid: str | None = None
+    start_time: DateFilter = DateFilter()
+    end_time: DateFilter = DateFilter()
+
+
+def _call_status(row: Call, status: str, now: dt.datetime) -> None:
+    """Move a call to ``status`` (Twilio's Call statuses, docs/api.md, Calls):
+
+    * ``in-progress`` (answered) sets ``start_time`` (once);
+    * a final status (completed, busy, failed, no-answer, canceled) sets ``end_time`` and
+      ``duration``: whole seconds from ``start_time`` to ``end_time``, rounded, or None for a
+      call that was never answered;
+    * a final status is final: later changes are ignored.
+    """
+    if row.status not in CALL_ACTIVE_STATUSES or row.status == status:
+        return
+    row.status = status
+    if status == CALL_IN_PROGRESS:
+        if row.start_time is None:
+            row.start_time = now
+    elif status not in CALL_ACTIVE_STATUSES:
+        row.end_time = now
+        if row.start_time is not None:
+            row.duration = max(0, round((now - row.start_time).total_seconds()))
+    row.touch(now)
+
+
 def _new(model: type[RowT], **fields: Any) -> RowT:
     """A new row of ``model`` with ``fields``, created and updated at one instant (now)."""
     now = utcnow()
@@ -160,6 +203,14 @@ def _end(row: Conference | Participant, status: str, reason: str) -> None:
         row.status = status
         row.reason_ended = reason
         row.touch()
+
+
+def _owned_by(conference_sid: str | None, call_sid: str | None) -> Any:
+    """The clause selecting the streams of the call (when ``call_sid`` is given) or else of
+    the conference."""
+    if call_sid is not None:
+        return Stream.call_sid == call_sid
+    return Stream.conference_sid == conference_sid
 
 
 class Store:
@@ -467,11 +518,107 @@ class Store:
             Participant, call_sid, lambda row: _end(row, PARTICIPANT_COMPLETED, reason)
         )
 
+    # --------------------------------------------------------------------- calls
+    async def create_call(
+        self,
+        account_sid: str,
+        *,
+        from_uri: str,
+        to_uri: str,
+        direction: str = CALL_INBOUND,
+        caller_name: str | None = None,
+        status: str = CALL_RINGING,
+        parent_call_sid: str | None = None,
+        url: str | None = None,
+        method: str = "POST",
+        sid: str | None = None,
+    ) -> Call:
+        """Insert a call record (``ringing`` by default: an INVITE not answered yet). ``sid``
+        is the CallSid the SIP edge chose (a new one when None). ValueError for a status that
+        is not one of Twilio's."""
+        if status not in CALL_STATUSES:
+            raise ValueError(f"unknown call status {status!r}")
+        row = _new(
+            Call,
+            sid=sid or new_sid(),
+            account_sid=account_sid,
+            direction=direction,
+            from_uri=from_uri,
+            to_uri=to_uri,
+            caller_name=caller_name,
+            status=CALL_RINGING,
+            start_time=None,
+            end_time=None,
+            duration=None,
+            parent_call_sid=parent_call_sid,
+            url=url,
+            method=method,
+            status_callback=None,
+            status_callback_method="POST",
+            status_callback_event=None,
+            sip_response_code=None,
+        )
+        _call_status(row, status, row.date_created)
+        return await self._add(row)
+
+    async def get_call(self, call_sid: str, account_sid: str | None = None) -> Call | None:
+        """The call, or None (also when it belongs to another account)."""
+        return await self._get(Call, call_sid, account_sid=account_sid)
+
+    async def update_call(
+        self,
+        call_sid: str,
+        *,
+        status: str | None = None,
+        url: str | None = None,
+        method: str | None = None,
+        sip_response_code: int | None = None,
+    ) -> Call | None:
+        """Change a call: ``status`` follows the transitions of :func:`_call_status` (times
+        and duration included; a final call keeps its final status); ``url``/``method`` record
+        the document the call runs now. None leaves a field as it is; None when no such call.
+        ValueError for a status that is not one of Twilio's."""
+        if status is not None and status not in CALL_STATUSES:
+            raise ValueError(f"unknown call status {status!r}")
+        changes = _given(url=url, method=method, sip_response_code=sip_response_code)
+
+        def change(row: Call) -> None:
+            if changes:
+                row.update(changes)
+            if status is not None:
+                _call_status(row, status, utcnow())
+
+        return await self._change(Call, call_sid, change)
+
+    async def list_calls(
+        self,
+        account_sid: str,
+        filters: CallFilter = CallFilter(),
+        *,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Call]:
+        """Newest first (date_created, then SID, descending), like Twilio."""
+        clauses: list[Any] = [Call.account_sid == account_sid]
+        if filters.status is not None:
+            clauses.append(Call.status == filters.status)
+        if filters.from_uri is not None:
+            clauses.append(Call.from_uri == filters.from_uri)
+        if filters.to_uri is not None:
+            clauses.append(Call.to_uri == filters.to_uri)
+        if filters.parent_call_sid is not None:
+            clauses.append(Call.parent_call_sid == filters.parent_call_sid)
+        clauses += filters.start_time.clauses(Call.start_time)
+        clauses += filters.end_time.clauses(Call.end_time)
+        query = select(Call).where(*clauses).order_by(Call.date_created.desc(), Call.sid.desc())
+        return await self._list(query, offset=offset, limit=limit)
+
     # ------------------------------------------------------------------- streams
     async def create_stream(
         self,
         *,
-        conference_sid: str,
+        conference_sid: str | None = None,
+        call_sid: str | None = None,
         account_sid: str,
         url: str,
         name: str | None = None,
@@ -482,12 +629,17 @@ class Store:
         status_callback_method: str = "POST",
         sid: str | None = None,
     ) -> Stream:
-        """Insert a ``queued`` stream. Raises :class:`~confstream.errors.NameInUse` when
-        ``name`` is taken by an active (queued or in-progress) stream of the conference."""
+        """Insert a ``queued`` stream of a conference or of a call (exactly one of
+        ``conference_sid`` and ``call_sid``; ValueError otherwise). Raises
+        :class:`~confstream.errors.NameInUse` when ``name`` is taken by an active (queued or
+        in-progress) stream of the same conference or call."""
+        if (conference_sid is None) == (call_sid is None):
+            raise ValueError("a stream belongs to exactly one conference or call")
         row = _new(
             Stream,
             sid=sid or new_sid(),
             conference_sid=conference_sid,
+            call_sid=call_sid,
             account_sid=account_sid,
             name=name,
             url=url,
@@ -504,13 +656,13 @@ class Store:
             if name is not None:
                 clash = await session.scalar(
                     select(Stream.sid).where(
-                        Stream.conference_sid == conference_sid,
+                        _owned_by(conference_sid, call_sid),
                         Stream.name == name,
                         Stream.status.in_(STREAM_ACTIVE_STATUSES),
                     )
                 )
                 if clash is not None:
-                    raise NameInUse(name)
+                    raise NameInUse(name, "conference" if call_sid is None else "call")
             session.add(row)
             await session.flush()
             session.add(
@@ -518,14 +670,20 @@ class Store:
             )
         return row
 
-    async def get_stream(self, conference_sid: str, sid_or_name: str) -> Stream | None:
-        """The stream by SID, else by Name (the active stream of that name, or the newest)."""
-        row = await self._get(Stream, sid_or_name, conference_sid=conference_sid)
+    async def get_stream(
+        self, conference_sid: str | None, sid_or_name: str, *, call_sid: str | None = None
+    ) -> Stream | None:
+        """The stream of the conference (or, with ``call_sid``, of the call) by SID, else by
+        Name (the active stream of that name, or the newest)."""
+        if call_sid is not None:
+            row = await self._get(Stream, sid_or_name, call_sid=call_sid)
+        else:
+            row = await self._get(Stream, sid_or_name, conference_sid=conference_sid or "")
         if row is not None:
             return row
         return await self._first(
             select(Stream)
-            .where(Stream.conference_sid == conference_sid, Stream.name == sid_or_name)
+            .where(_owned_by(conference_sid, call_sid), Stream.name == sid_or_name)
             .order_by(
                 Stream.status.in_(STREAM_ACTIVE_STATUSES).desc(),
                 Stream.date_created.desc(),
@@ -537,14 +695,16 @@ class Store:
 
     async def list_streams(
         self,
-        conference_sid: str,
+        conference_sid: str | None,
         *,
+        call_sid: str | None = None,
         status: str | None = None,
         offset: int = 0,
         limit: int = 50,
     ) -> list[Stream]:
-        """Oldest first, stopped streams included."""
-        clauses: list[Any] = [Stream.conference_sid == conference_sid]
+        """The conference's (or, with ``call_sid``, the call's) streams, oldest first, stopped
+        streams included."""
+        clauses: list[Any] = [_owned_by(conference_sid, call_sid)]
         if status is not None:
             clauses.append(Stream.status == status)
         query = select(Stream).where(*clauses).order_by(Stream.date_created, Stream.sid)
@@ -587,11 +747,14 @@ class Store:
             .order_by(StreamStatusChange.id)
         )
 
-    async def list_streams_active(self, conference_sid: str) -> list[Stream]:
-        """The conference's queued or in-progress streams."""
+    async def list_streams_active(
+        self, conference_sid: str | None, *, call_sid: str | None = None
+    ) -> list[Stream]:
+        """The conference's (or, with ``call_sid``, the call's) queued or in-progress
+        streams."""
         return await self._list(
             select(Stream).where(
-                Stream.conference_sid == conference_sid,
+                _owned_by(conference_sid, call_sid),
                 Stream.status.in_(STREAM_ACTIVE_STATUSES),
             )
         )
@@ -602,7 +765,9 @@ class Store:
 
         Conferences not completed -> ``completed`` (``reason_ended = reason``), participants
         in progress -> ``completed``, queued or in-progress streams -> ``stopped`` with
-        ``error_message = reason`` and a history row. Returns the counts per table.
+        ``error_message = reason`` and a history row, live calls (queued, ringing,
+        in-progress) -> ``completed`` with ``end_time`` now and the duration of the answered
+        ones. Returns the counts per table.
         """
         now = utcnow()
         async with self.session() as session, session.begin():
@@ -631,10 +796,16 @@ class Store:
                 .where(Conference.status != CONFERENCE_COMPLETED)
                 .values(status=CONFERENCE_COMPLETED, reason_ended=reason, date_updated=now)
             )
+            calls = list(
+                await session.scalars(select(Call).where(Call.status.in_(CALL_ACTIVE_STATUSES)))
+            )
+            for call in calls:
+                _call_status(call, CALL_COMPLETED, now)
         return {
             "conferences": int(getattr(conferences, "rowcount", 0) or 0),
             "participants": int(getattr(participants, "rowcount", 0) or 0),
             "streams": len(stream_sids),
+            "calls": len(calls),
         }
 
     async def close_leftover_streams(

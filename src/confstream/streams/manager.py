@@ -1,4 +1,9 @@
-"""Runs every Conference Stream of the server: start, stop, status, callbacks (docs/protocol.md).
+"""Runs every stream of the server: start, stop, status, callbacks (docs/protocol.md).
+
+A stream's source is a conference (its mixes) or one call (what that caller says and hears,
+docs/protocol.md "Call streams"); both run the same
+:class:`~confstream.streams.session.StreamSession`, attached to ``engine.get(conference_sid)``
+or to ``engine.call_media(call_sid)``.
 
 The REST/services layer calls exactly :class:`StreamManager`'s public methods. Guarantees:
 
@@ -13,7 +18,8 @@ The REST/services layer calls exactly :class:`StreamManager`'s public methods. G
   with the SignalWire ``StreamError`` value before ``stream-stopped``.
 * Callback parameters (docs/protocol.md, "Status callbacks"): ``AccountSid, ConferenceSid,
   CallSid (= ConferenceSid), StreamSid, StreamName (the Name, or the StreamSid when none),
-  StreamEvent, StreamTrack, StreamError (stream-error only), Timestamp`` (ISO 8601 UTC).
+  StreamEvent, StreamTrack, StreamError (stream-error only), Timestamp`` (ISO 8601 UTC). A
+  call stream's have ``CallSid`` = its CallSid and no ``ConferenceSid``.
   Signed with the account's AuthToken; delivered in order per stream by
   :class:`~confstream.callbacks.webhooks.CallbackSender`.
 * :meth:`StreamManager.stop` is idempotent and bounded (:data:`FLUSH_TIMEOUT_S` +
@@ -78,7 +84,9 @@ class StreamRecord(Protocol):
     @property
     def account_sid(self) -> str: ...
     @property
-    def conference_sid(self) -> str: ...
+    def conference_sid(self) -> str | None: ...
+    @property
+    def call_sid(self) -> str | None: ...
     @property
     def url(self) -> str: ...
     @property
@@ -103,6 +111,7 @@ def spec_of_record(record: StreamRecord, auth_token: str) -> StreamSpec:
         account_sid=record.account_sid,
         auth_token=auth_token,
         conference_sid=record.conference_sid,
+        call_sid=record.call_sid,
         url=record.url,
         name=record.name,
         track=Track(record.track),
@@ -114,11 +123,12 @@ def spec_of_record(record: StreamRecord, auth_token: str) -> StreamSpec:
 
 
 class StreamManager:
-    """All live streams of the server, by StreamSid and by ConferenceSid.
+    """All live streams of the server, by StreamSid, by ConferenceSid and by CallSid.
 
     ``engine`` must give a conference's live media: the manager calls
-    ``engine.get(conference_sid)`` (None when it has no live media). The
-    returned object must provide ``add_tap``, ``remove_tap`` and ``send_dtmf``
+    ``engine.get(conference_sid)`` (None when it has no live media), and a call's tap point:
+    ``engine.call_media(call_sid)`` (call streams; the caller checks that the call is live).
+    Both must provide ``add_tap``, ``remove_tap`` and ``send_dtmf``
     (:class:`~confstream.streams.session.ConferenceMediaLike`). ``callbacks`` defaults to a
     :class:`CallbackSender` built from ``settings``.
     """
@@ -139,6 +149,7 @@ class StreamManager:
         self._sessions: dict[str, StreamSession] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._by_conference: dict[str, dict[str, None]] = {}  # ordered set of sids
+        self._by_call: dict[str, dict[str, None]] = {}
         self._closing = False
         self.stop_timeout = FLUSH_TIMEOUT_S + settings.stream_close_timeout + STOP_MARGIN_S
 
@@ -158,18 +169,19 @@ class StreamManager:
                 spec, Outcome.failed(Failure.SHUTTING_DOWN, "server is shutting down")
             )
             return
-        media = self._media_of(spec.conference_sid)
+        media = self._media_of(spec)
         if media is None:
+            what = "call" if spec.call_sid is not None else "conference"
             await self._finish(
                 spec,
                 Outcome.failed(
-                    Failure.NO_LIVE_MEDIA, "conference has no live media (not in progress)"
+                    Failure.NO_LIVE_MEDIA, f"{what} has no live media (not in progress)"
                 ),
             )
             return
         session = StreamSession(spec, self.settings, media, ssl_context=self._ssl)
         self._sessions[spec.sid] = session
-        self._by_conference.setdefault(spec.conference_sid, {})[spec.sid] = None
+        self._index(spec).setdefault(spec.source_sid, {})[spec.sid] = None
         self._tasks[spec.sid] = asyncio.create_task(
             self._run(spec, session), name=f"stream-{spec.sid}"
         )
@@ -196,9 +208,18 @@ class StreamManager:
         sids = list(self._by_conference.get(conference_sid, {}))
         await asyncio.gather(*(self.stop(sid, "conference-ended") for sid in sids))
 
+    async def stop_call(self, call_sid: str, reason: str = "call-ended") -> None:
+        """Stop every stream of a call (it ended), concurrently."""
+        sids = list(self._by_call.get(call_sid, {}))
+        await asyncio.gather(*(self.stop(sid, reason) for sid in sids))
+
     def active(self, conference_sid: str) -> list[str]:
         """StreamSids of the conference's streams not yet stopped, in start order."""
         return list(self._by_conference.get(conference_sid, {}))
+
+    def active_for_call(self, call_sid: str) -> list[str]:
+        """StreamSids of the call's streams not yet stopped, in start order."""
+        return list(self._by_call.get(call_sid, {}))
 
     def session(self, stream_sid: str) -> StreamSession | None:
         """The live session of ``stream_sid`` (tests, metrics)."""
@@ -231,9 +252,17 @@ class StreamManager:
 
     # ------------------------------------------------------------------ internals
 
-    def _media_of(self, conference_sid: str) -> ConferenceMediaLike | None:
+    def _index(self, spec: StreamSpec) -> dict[str, dict[str, None]]:
+        return self._by_call if spec.call_sid is not None else self._by_conference
+
+    def _media_of(self, spec: StreamSpec) -> ConferenceMediaLike | None:
+        media: ConferenceMediaLike | None
         try:
-            media: ConferenceMediaLike | None = self.engine.get(conference_sid)
+            if spec.call_sid is not None:
+                call_media = getattr(self.engine, "call_media", None)
+                media = call_media(spec.call_sid) if callable(call_media) else None
+            else:
+                media = self.engine.get(spec.conference_sid)
         except KeyError:
             return None
         return media
@@ -261,11 +290,12 @@ class StreamManager:
         finally:
             self._sessions.pop(spec.sid, None)
             self._tasks.pop(spec.sid, None)
-            conf = self._by_conference.get(spec.conference_sid)
-            if conf is not None:
-                conf.pop(spec.sid, None)
-                if not conf:
-                    self._by_conference.pop(spec.conference_sid, None)
+            index = self._index(spec)
+            owned = index.get(spec.source_sid)
+            if owned is not None:
+                owned.pop(spec.sid, None)
+                if not owned:
+                    index.pop(spec.source_sid, None)
         await self._finish(spec, outcome)
         if cancelled:
             raise asyncio.CancelledError
@@ -291,10 +321,11 @@ class StreamManager:
     ) -> None:
         if not spec.status_callback:
             return
-        params = {
-            "AccountSid": spec.account_sid,
-            "ConferenceSid": spec.conference_sid,
-            "CallSid": spec.conference_sid,
+        params = {"AccountSid": spec.account_sid}
+        if spec.conference_sid is not None:
+            params["ConferenceSid"] = spec.conference_sid
+        params |= {
+            "CallSid": spec.source_sid,
             "StreamSid": spec.sid,
             "StreamName": spec.name or spec.sid,
             "StreamEvent": event,

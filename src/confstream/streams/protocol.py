@@ -7,6 +7,9 @@ into events. Nothing here touches sockets or clocks: bytes/strings in, strings/e
 Rules (one place):
 
 * ``connected`` is the first message and carries no ``sequenceNumber``.
+* A conference stream's ``start`` and ``stop`` carry ``callSid`` = ``conferenceSid`` = the
+  ConferenceSid; a call stream's (``call_sid`` given) carry ``callSid`` = that CallSid and no
+  ``conferenceSid`` (docs/protocol.md, "Call streams").
 * ``sequenceNumber`` counts every later message on the connection from ``"1"`` (``start`` is
   1), in the order the messages are **built**; the session builds a message right before sending
   it, so numbers have no gaps even when queued audio is dropped.
@@ -60,14 +63,18 @@ class StreamProtocol:
         *,
         stream_sid: str,
         account_sid: str,
-        conference_sid: str,
+        conference_sid: str | None,
         tracks: Sequence[MediaTrack],
         codec: StreamCodec | str,
         custom_parameters: Mapping[str, str] | None = None,
+        call_sid: str | None = None,
     ) -> None:
+        if (conference_sid is None) == (call_sid is None):
+            raise ValueError("a stream's source is exactly one conference or one call")
         self.stream_sid = stream_sid
         self.account_sid = account_sid
         self.conference_sid = conference_sid
+        self.call_sid = call_sid
         self.tracks = tuple(MediaTrack(t) for t in tracks)
         self.codec = codec_named(codec)  # UnknownCodecError (a ValueError) for other names
         self.custom_parameters = dict(custom_parameters or {})
@@ -87,6 +94,13 @@ class StreamProtocol:
             {"event": "connected", "protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION}
         )
 
+    def _source(self) -> dict[str, str]:
+        """``callSid`` (and ``conferenceSid`` for a conference stream)."""
+        if self.call_sid is not None:
+            return {"callSid": self.call_sid}
+        assert self.conference_sid is not None
+        return {"callSid": self.conference_sid, "conferenceSid": self.conference_sid}
+
     def start(self) -> str:
         return _dumps(
             {
@@ -96,8 +110,7 @@ class StreamProtocol:
                 "start": {
                     "streamSid": self.stream_sid,
                     "accountSid": self.account_sid,
-                    "callSid": self.conference_sid,
-                    "conferenceSid": self.conference_sid,
+                    **self._source(),
                     "tracks": [t.value for t in self.tracks],
                     "customParameters": self.custom_parameters,
                     "mediaFormat": {
@@ -163,11 +176,7 @@ class StreamProtocol:
                 "event": "stop",
                 "sequenceNumber": str(self._next()),
                 "streamSid": self.stream_sid,
-                "stop": {
-                    "accountSid": self.account_sid,
-                    "callSid": self.conference_sid,
-                    "conferenceSid": self.conference_sid,
-                },
+                "stop": {"accountSid": self.account_sid, **self._source()},
             }
         )
 

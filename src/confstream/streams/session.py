@@ -12,7 +12,9 @@ Life of a session (:meth:`StreamSession.run`):
    ``SSL_CERT_FILE``, ``settings.stream_ca_file``). ``Authorization: Bearer <token>`` is sent on
    the upgrade when a token is given. Resolution + TCP + TLS + upgrade must finish within
    ``settings.stream_connect_timeout`` (default 5 s).
-3. Send ``connected`` and ``start``, attach to the conference as a tap, report "started".
+3. Send ``connected`` and ``start``, attach to the source as a tap, report "started". The
+   source is the conference's media, or one call's tap point for a call stream (the engine's
+   call taps, docs/protocol.md "Call streams"): one session type serves both.
 4. Stream: each engine tick calls :meth:`on_frame` (encode + enqueue, never blocks, never
    awaits); a sender task builds messages and writes them. A keepalive task (ours, not
    websockets': its ping waits for the socket to drain with no deadline, so a receiver that
@@ -42,9 +44,10 @@ resampling codecs keep state) and returned audio decoded with
 
 Bidirectional (``realtime``): ``media`` from the receiver is decoded to 8 kHz int16 and queued in
 a :class:`~confstream.conference.sources.QueueSource` that is this tap's ``own_source`` (so the
-engine keeps it out of this stream's outbound track); a ``mark`` is echoed once the audio queued
-before it has played; ``clear`` drops queued audio and echoes pending marks; ``dtmf`` is played
-to the conference's participants. Not realtime: such messages are ignored, logged once per
+engine keeps it out of this stream's outbound track; a call stream's is heard by that caller
+only); a ``mark`` is echoed once the audio queued before it has played; ``clear`` drops queued
+audio and echoes pending marks; ``dtmf`` is played to the conference's participants (to the
+caller of a call stream). Not realtime: such messages are ignored, logged once per
 stream, counted in ``metrics.STREAM_INBOUND_IGNORED``. Malformed messages are ignored and
 counted the same way in both modes (Twilio's warning 31951).
 
@@ -138,7 +141,10 @@ INBOUND_QUEUE = 16  # received messages websockets buffers before it stops readi
 
 
 class ConferenceMediaLike(Protocol):
-    """What a session needs from the conference's live media (``ConferenceMedia``)."""
+    """What a session needs from its source: a conference's live media (``ConferenceMedia``)
+    or one call's tap point (``CallMedia``, docs/protocol.md "Call streams"): attach and
+    detach the session as a tap, play DTMF the receiver sends (to the conference, or to that
+    caller only)."""
 
     def add_tap(self, tap: Tap) -> None: ...
 
@@ -205,6 +211,7 @@ class StreamSession:
             tracks=self.tracks,
             codec=spec.codec,
             custom_parameters=spec.parameters,
+            call_sid=spec.call_sid,
         )
         self._ssl = ssl_context
         self._encoders = {t: get_encoder(spec.codec) for t in self.tracks}
@@ -227,6 +234,8 @@ class StreamSession:
         if spec.realtime:
             self._decoder = get_decoder(spec.codec)
             self.source = QueueSource(
+                # a call stream's returned audio is heard by that caller only
+                target_call_sid=spec.call_sid,
                 on_mark=self._mark_played,
                 max_samples=max(1, int(settings.stream_return_audio_max_seconds * PCM_RATE)),
             )

@@ -3,9 +3,11 @@
 :class:`StreamRequest` is a validated ``Create a Conference Stream`` request (built by
 :func:`confstream.api.streams.parse_stream_request`, docs/api.md). :class:`StreamSpec` is the
 same request plus the identities the server assigns (StreamSid, account, AuthToken for signing
-callbacks, ConferenceSid): everything :class:`~confstream.streams.manager.StreamManager` needs
-to run one stream. :meth:`StreamRequest.bind` makes one from the other; the fields are declared
-once, typed with the stream vocabulary.
+callbacks, and its source: the ConferenceSid of a conference stream or the CallSid of a call
+stream, docs/protocol.md "Call streams"): everything
+:class:`~confstream.streams.manager.StreamManager` needs to run one stream.
+:meth:`StreamRequest.bind` makes one from the other; the fields are declared once, typed with
+the stream vocabulary.
 """
 
 from __future__ import annotations
@@ -48,9 +50,16 @@ class StreamRequest:
         object.__setattr__(self, "status_callback_method", method)
 
     def bind(
-        self, *, sid: str, account_sid: str, auth_token: str, conference_sid: str
+        self,
+        *,
+        sid: str,
+        account_sid: str,
+        auth_token: str,
+        conference_sid: str | None = None,
+        call_sid: str | None = None,
     ) -> StreamSpec:
-        """This request as the spec of stream ``sid`` (the parameters are copied)."""
+        """This request as the spec of stream ``sid`` of a conference or of a call (exactly
+        one of ``conference_sid`` and ``call_sid``; the parameters are copied)."""
         values = {f.name: getattr(self, f.name) for f in fields(StreamRequest)}
         values["parameters"] = dict(self.parameters)
         return StreamSpec(
@@ -58,18 +67,34 @@ class StreamRequest:
             account_sid=account_sid,
             auth_token=auth_token,
             conference_sid=conference_sid,
+            call_sid=call_sid,
             **values,
         )
 
 
 @dataclass(frozen=True, kw_only=True)
 class StreamSpec(StreamRequest):
-    """Everything needed to run one stream."""
+    """Everything needed to run one stream. Its source is a conference (``conference_sid``:
+    the conference's mixes) or one call (``call_sid``: what that caller says and hears);
+    exactly one is set (ValueError otherwise)."""
 
     sid: str
     account_sid: str
     auth_token: str
-    conference_sid: str
+    conference_sid: str | None = None
+    call_sid: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.conference_sid is None) == (self.call_sid is None):
+            raise ValueError("a stream's source is exactly one conference or one call")
+
+    @property
+    def source_sid(self) -> str:
+        """The CallSid of a call stream, else the ConferenceSid (what ``callSid`` shows)."""
+        source = self.call_sid or self.conference_sid
+        assert source is not None
+        return source
 
 
 __all__ = ["StreamRequest", "StreamSpec"]
