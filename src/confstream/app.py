@@ -25,11 +25,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import uvicorn
 from starlette.applications import Starlette
 
 from confstream.api import create_api
+from confstream.calls.runtime import VoiceRuntime, VoiceServices
+from confstream.calls.speech import Speaker
+from confstream.calls.webhook import WebhookFetcher
 from confstream.conference.engine import Engine
 from confstream.dbfiles import secure_sqlite_files
 from confstream.logsetup import watch_account_tokens
@@ -88,6 +92,7 @@ class Server:
     services: Services | None = None
     streams: StreamManager | None = None
     sip: SipServer | None = None
+    voice: VoiceRuntime | None = None
     http_port: int = 0
     _api: Starlette | None = None
     _uvicorn: uvicorn.Server | None = None
@@ -114,6 +119,15 @@ class Server:
         self.streams = StreamManager(settings, self.engine, services.on_stream_status)
         self.streams.report_restarted(left_streams)
         services.attach_streams(self.streams)
+        # Voice applications (docs/voice.md). The cast: the call-stream and leave-conference
+        # methods of VoiceServices come with the Calls and conference work.
+        self.voice = VoiceRuntime(
+            cast(VoiceServices, services),
+            self.engine,
+            WebhookFetcher(settings),
+            Speaker(settings.voice_tts_command),
+        )
+        services.attach_voice(self.voice)
         self.sip = SipServer(settings, services, open_port_pool(settings))
         await self.sip.start()
 
@@ -188,6 +202,8 @@ class Server:
         if self.sip is not None:
             await self.sip.stop()
             self.sip.port_pool.close()
+        if self.voice is not None:
+            await self.voice.close()
         if self.services is not None:
             await self.services.shutdown()
         if self.streams is not None:

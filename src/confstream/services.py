@@ -24,6 +24,12 @@ participants, the stream manager) and records (the store), keeping them in step:
   read-only view of one account's live conferences (live participants with mute/hold and audio
   level, streams with status and counters); :meth:`Services.watching_levels` asks the engine to
   measure levels while a dashboard is connected.
+* **Voice applications** (docs/voice.md): an incoming call of an account with a voice URL is
+  handed to the call runtime (``voice``, :class:`confstream.calls.runtime.VoiceRuntime`,
+  attached with :meth:`Services.attach_voice`), which fetches and runs its cXML; without a
+  voice URL the caller joins the conference its Request-URI names, as before. The runtime
+  hears the call's keys through a per-call digit listener (:meth:`set_digit_listener`), the
+  call's end through :meth:`leave` and its streams' ends through :meth:`on_stream_status`.
 * **Streams**: create validates against the conference's state, stores the record (never the
   bearer token) and hands a spec to the stream manager; the manager reports every status change
   through :meth:`Services.on_stream_status`, which persists it.
@@ -45,15 +51,15 @@ import contextlib
 import hmac
 import logging
 import math
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from confstream.conference.base import Participant
-from confstream.conference.gateway import IncomingCall
+from confstream.conference.gateway import IncomingCall, JoinOptions
 from confstream.errors import (
     AccountNotActive,
     AlreadyJoined,
@@ -81,6 +87,9 @@ from confstream.store.models import (
     end_reason,
 )
 from confstream.streams.spec import StreamRequest, StreamSpec
+
+if TYPE_CHECKING:
+    from confstream.calls.runtime import VoiceRuntime
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +223,23 @@ class Services:
         self._lifecycle = asyncio.Lock()
         self._stream_create = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: the call runtime of voice applications (None: every call joins by Request-URI)
+        self.voice: VoiceRuntime | None = None
+        #: per-call key listeners of the call runtime (``<Gather>``, ``hangupOnStar``)
+        self._digit_listeners: dict[str, Callable[[str], None]] = {}
 
     def attach_streams(self, streams: StreamsLike) -> None:
         self.streams = streams
+
+    def attach_voice(self, voice: VoiceRuntime) -> None:
+        self.voice = voice
+
+    def set_digit_listener(self, call_sid: str, listener: Callable[[str], None] | None) -> None:
+        """Have ``listener`` called with each key ``call_sid`` presses (None: no longer)."""
+        if listener is None:
+            self._digit_listeners.pop(call_sid, None)
+        else:
+            self._digit_listeners[call_sid] = listener
 
     # ------------------------------------------------------------------ helpers
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -261,11 +284,24 @@ class Services:
         return account.auth_token
 
     async def incoming_call(self, call: IncomingCall, participant: Participant) -> None:
-        """The SIP edge's authenticated call (gateway seam): join the conference the
-        Request-URI names (docs/sip.md, "Joining a conference")."""
+        """The SIP edge's authenticated call (gateway seam): run the account's voice
+        application when it has a voice URL (docs/voice.md; a refusal raises
+        :class:`~confstream.errors.JoinRefused`), else join the conference the Request-URI
+        names (docs/sip.md, "Joining a conference")."""
+        if self.voice is not None:
+            account = await self.store.get_account(call.account_sid)
+            if account is not None and account.status == "active" and account.voice_url:
+                await self.voice.incoming_call(account, call, participant)
+                return
         await self.join(call.account_sid, call.request_user, participant)
 
-    async def join(self, account_sid: str, conference_name: str, participant: Participant) -> str:
+    async def join(
+        self,
+        account_sid: str,
+        conference_name: str,
+        participant: Participant,
+        options: JoinOptions | None = None,
+    ) -> str:
         async with self._lifecycle:
             account = await self.store.get_account(account_sid)
             if account is None or account.status != "active":
@@ -301,6 +337,8 @@ class Services:
         """The participant has left (``kicked``: removed through the REST API). The conference
         ends when it was the last one, or when it had ``end_conference_on_exit`` (see the
         module docstring for the reasons recorded)."""
+        if self.voice is not None:
+            self.voice.call_ended(call_sid)
         async with self._lifecycle:
             live = self._live.pop(call_sid, None)
             if live is None:
@@ -326,6 +364,12 @@ class Services:
         self._spawn(self.store.update_participant(call_sid, hold=hold))
 
     def dtmf_received(self, call_sid: str, digit: str, duration_ms: int) -> None:
+        listener = self._digit_listeners.get(call_sid)
+        if listener is not None:
+            try:
+                listener(digit)
+            except Exception:
+                log.exception("digit listener of %s failed", call_sid)
         live = self._live.get(call_sid)
         if live is None:
             return
@@ -405,12 +449,18 @@ class Services:
         one participant). Raises :class:`AnnouncementUnavailable` (11200, fetch failed),
         :class:`AnnouncementInvalid` (12300, not a usable WAV), :class:`UrlRefused` (21205) or
         :class:`ConferenceNotLive` (21220, no live media)."""
-        from confstream import netpolicy
-        from confstream.media.wav import WavError, parse_wav
-
         media = self.engine.get(conference_sid)
         if media is None:
             raise ConferenceNotLive(conference_sid)
+        media.play(await self.fetch_audio(url, method), target_call_sid=target_call_sid)
+
+    async def fetch_audio(self, url: str, method: str = "POST") -> npt.NDArray[np.int16]:
+        """A WAV file fetched through the outbound policy, as int16 8 kHz mono (announcements,
+        cXML ``<Play>``). Raises :class:`AnnouncementUnavailable` (11200),
+        :class:`AnnouncementInvalid` (12300) or :class:`UrlRefused` (21205)."""
+        from confstream import netpolicy
+        from confstream.media.wav import WavError, parse_wav
+
         try:
             if method.upper() == "GET":
                 response = await netpolicy.policy_get(
@@ -435,10 +485,9 @@ class Services:
         if response.status_code >= 400:
             raise AnnouncementUnavailable(f"AnnounceUrl answered HTTP {response.status_code}")
         try:
-            pcm = parse_wav(response.content)
+            return parse_wav(response.content)
         except WavError as exc:
             raise AnnouncementInvalid(f"AnnounceUrl is not a supported WAV file: {exc}") from exc
-        media.play(pcm, target_call_sid=target_call_sid)
 
     # ------------------------------------------------------------ participants
     async def get_participant(self, conference_sid: str, call_sid: str) -> ParticipantRecord:
@@ -578,8 +627,11 @@ class Services:
         error_code: int | None = None,
         error_message: str | None = None,
     ) -> None:
-        """The stream manager's status hook: persist the change (and its history row)."""
+        """The stream manager's status hook: persist the change (and its history row); a
+        stopped stream also ends the ``<Connect><Stream>`` of a voice call."""
         await self.store.set_stream_status(stream_sid, status, error_code, error_message)
+        if self.voice is not None:
+            self.voice.stream_status(stream_sid, status)
 
     # --------------------------------------------------------------- dashboard
     @contextlib.contextmanager
