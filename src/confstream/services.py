@@ -276,6 +276,12 @@ class Services:
             return None
         return account
 
+    async def update_account(self, account: Account, **changes: str) -> Account:
+        """Set account fields (``Store.update_account`` keywords, already validated by the
+        caller); returns the account as it is now."""
+        updated = await self.store.update_account(account.sid, **changes)
+        return _found(updated, f"Account {account.sid}")
+
     # ------------------------------------------------------- ConferenceGateway
     async def auth_token(self, account_sid: str) -> str | None:
         account = await self.store.get_account(account_sid)

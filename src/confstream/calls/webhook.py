@@ -41,6 +41,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -209,6 +210,31 @@ class WebhookFetcher:
         raise WebhookError(REASON_HTTP, 11215, f"more than {MAX_REDIRECTS} redirects", url)
 
 
+def check_webhook_url(value: str) -> str:
+    """An account's voice/fallback/status-callback URL as given to the CLI or the REST API:
+    an absolute ``http``/``https`` URL with a host, or ``""`` (clears it). Raises
+    ``ValueError`` naming the problem. The address is checked against the outbound policy
+    when the URL is requested, not here (DNS may change in between)."""
+    text = value.strip()
+    if not text:
+        return ""
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid URL") from exc
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an absolute http:// or https:// URL")
+    return text
+
+
+def check_method(value: str) -> str:
+    """``GET`` or ``POST`` (any case); ``ValueError`` otherwise."""
+    method = value.strip().upper()
+    if method not in ("GET", "POST"):
+        raise ValueError(f"method must be GET or POST, not {value!r}")
+    return method
+
+
 def describe(exc: WebhookError) -> str:
     """One log line's worth: code, reason, the URL without credentials or query."""
     return f"{exc.code} {exc.reason}: {exc.message} ({redact_url(exc.url)})"
@@ -222,5 +248,7 @@ __all__ = [
     "WebhookError",
     "WebhookFetcher",
     "call_parameters",
+    "check_method",
+    "check_webhook_url",
     "describe",
 ]
