@@ -87,8 +87,10 @@ class CallContext:
 
 def call_parameters(call: CallContext, status: str) -> dict[str, str]:
     """The standard parameters of every request about ``call`` (docs/voice.md, the
-    parameter table). ``CallerName`` is sent empty when the caller gave none; a repeated
-    ``X-`` header keeps its first value."""
+    parameter table). ``CallerName`` is sent empty when the caller gave none. SIP header
+    names are case-insensitive, so ``SipHeader_`` names are written canonically, each word
+    capitalised (``x-customer-id`` -> ``SipHeader_X-Customer-Id``); a repeated header keeps
+    its first value."""
     params = {
         "CallSid": call.call_sid,
         "AccountSid": call.account_sid,
@@ -100,7 +102,8 @@ def call_parameters(call: CallContext, status: str) -> dict[str, str]:
         "CallerName": call.caller_name or "",
     }
     for name, value in call.sip_headers:
-        params.setdefault(f"SipHeader_{name}", value)
+        canonical = "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+        params.setdefault(f"SipHeader_{canonical}", value)
     return params
 
 
