@@ -26,7 +26,7 @@ reason     code   when
 timeout    11205  no complete answer within the timeout
 connect    11205  connection refused or reset, DNS failure, TLS failure
 refused    11200  the outbound policy refused the address (or a non-HTTP(S) URL)
-http       11200  the answer's status is not 2xx
+http       11200  the answer's status is not 2xx (11215: more than MAX_REDIRECTS redirects)
 too_large  11750  the body is over 64 KiB
 document   12100  the document cannot run (not XML, wrong root, wrong Content-Type:
                   the code is the interpreter's, 12100/12102/12300); counted by the
