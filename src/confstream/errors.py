@@ -110,11 +110,33 @@ class AlreadyJoined(JoinRefused):
         super().__init__(message)
 
 
+class ConferenceFull(JoinRefused):
+    """The conference already has its ``maxParticipants`` (docs/voice.md): 486 (Busy Here).
+    A cXML ``<Dial>`` reports it as ``DialCallStatus=failed``."""
+
+    sip_status = 486
+
+    def __init__(self, message: str = "the conference is full") -> None:
+        super().__init__(message)
+
+
+class CoachingRefused(JoinRefused):
+    """A join asked for coaching (``coach``, ``CallSidToCoach``), which confstream does not
+    do: every participant hears the whole conference. 488 (Not Acceptable Here)."""
+
+    sip_status = 488
+
+    def __init__(self, message: str = "coaching is not supported") -> None:
+        super().__init__(message)
+
+
 __all__ = [
     "AccountNotActive",
     "AlreadyJoined",
     "AnnouncementInvalid",
     "AnnouncementUnavailable",
+    "CoachingRefused",
+    "ConferenceFull",
     "ConferenceNotLive",
     "ConfstreamError",
     "JoinRefused",

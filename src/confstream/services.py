@@ -5,8 +5,9 @@ participants, the stream manager) and records (the store), keeping them in step:
 
 * **Conference lifecycle** (docs/sip.md, Joining a conference). A SIP ``join`` finds the
   account's live conference by friendly name or creates it ``in-progress`` (record + engine
-  conference), then adds the participant (engine + record). ``leave`` removes the participant
-  and completes its record; the conference ends when the last participant has left, or when
+  conference), then adds the participant (engine + record). ``leave`` (the call has ended) and
+  ``leave_conference`` (the call goes on, e.g. to its next cXML verb) remove the participant
+  and complete its record; the conference ends when the last participant has left, or when
   the one leaving has ``end_conference_on_exit`` (the others are hung up): its streams are
   stopped, its engine conference removed and its record completed. ``end_conference`` (REST
   ``Status=completed``) hangs every participant up first. The record keeps why, with Twilio's
@@ -14,6 +15,29 @@ participants, the stream manager) and records (the store), keeping them in step:
   (:func:`confstream.store.models.end_reason`): ``conference-ended-via-api``,
   ``last-participant-left``/``-kicked`` (kicked: removed through the REST API),
   ``participant-with-end-conference-on-exit-left``/``-kicked``.
+* **Join options** (:class:`~confstream.conference.gateway.JoinOptions`, docs/voice.md,
+  "Conference options"): ``muted``; ``beep`` (``true``/``onEnter``: the enter beep is played to
+  the conference when the participant enters, ``true``/``onExit``: the exit beep when it
+  leaves a conference that goes on); ``start_conference_on_enter`` (a conference created by a
+  participant without it is ``init`` and *waits*: no mixing, everyone hears the looping
+  ``wait_url`` WAV, or silence; the first participant with it starts the conference:
+  ``in-progress``, ``conference-start``); ``end_conference_on_exit`` (its leave, however it
+  happens, ends the conference); ``max_participants`` (a join beyond it raises
+  :class:`~confstream.errors.ConferenceFull`); ``label`` (stored on the participant; REST
+  lookups accept it where they accept a CallSid). Coaching is refused
+  (:class:`~confstream.errors.CoachingRefused`). The conference-level fields (``wait_url``,
+  ``max_participants``, ``status_callback*``) are the creating participant's. ``options=None``
+  is a plain SIP caller's: :data:`PLAIN_SIP_JOIN` (no beep), today's behaviour.
+* **Conference status callbacks** (docs/voice.md, "Conference status callbacks";
+  :mod:`confstream.callbacks.conference`): the events the conference's
+  ``status_callback_event`` words select, signed and delivered by the stream callbacks'
+  :class:`~confstream.callbacks.webhooks.CallbackSender` on one ordered queue per conference,
+  numbered when emitted (always under the lifecycle lock or synchronously on the loop, so the
+  numbers follow the order of the changes). Order: ``participant-join`` then, when that join
+  starts the conference, ``conference-start``; on the end, a ``participant-leave`` per
+  participant then ``conference-end``. Mute and hold changes (REST, SIP re-INVITE) emit
+  ``participant-(un)mute``/``-(un)hold``; a conference with ``speaker`` keeps the engine
+  measuring levels and reports the engine's speech detector (docs/voice.md).
 * **Participants**: REST mute/hold act on the live participant object (what the mixer reads)
   and on the record, ``end_conference_on_exit`` on the record (read when it leaves); delete
   hangs the participant up and completes its record at once.
@@ -52,19 +76,24 @@ import hmac
 import logging
 import math
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from confstream.callbacks import conference as confevents
+from confstream.callbacks.webhooks import Callback, CallbackSender
 from confstream.conference.base import Participant
 from confstream.conference.gateway import IncomingCall, JoinOptions
+from confstream.conference.sources import LoopSource
 from confstream.errors import (
     AccountNotActive,
     AlreadyJoined,
     AnnouncementInvalid,
     AnnouncementUnavailable,
+    CoachingRefused,
+    ConferenceFull,
     ConferenceNotLive,
     NotFound,
     UrlRefused,
@@ -76,6 +105,7 @@ from confstream.store import Participant as ParticipantRecord
 from confstream.store.models import (
     CONFERENCE_COMPLETED,
     CONFERENCE_IN_PROGRESS,
+    CONFERENCE_INIT,
     ENDED_END_ON_EXIT_KICKED,
     ENDED_END_ON_EXIT_LEFT,
     ENDED_LAST_KICKED,
@@ -85,6 +115,8 @@ from confstream.store.models import (
     STREAM_ACTIVE_STATUSES,
     STREAM_STOPPED,
     end_reason,
+    split_end_reason,
+    utcnow,
 )
 from confstream.streams.spec import StreamRequest, StreamSpec
 
@@ -99,6 +131,9 @@ RowT = TypeVar("RowT")
 REASON_KICKED = "Participant removed via API"
 #: reason recorded for streams stopped through the REST API
 REASON_STREAM_API = "Stream stopped via API"
+#: How a plain SIP caller (no voice application) joins: Twilio's defaults without the beep,
+#: i.e. confstream's behaviour before voice applications (docs/sip.md).
+PLAIN_SIP_JOIN = JoinOptions(beep="false")
 
 
 def _found(row: RowT | None, what: str) -> RowT:
@@ -134,6 +169,28 @@ class LiveParticipant:
     participant: Participant
     conference_sid: str
     account_sid: str
+    options: JoinOptions = PLAIN_SIP_JOIN
+
+
+@dataclass
+class LiveConference:
+    """The live, engine-side state of a conference: what its creator's JoinOptions set for
+    the whole conference, whether it has started, its status callback queue numbering."""
+
+    sid: str
+    account_sid: str
+    friendly_name: str
+    auth_token: str
+    started: bool
+    max_participants: int = 250
+    wait_url: str | None = None
+    wait_method: str = "POST"
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+    events: frozenset[str] = frozenset()
+    sequence: int = 0
+    wait_source: LoopSource | None = None
+    watching_speech: bool = False
 
 
 #: At most this many conferences, and streams per conference, in a dashboard snapshot.
@@ -214,12 +271,19 @@ class Services:
         store: Store,
         engine: EngineLike,
         streams: StreamsLike | None = None,
+        callbacks: CallbackSender | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
         self.streams = streams
+        self._callbacks = callbacks
+        self._own_callbacks = callbacks is None
         self._live: dict[str, LiveParticipant] = {}
+        self._conferences: dict[str, LiveConference] = {}
+        media_engine: Any = engine
+        if hasattr(media_engine, "speech_listener"):
+            media_engine.speech_listener = self._on_speech
         self._lifecycle = asyncio.Lock()
         self._stream_create = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -299,7 +363,7 @@ class Services:
             if account is not None and account.status == "active" and account.voice_url:
                 await self.voice.incoming_call(account, call, participant)
                 return
-        await self.join(call.account_sid, call.request_user, participant)
+        await self.join(call.account_sid, call.request_user, participant, PLAIN_SIP_JOIN)
 
     async def join(
         self,
@@ -308,6 +372,13 @@ class Services:
         participant: Participant,
         options: JoinOptions | None = None,
     ) -> str:
+        """Put ``participant`` in the account's live conference ``conference_name`` (created
+        when there is none) as ``options`` say (None: :data:`PLAIN_SIP_JOIN`); returns the
+        ConferenceSid. Raises :class:`AccountNotActive`, :class:`AlreadyJoined`,
+        :class:`ConferenceFull` or :class:`CoachingRefused` (all ``JoinRefused``)."""
+        opts = options if options is not None else PLAIN_SIP_JOIN
+        if opts.coaching or opts.call_sid_to_coach:
+            raise CoachingRefused()
         async with self._lifecycle:
             account = await self.store.get_account(account_sid)
             if account is None or account.status != "active":
@@ -315,12 +386,34 @@ class Services:
             if participant.call_sid in self._live:
                 raise AlreadyJoined()
             conference = await self.store.find_live_conference(account_sid, conference_name)
+            created = conference is None
             if conference is None:
-                conference = await self.store.create_conference(account_sid, conference_name)
+                words = " ".join(opts.status_callback_event) or None
+                conference = await self.store.create_conference(
+                    account_sid,
+                    conference_name,
+                    status=CONFERENCE_IN_PROGRESS
+                    if opts.start_conference_on_enter
+                    else CONFERENCE_INIT,
+                    status_callback=opts.status_callback,
+                    status_callback_method=opts.status_callback_method,
+                    status_callback_event=words,
+                )
+            state = self._conferences.get(conference.sid)
+            if state is None:
+                state = self._new_conference_state(conference, account, opts)
+            if len(self.live_call_sids(conference.sid)) >= state.max_participants:
+                raise ConferenceFull(
+                    f"conference {conference_name!r} already has its "
+                    f"{state.max_participants} participants"
+                )
             media = self.engine.get(conference.sid)
             if media is None:
                 media = self.engine.add_conference(conference.sid)
-            media.add_participant(participant)
+            if hasattr(media, "waiting"):
+                media.waiting = not state.started
+            if opts.muted:
+                participant.muted = True
             try:
                 await self.store.add_participant(
                     participant.call_sid,
@@ -328,46 +421,212 @@ class Services:
                     account_sid,
                     muted=bool(participant.muted),
                     hold=bool(participant.hold),
+                    label=opts.label,
+                    start_conference_on_enter=opts.start_conference_on_enter,
+                    end_conference_on_exit=opts.end_conference_on_exit,
                 )
             except BaseException:
-                media.remove_participant(participant.call_sid)
                 if not self.live_call_sids(conference.sid):
                     await self._end_locked(conference.sid, "join failed")
                 raise
-            self._live[participant.call_sid] = LiveParticipant(
-                participant, conference.sid, account_sid
-            )
+            # into the mix only now, with nothing awaited until the join event is queued: the
+            # engine's speech events for it must find it live and come after participant-join
+            media.add_participant(participant)
+            live = LiveParticipant(participant, conference.sid, account_sid, opts)
+            self._live[participant.call_sid] = live
+            self._emit(state, confevents.PARTICIPANT_JOIN, live)
+            if not state.started and opts.start_conference_on_enter:
+                await self._start_locked(state, media)
+            elif created and state.started:
+                self._emit(state, confevents.CONFERENCE_START)
+            if opts.beep in ("true", "onEnter") and hasattr(media, "beep"):
+                media.beep("enter")
+            if created and not state.started and state.wait_url is not None:
+                self._spawn(self._play_wait_audio(state))
             return conference.sid
 
+    def _new_conference_state(
+        self, conference: Conference, account: Account, opts: JoinOptions
+    ) -> LiveConference:
+        """The live state of a conference, from its record and its creator's options."""
+        events = (
+            confevents.selected_events(conference.status_callback_event)
+            if conference.status_callback
+            else frozenset()
+        )
+        state = LiveConference(
+            sid=conference.sid,
+            account_sid=conference.account_sid,
+            friendly_name=conference.friendly_name,
+            auth_token=account.auth_token,
+            started=conference.status != CONFERENCE_INIT,
+            max_participants=max(1, opts.max_participants),
+            wait_url=opts.wait_url,
+            wait_method=opts.wait_method,
+            status_callback=conference.status_callback,
+            status_callback_method=conference.status_callback_method,
+            events=events,
+        )
+        if events & {confevents.PARTICIPANT_SPEECH_START, confevents.PARTICIPANT_SPEECH_STOP}:
+            engine: Any = self.engine
+            if hasattr(engine, "level_watchers"):
+                engine.level_watchers += 1
+                state.watching_speech = True
+        self._conferences[conference.sid] = state
+        return state
+
+    async def _start_locked(self, state: LiveConference, media: Any) -> None:
+        """A participant with ``start_conference_on_enter`` entered a waiting conference."""
+        state.started = True
+        if hasattr(media, "waiting"):
+            media.waiting = False
+        if state.wait_source is not None:
+            state.wait_source.stop()
+            state.wait_source = None
+        await self.store.start_conference(state.sid)
+        self._emit(state, confevents.CONFERENCE_START)
+
+    async def _play_wait_audio(self, state: LiveConference) -> None:
+        """Fetch the conference's ``wait_url`` WAV and loop it while it waits; a failed
+        fetch leaves silence (logged)."""
+        assert state.wait_url is not None
+        try:
+            pcm = await self._fetch_wav(state.wait_url, state.wait_method, "WaitUrl")
+        except Exception as exc:
+            log.warning("wait audio of conference %s unavailable: %s", state.sid, exc)
+            return
+        media = self.engine.get(state.sid)
+        if state.started or media is None or self._conferences.get(state.sid) is not state:
+            return
+        if len(pcm) == 0:
+            return
+        state.wait_source = LoopSource(pcm)
+        media.add_source(state.wait_source)
+
     async def leave(self, call_sid: str, reason: str, *, kicked: bool = False) -> None:
-        """The participant has left (``kicked``: removed through the REST API). The conference
-        ends when it was the last one, or when it had ``end_conference_on_exit`` (see the
-        module docstring for the reasons recorded)."""
+        """The call has ended (``kicked``: removed through the REST API): the participant
+        leaves its conference. The conference ends when it was the last one, or when it had
+        ``end_conference_on_exit`` (see the module docstring for the reasons recorded).
+        Idempotent."""
         if self.voice is not None:
             self.voice.call_ended(call_sid)
         async with self._lifecycle:
-            live = self._live.pop(call_sid, None)
-            if live is None:
-                await self.store.complete_participant(call_sid, reason)
-                return
-            media = self.engine.get(live.conference_sid)
-            if media is not None:
-                media.remove_participant(call_sid)
-            record = await self.store.complete_participant(call_sid, reason)
-            if record is not None and record.end_conference_on_exit:
-                why = ENDED_END_ON_EXIT_KICKED if kicked else ENDED_END_ON_EXIT_LEFT
-            elif not self.live_call_sids(live.conference_sid):
-                why = ENDED_LAST_KICKED if kicked else ENDED_LAST_LEFT
-            else:
-                return
-            await self._end_locked(live.conference_sid, end_reason(why, call_sid))
+            await self._leave_locked(call_sid, reason, kicked=kicked)
+
+    async def leave_conference(self, call_sid: str, reason: str) -> None:
+        """Take a live participant out of its conference WITHOUT ending its call (no hang-up):
+        the voice runtime goes on with the call's script. The same conference-ending rules as
+        :meth:`leave` apply. No effect when the call is in no conference."""
+        async with self._lifecycle:
+            if call_sid in self._live:
+                await self._leave_locked(call_sid, reason, kicked=False)
+
+    async def _leave_locked(self, call_sid: str, reason: str, *, kicked: bool) -> None:
+        live = self._live.pop(call_sid, None)
+        if live is None:
+            await self.store.complete_participant(call_sid, reason)
+            return
+        media = self.engine.get(live.conference_sid)
+        if media is not None:
+            media.remove_participant(call_sid)
+        record = await self.store.complete_participant(call_sid, reason)
+        state = self._conferences.get(live.conference_sid)
+        if state is not None:
+            self._emit(state, confevents.PARTICIPANT_LEAVE, live, record)
+        end_on_exit = (
+            record.end_conference_on_exit
+            if record is not None
+            else live.options.end_conference_on_exit
+        )
+        if end_on_exit:
+            why = ENDED_END_ON_EXIT_KICKED if kicked else ENDED_END_ON_EXIT_LEFT
+        elif not self.live_call_sids(live.conference_sid):
+            why = ENDED_LAST_KICKED if kicked else ENDED_LAST_LEFT
+        else:
+            if live.options.beep in ("true", "onExit") and hasattr(media, "beep"):
+                media.beep("exit")
+            return
+        await self._end_locked(live.conference_sid, end_reason(why, call_sid))
 
     def hold_changed(self, call_sid: str, hold: bool) -> None:
         live = self._live.get(call_sid)
         if live is None:
             return
+        was = bool(live.participant.hold)
         live.participant.hold = hold
         self._spawn(self.store.update_participant(call_sid, hold=hold))
+        if was != hold:
+            self._emit_change(
+                live, confevents.PARTICIPANT_HOLD if hold else confevents.PARTICIPANT_UNHOLD
+            )
+
+    # ------------------------------------------------------ status callbacks
+    def _sender(self) -> CallbackSender:
+        if self._callbacks is None:
+            self._callbacks = CallbackSender(self.settings)
+        return self._callbacks
+
+    def _emit(
+        self,
+        state: LiveConference,
+        event: str,
+        live: LiveParticipant | None = None,
+        record: ParticipantRecord | None = None,
+        *,
+        reason_ended: str | None = None,
+    ) -> None:
+        """Queue the conference status callback ``event`` when the conference selected it
+        (numbered now: see the module docstring). Never blocks."""
+        if state.status_callback is None or event not in state.events:
+            return
+        participant = None
+        if live is not None:
+            p = live.participant
+            participant = confevents.ParticipantState(
+                call_sid=p.call_sid,
+                muted=bool(p.muted),
+                hold=bool(p.hold),
+                coaching=False,
+                end_conference_on_exit=(
+                    record.end_conference_on_exit
+                    if record is not None
+                    else live.options.end_conference_on_exit
+                ),
+                start_conference_on_enter=live.options.start_conference_on_enter,
+                label=live.options.label,
+            )
+        reason, ending = split_end_reason(reason_ended)
+        state.sequence += 1
+        params = confevents.event_params(
+            event,
+            account_sid=state.account_sid,
+            conference_sid=state.sid,
+            friendly_name=state.friendly_name,
+            sequence=state.sequence,
+            when=utcnow(),
+            participant=participant,
+            reason_ended=reason,
+            call_sid_ending=ending,
+        )
+        callback = Callback(
+            state.status_callback, state.status_callback_method, params, state.auth_token
+        )
+        self._sender().send(f"conference-{state.sid}", callback)
+
+    def _emit_change(self, live: LiveParticipant, event: str) -> None:
+        state = self._conferences.get(live.conference_sid)
+        if state is not None:
+            self._emit(state, event, live)
+
+    def _on_speech(self, conference_sid: str, call_sid: str, speaking: bool) -> None:
+        """The engine's speech detector (docs/voice.md): runs on the clock, only queues."""
+        live = self._live.get(call_sid)
+        if live is None or live.conference_sid != conference_sid:
+            return
+        event = (
+            confevents.PARTICIPANT_SPEECH_START if speaking else confevents.PARTICIPANT_SPEECH_STOP
+        )
+        self._emit_change(live, event)
 
     def dtmf_received(self, call_sid: str, digit: str, duration_ms: int) -> None:
         listener = self._digit_listeners.get(call_sid)
@@ -422,6 +681,7 @@ class Services:
             await self._end_locked(conference_sid, reason)
 
     async def _end_locked(self, conference_sid: str, reason: str) -> None:
+        state = self._conferences.get(conference_sid)
         for call_sid in self.live_call_sids(conference_sid):
             live = self._live.pop(call_sid)
             try:
@@ -431,7 +691,9 @@ class Services:
             media = self.engine.get(conference_sid)
             if media is not None:
                 media.remove_participant(call_sid)
-            await self.store.complete_participant(call_sid, reason)
+            record = await self.store.complete_participant(call_sid, reason)
+            if state is not None:
+                self._emit(state, confevents.PARTICIPANT_LEAVE, live, record)
         if self.streams is not None:
             try:
                 await self.streams.stop_conference(conference_sid)
@@ -442,7 +704,16 @@ class Services:
             await self.store.set_stream_status(stream.sid, STREAM_STOPPED)
         if self.engine.get(conference_sid) is not None:
             self.engine.remove_conference(conference_sid)
-        await self.store.complete_conference(conference_sid, reason)
+        completed = await self.store.complete_conference(conference_sid, reason)
+        if state is not None:
+            self._conferences.pop(conference_sid, None)
+            if state.wait_source is not None:
+                state.wait_source.stop()
+            if state.watching_speech:
+                engine: Any = self.engine
+                engine.level_watchers -= 1
+            stored = completed.reason_ended if completed is not None else reason
+            self._emit(state, confevents.CONFERENCE_END, reason_ended=stored)
 
     async def announce(
         self,
@@ -458,12 +729,17 @@ class Services:
         media = self.engine.get(conference_sid)
         if media is None:
             raise ConferenceNotLive(conference_sid)
-        media.play(await self.fetch_audio(url, method), target_call_sid=target_call_sid)
+        pcm = await self._fetch_wav(url, method, "AnnounceUrl")
+        media.play(pcm, target_call_sid=target_call_sid)
 
-    async def fetch_audio(self, url: str, method: str = "POST") -> npt.NDArray[np.int16]:
-        """A WAV file fetched through the outbound policy, as int16 8 kHz mono (announcements,
-        cXML ``<Play>``). Raises :class:`AnnouncementUnavailable` (11200),
-        :class:`AnnouncementInvalid` (12300) or :class:`UrlRefused` (21205)."""
+    async def fetch_audio(self, url: str, method: str = "GET") -> npt.NDArray[np.int16]:
+        """A WAV file fetched through the outbound policy, as int16 8 kHz mono (cXML
+        ``<Play>``); the errors of :meth:`announce`, naming the Play URL."""
+        return await self._fetch_wav(url, method, "Play URL")
+
+    async def _fetch_wav(self, url: str, method: str, what: str) -> npt.NDArray[np.int16]:
+        """Fetch a WAV file through the outbound policy as 8 kHz int16 samples (``what``
+        names the parameter in the errors; see :meth:`announce`)."""
         from confstream import netpolicy
         from confstream.media.wav import WavError, parse_wav
 
@@ -482,24 +758,28 @@ class Services:
                 ) as client:
                     response = await client.post(url)
         except netpolicy.PolicyError as exc:
-            raise UrlRefused(f"AnnounceUrl refused: {exc}") from exc
+            raise UrlRefused(f"{what} refused: {exc}") from exc
         except Exception as exc:
             perr = netpolicy.policy_error_of(exc)
             if perr is not None:
-                raise UrlRefused(f"AnnounceUrl refused: {perr}") from exc
-            raise AnnouncementUnavailable(f"AnnounceUrl could not be fetched: {exc}") from exc
+                raise UrlRefused(f"{what} refused: {perr}") from exc
+            raise AnnouncementUnavailable(f"{what} could not be fetched: {exc}") from exc
         if response.status_code >= 400:
-            raise AnnouncementUnavailable(f"AnnounceUrl answered HTTP {response.status_code}")
+            raise AnnouncementUnavailable(f"{what} answered HTTP {response.status_code}")
         try:
-            return parse_wav(response.content)
+            pcm: npt.NDArray[np.int16] = parse_wav(response.content)
         except WavError as exc:
-            raise AnnouncementInvalid(f"AnnounceUrl is not a supported WAV file: {exc}") from exc
+            raise AnnouncementInvalid(f"{what} is not a supported WAV file: {exc}") from exc
+        return pcm
 
     # ------------------------------------------------------------ participants
     async def get_participant(self, conference_sid: str, call_sid: str) -> ParticipantRecord:
-        """The participant in the conference now; :class:`NotFound` when it is not there or
-        has left (docs/api.md, Participants)."""
+        """The participant in the conference now, by CallSid or else by label (docs/api.md,
+        Participants); :class:`NotFound` when it is not there or has left. A CallSid is
+        looked up first, so a label can never hide a participant's CallSid."""
         row = await self.store.get_participant(call_sid, conference_sid)
+        if row is None or row.status != PARTICIPANT_IN_PROGRESS:
+            row = await self.store.find_participant_by_label(conference_sid, call_sid)
         if row is None or row.status != PARTICIPANT_IN_PROGRESS:
             raise NotFound(f"Participant {call_sid}")
         return row
@@ -531,15 +811,37 @@ class Services:
         muted: bool | None = None,
         hold: bool | None = None,
         end_conference_on_exit: bool | None = None,
+        beep_on_exit: bool | None = None,
     ) -> ParticipantRecord | None:
         """Mute/hold the live participant (the mixer reads them at its next tick) and record
-        the changes; None leaves a field as it is."""
+        the changes; None leaves a field as it is. A change of mute or hold emits its status
+        callback event; ``beep_on_exit`` changes whether the exit beep plays when it leaves."""
         live = self._live.get(call_sid)
+        events: list[str] = []
         if live is not None:
-            if muted is not None:
+            if muted is not None and muted != bool(live.participant.muted):
                 live.participant.muted = muted
-            if hold is not None:
+                events.append(
+                    confevents.PARTICIPANT_MUTE if muted else confevents.PARTICIPANT_UNMUTE
+                )
+            if hold is not None and hold != bool(live.participant.hold):
                 live.participant.hold = hold
+                events.append(
+                    confevents.PARTICIPANT_HOLD if hold else confevents.PARTICIPANT_UNHOLD
+                )
+            if end_conference_on_exit is not None:
+                live.options = replace(live.options, end_conference_on_exit=end_conference_on_exit)
+            if beep_on_exit is not None:
+                on_enter = live.options.beep in ("true", "onEnter")
+                beep = {
+                    (True, True): "true",
+                    (True, False): "onEnter",
+                    (False, True): "onExit",
+                    (False, False): "false",
+                }[(on_enter, beep_on_exit)]
+                live.options = replace(live.options, beep=beep)
+            for event in events:
+                self._emit_change(live, event)
         return await self.store.update_participant(
             call_sid, muted=muted, hold=hold, end_conference_on_exit=end_conference_on_exit
         )
@@ -724,3 +1026,5 @@ class Services:
         for conference_sid in list(conferences):
             await self.end_conference(conference_sid, reason)
         await self.drain()
+        if self._callbacks is not None and self._own_callbacks:
+            await self._callbacks.close()

@@ -234,7 +234,6 @@ async def test_impossible_day_is_refused(stack: Stack, client: httpx.AsyncClient
         ({"WaitUrl": "http://127.0.0.1:9/wait.wav"}, 20501, 400),
         ({"Coaching": "true"}, 20501, 400),
         ({"CallSidToCoach": "call-2"}, 20501, 400),
-        ({"BeepOnExit": "true"}, 20501, 400),
         ({"HoldMethod": "PUT"}, 21209, 422),
         ({"WaitMethod": "DELETE"}, 21209, 422),
         ({"AnnounceMethod": "FETCH"}, 21209, 422),

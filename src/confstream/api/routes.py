@@ -14,7 +14,8 @@ account exists.
 Every parameter a route accepts does what docs/api.md says, or is refused: enum values are
 checked (Status, AnnounceMethod, HoldMethod, WaitMethod...), and parameters Twilio documents
 that confstream cannot honour yet (``HoldUrl``, ``WaitUrl``, ``Coaching=true``,
-``CallSidToCoach``, ``BeepOnExit=true``) answer 400 (20501) and change nothing. Parameters
+``CallSidToCoach``) answer 400 (20501) and change nothing. A participant is addressed by its
+CallSid or by its label (``Participants/{Label}``; a CallSid is looked up first). Parameters
 Twilio does not document are ignored, as Twilio does. Request bodies are bounded
 (:mod:`confstream.api.limits`, 413).
 
@@ -68,6 +69,7 @@ from confstream.api.errors import (
     unsupported,
 )
 from confstream.api.limits import BodyLimit
+from confstream.api.openapi import openapi_json
 from confstream.api.render import account_json, conference_json, participant_json, stream_json
 from confstream.api.streams import parse_stream_request
 from confstream.calls.webhook import check_webhook_url
@@ -269,6 +271,7 @@ class ParticipantUpdate:
     muted: bool | None = None
     hold: bool | None = None
     end_conference_on_exit: bool | None = None
+    beep_on_exit: bool | None = None
     announce_url: str | None = None
     announce_method: str = "POST"
 
@@ -287,9 +290,7 @@ def parse_participant_update(params: dict[str, str]) -> ParticipantUpdate:
     if (params.get("HoldUrl") or "").strip():
         raise unsupported("HoldUrl", "a participant on hold hears silence")
     if (params.get("WaitUrl") or "").strip():
-        raise unsupported("WaitUrl", "conferences start with their first participant")
-    if beep_on_exit:
-        raise unsupported("BeepOnExit=true", "confstream plays no beeps")
+        raise unsupported("WaitUrl", "the wait audio is the conference creator's waitUrl")
     if coaching:
         raise unsupported("Coaching=true", "every participant hears the whole conference")
     if (params.get("CallSidToCoach") or "").strip():
@@ -298,6 +299,7 @@ def parse_participant_update(params: dict[str, str]) -> ParticipantUpdate:
         muted=muted,
         hold=hold,
         end_conference_on_exit=end_on_exit,
+        beep_on_exit=beep_on_exit,
         announce_url=(params.get("AnnounceUrl") or "").strip() or None,
         announce_method=announce_method,
     )
@@ -307,8 +309,9 @@ async def participant_instance(request: Request) -> Response:
     account = await _authenticate(request)
     conference = await _conference(request, account)
     services = _services(request)
-    call_sid = request.path_params["call_sid"]
-    row = await services.get_participant(conference.sid, call_sid)
+    # the path names the participant by CallSid or by label
+    row = await services.get_participant(conference.sid, request.path_params["call_sid"])
+    call_sid = row.call_sid
     if request.method == "DELETE":
         await services.kick(call_sid)
         return Response(status_code=204)
@@ -322,12 +325,14 @@ async def participant_instance(request: Request) -> Response:
                 update.announce_method,
                 target_call_sid=call_sid,
             )
-        if (update.muted, update.hold, update.end_conference_on_exit) != (None, None, None):
+        changes = (update.muted, update.hold, update.end_conference_on_exit, update.beep_on_exit)
+        if changes != (None, None, None, None):
             changed = await services.update_participant(
                 call_sid,
                 muted=update.muted,
                 hold=update.hold,
                 end_conference_on_exit=update.end_conference_on_exit,
+                beep_on_exit=update.beep_on_exit,
             )
             row = changed if changed is not None else row
     return JSONResponse(participant_json(base_path(request), row))
@@ -471,6 +476,7 @@ def create_api(services: Services) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
             *dashboard_routes(services),
             Mount(SIGNALWIRE_BASE, routes=routes),
             Mount(TWILIO_BASE, routes=routes),

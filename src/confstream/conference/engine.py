@@ -68,6 +68,25 @@ the mix: zero when muted or on hold) in one vectorised call, into a float array 
 the members. :meth:`Engine.levels` maps it to CallSids on demand. With no watcher nothing is
 measured.
 
+Waiting conferences (docs/voice.md, ``startConferenceOnEnter``)
+-------------------------------------------------------------
+A conference whose :attr:`ConferenceMedia.waiting` is true has not started: its participants'
+rows are zeroed right after they are read (one fancy-indexed assignment over the rows of every
+waiting conference, an index array rebuilt with the layout), so nobody hears anybody, taps get
+silence on ``inbound``, and each participant hears only the platform audio (the looping wait
+audio, beeps, announcements). Clearing ``waiting`` starts the mixing at the next tick.
+
+Speech detection (conference ``speaker`` events)
+-----------------------------------------------
+Each level measurement (above) also runs a voice activity detector over all the measured rows
+at once: a row is *loud* when its RMS is above :data:`SPEECH_THRESHOLD_RMS` (328, -40 dBFS); a
+participant starts speaking on its first loud measurement and stops after
+:data:`SPEECH_HANGOVER` (8, i.e. 800 ms) measurements in a row that are not loud. Rows are
+matched to participants by CallSid when the layout changes, so a membership change keeps each
+one's state. Only the changes reach :attr:`Engine.speech_listener` ``(conference_sid,
+call_sid, speaking)``, called on the clock (it must not block). A muted or held participant
+measures as silence, so it stops speaking after the hangover.
+
 Timestamps: ``on_frame``'s ``timestamp_ms`` is ``(ticks + skipped) * 20`` for the frame being
 delivered, i.e. 0 for the conference's first frame; a tap that starts later rebases to its
 first timestamp.
@@ -97,7 +116,7 @@ import numpy.typing as npt
 
 from confstream import metrics
 from confstream.conference.base import FRAME_MS, FRAME_SAMPLES, AudioSource, Participant, Tap
-from confstream.conference.sources import BufferSource
+from confstream.conference.sources import BufferSource, beep
 from confstream.media.g711 import ULAW_DECODE, ULAW_ENCODE, ULAW_SILENCE
 
 log = logging.getLogger(__name__)
@@ -109,6 +128,10 @@ MAX_BEHIND_TICKS = 5
 LATENESS_HISTORY = 3000
 #: While levels are watched, they are measured on one tick in this many (100 ms).
 LEVEL_EVERY_TICKS = 5
+#: Speech detection (see the module docstring): RMS above this is loud (-40 dBFS) ...
+SPEECH_THRESHOLD_RMS = 32768 * 10 ** (-40 / 20)
+#: ... and this many quiet measurements in a row (8 x 100 ms) end speech.
+SPEECH_HANGOVER = 8
 #: Minimum seconds between two log lines about the same failing object.
 ERROR_LOG_INTERVAL = 10.0
 
@@ -191,6 +214,19 @@ class ConferenceMedia:
         self.sources: list[AudioSource] = []
         self.taps: list[Tap] = []
         self.closed = False
+        self._waiting = False
+
+    @property
+    def waiting(self) -> bool:
+        """True while the conference has not started: no mixing between its participants
+        (see the module docstring, Waiting conferences)."""
+        return self._waiting
+
+    @waiting.setter
+    def waiting(self, value: bool) -> None:
+        if value != self._waiting:
+            self._waiting = value
+            self._engine._layout_changed()
 
     @property
     def timestamp_ms(self) -> int:
@@ -229,6 +265,11 @@ class ConferenceMedia:
         source = BufferSource(pcm, target_call_sid=target_call_sid)
         self.add_source(source)
         return source
+
+    def beep(self, kind: str) -> BufferSource:
+        """Play the ``enter`` or ``exit`` beep to the whole conference
+        (:func:`confstream.conference.sources.beep`)."""
+        return self.play(beep(kind))
 
     def add_tap(self, t: Tap) -> None:
         """Deliver this conference's mixes to ``t`` from the next tick.
@@ -300,6 +341,14 @@ class Engine:
         self._level_countdown = 0
         self._levels: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
         self._level_members: list[Participant] = []
+        #: Called with (conference_sid, call_sid, speaking) when a participant starts or stops
+        #: speaking (measured only while levels are watched).
+        self.speech_listener: Callable[[str, str, bool], None] | None = None
+        self._speaking: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
+        self._quiet: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._speech_members: list[Participant] = []
+        self._speech_confs: list[str] = []
+        self._waiting_rows: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
 
     # ----------------------------------------------------------------- conferences
     def add_conference(self, conference_sid: str) -> ConferenceMedia:
@@ -352,11 +401,14 @@ class Engine:
         members: list[Participant] = []
         conf_of_row: list[int] = []
         blocks: list[tuple[int, int, int, int, int]] = []
+        waiting_rows: list[int] = []
         for ci, conf in enumerate(self._order):
             size = len(conf.participants)
             if not size:
                 continue
             row = len(members)
+            if conf.waiting:
+                waiting_rows.extend(range(row, row + size))
             if blocks and blocks[-1][2] == size:
                 r0, _, _, c0, _ = blocks[-1]
                 blocks[-1] = (r0, row + size, size, c0, ci + 1)
@@ -377,6 +429,7 @@ class Engine:
         self._writes = writes
         self._any_ulaw_writer = any(w is not None for w in writes)
         self._conf_of_row = np.array(conf_of_row, dtype=np.intp)
+        self._waiting_rows = np.array(waiting_rows, dtype=np.intp)
         n_p, n_c = len(members), len(self._order)
         self._frames = _grow(self._frames, n_p)
         self._mix = _grow(self._mix, n_p)
@@ -435,6 +488,8 @@ class Engine:
             except Exception:
                 row.fill(0)
                 log_error("read_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
+        if self._waiting_rows.size:
+            frames[self._waiting_rows] = 0
         if self.level_watchers > 0:
             self._level_countdown -= 1
             if self._level_countdown <= 0:
@@ -442,6 +497,11 @@ class Engine:
                 energy = np.einsum("ij,ij->i", frames, frames, dtype=np.float64)
                 self._levels = np.sqrt(energy / FRAME_SAMPLES)
                 self._level_members = members
+                self._detect_speech(members)
+        elif self._speech_members:
+            self._speaking = np.zeros(0, dtype=np.bool_)
+            self._quiet = np.zeros(0, dtype=np.int64)
+            self._speech_members = []
 
         # 2. inbound per conference
         inbound = self._inbound[:n_c]
@@ -534,6 +594,33 @@ class Engine:
                         conf.remove_tap(t)
                         log_error("on_frame", t, f"tap of conference {conf.sid} (dropped)")
             conf.ticks += 1
+
+    def _detect_speech(self, members: list[Participant]) -> None:
+        """Advance the speech detector by one measurement (see the module docstring)."""
+        if self._speech_members is not members:
+            # membership changed: carry each participant's state over by CallSid
+            old = {
+                p.call_sid: (bool(s), int(q))
+                for p, s, q in zip(self._speech_members, self._speaking, self._quiet, strict=False)
+            }
+            carried = [old.get(p.call_sid, (False, SPEECH_HANGOVER)) for p in members]
+            self._speaking = np.array([c[0] for c in carried], dtype=np.bool_)
+            self._quiet = np.array([c[1] for c in carried], dtype=np.int64)
+            self._speech_members = members
+            self._speech_confs = [self._order[ci].sid for ci in self._conf_of_row.tolist()]
+        loud = self._levels > SPEECH_THRESHOLD_RMS
+        self._quiet = np.where(loud, 0, np.minimum(self._quiet + 1, SPEECH_HANGOVER))
+        speaking = loud | (self._speaking & (self._quiet < SPEECH_HANGOVER))
+        changed = np.flatnonzero(speaking != self._speaking)
+        self._speaking = speaking
+        listener = self.speech_listener
+        if listener is None or not changed.size:
+            return
+        for i in changed.tolist():
+            try:
+                listener(self._speech_confs[i], members[i].call_sid, bool(speaking[i]))
+            except Exception:
+                self._log_error("speech_listener", listener, "speech listener")
 
     # ----------------------------------------------------------------- clock
     async def start(self) -> None:

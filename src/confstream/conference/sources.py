@@ -5,6 +5,14 @@
   returns), plays it at real time (one 20 ms frame per tick), counts what has played, and
   reports *marks*: a mark added after some audio fires once all the audio queued before it has
   been played (read by the mixer).
+* :class:`LoopSource` plays one buffer over and over until stopped (the wait audio of a
+  conference that has not started, docs/voice.md).
+
+:func:`beep` makes the join/leave beeps (``<Conference beep>``). Twilio does not document what
+its beeps sound like; confstream's are short sine tones, different for entering and leaving so
+a listener (and a test) can tell them apart: **enter** 1000 Hz, **exit** 700 Hz, each
+:data:`BEEP_SECONDS` (250 ms) at amplitude :data:`BEEP_AMPLITUDE` (6000, about -15 dBFS), with
+10 ms raised-cosine fades so they do not click.
 
 Both hand the engine fresh int16 frames of 160 samples (the last partial frame padded with
 silence) and run on the event loop's thread, like the engine.
@@ -21,6 +29,31 @@ import numpy.typing as npt
 from confstream.conference.base import FRAME_SAMPLES
 
 Frame = npt.NDArray[np.int16]
+
+
+#: Beep tones (see the module docstring).
+BEEP_ENTER_HZ = 1000.0
+BEEP_EXIT_HZ = 700.0
+BEEP_SECONDS = 0.25
+BEEP_AMPLITUDE = 6000
+BEEP_FADE_SECONDS = 0.01
+
+
+def beep(kind: str) -> Frame:
+    """The ``enter`` or ``exit`` beep as int16 8 kHz samples (a fresh array)."""
+    if kind not in ("enter", "exit"):
+        raise ValueError(f"beep kind must be enter or exit, not {kind!r}")
+    freq = BEEP_ENTER_HZ if kind == "enter" else BEEP_EXIT_HZ
+    n = round(BEEP_SECONDS * 8000)
+    t = np.arange(n, dtype=np.float64) / 8000
+    envelope = np.ones(n)
+    fade = round(BEEP_FADE_SECONDS * 8000)
+    ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
+    envelope[:fade] = ramp
+    envelope[n - fade :] = ramp[::-1]
+    wave = BEEP_AMPLITUDE * envelope * np.sin(2 * np.pi * freq * t)
+    out: Frame = np.rint(wave).astype(np.int16)
+    return out
 
 
 class BufferSource:
@@ -58,6 +91,39 @@ class BufferSource:
         self._pos += chunk.size
         frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         frame[: chunk.size] = chunk
+        return frame
+
+
+class LoopSource:
+    """Plays ``pcm`` (int16, 8 kHz, at least one sample) again and again until :meth:`stop`.
+
+    Each frame is cut from the buffer with one ``np.take`` of wrapped indices, so a buffer
+    shorter than a frame loops within the frame too. ``target_call_sid`` as for
+    :class:`BufferSource`.
+    """
+
+    def __init__(self, pcm: npt.ArrayLike, target_call_sid: str | None = None) -> None:
+        self.target_call_sid = target_call_sid
+        self._pcm = np.array(pcm, dtype=np.int16).ravel()
+        if self._pcm.size == 0:
+            raise ValueError("a looping source needs at least one sample")
+        self._pos = 0
+        self._stopped = False
+        self._steps = np.arange(FRAME_SAMPLES)
+
+    @property
+    def finished(self) -> bool:
+        return self._stopped
+
+    def stop(self) -> None:
+        """Stop playing; the engine drops the source at its next tick."""
+        self._stopped = True
+
+    def read_frame(self) -> Frame | None:
+        if self._stopped:
+            return None
+        frame: Frame = np.take(self._pcm, self._pos + self._steps, mode="wrap")
+        self._pos = (self._pos + FRAME_SAMPLES) % self._pcm.size
         return frame
 
 

@@ -45,6 +45,7 @@ from confstream.errors import NameInUse
 from confstream.store.models import (
     CONFERENCE_COMPLETED,
     CONFERENCE_IN_PROGRESS,
+    CONFERENCE_INIT,
     PARTICIPANT_COMPLETED,
     PARTICIPANT_IN_PROGRESS,
     STREAM_ACTIVE_STATUSES,
@@ -297,8 +298,17 @@ class Store:
         )
 
     async def create_conference(
-        self, account_sid: str, friendly_name: str, *, status: str = CONFERENCE_IN_PROGRESS
+        self,
+        account_sid: str,
+        friendly_name: str,
+        *,
+        status: str = CONFERENCE_IN_PROGRESS,
+        status_callback: str | None = None,
+        status_callback_method: str = "POST",
+        status_callback_event: str | None = None,
     ) -> Conference:
+        """A new conference (``init`` when it waits for a moderator); the status callback
+        fields are the creating participant's (docs/voice.md)."""
         return await self._add(
             _new(
                 Conference,
@@ -307,8 +317,20 @@ class Store:
                 friendly_name=friendly_name,
                 status=status,
                 region="us1",
+                status_callback=status_callback,
+                status_callback_method=status_callback_method,
+                status_callback_event=status_callback_event,
             )
         )
+
+    async def start_conference(self, conference_sid: str) -> Conference | None:
+        """``init`` -> ``in-progress`` (a moderator entered); any other status is kept."""
+
+        def start(row: Conference) -> None:
+            if row.status == CONFERENCE_INIT:
+                row.update({"status": CONFERENCE_IN_PROGRESS})
+
+        return await self._change(Conference, conference_sid, start)
 
     async def get_conference(
         self, conference_sid: str, account_sid: str | None = None
@@ -355,29 +377,55 @@ class Store:
         muted: bool = False,
         hold: bool = False,
         label: str | None = None,
+        start_conference_on_enter: bool = True,
+        end_conference_on_exit: bool = False,
     ) -> Participant:
-        return await self._add(
-            _new(
-                Participant,
-                call_sid=call_sid,
-                conference_sid=conference_sid,
-                account_sid=account_sid,
-                status=PARTICIPANT_IN_PROGRESS,
-                muted=muted,
-                hold=hold,
-                coaching=False,
-                call_sid_to_coach=None,
-                start_conference_on_enter=True,
-                end_conference_on_exit=False,
-                label=label,
-            )
+        """Insert the participant ``in-progress``. A call has one participant record (the
+        CallSid is the key): when the call was in an earlier conference (it left it and goes
+        on, docs/voice.md), that completed record is replaced, as Twilio's Participants keep
+        no history. A record still in progress raises ``IntegrityError``."""
+        row = _new(
+            Participant,
+            call_sid=call_sid,
+            conference_sid=conference_sid,
+            account_sid=account_sid,
+            status=PARTICIPANT_IN_PROGRESS,
+            muted=muted,
+            hold=hold,
+            coaching=False,
+            call_sid_to_coach=None,
+            start_conference_on_enter=start_conference_on_enter,
+            end_conference_on_exit=end_conference_on_exit,
+            label=label,
         )
+        async with self.session() as session, session.begin():
+            earlier = await session.get(Participant, call_sid)
+            if earlier is not None and earlier.status == PARTICIPANT_COMPLETED:
+                await session.delete(earlier)
+                await session.flush()
+            session.add(row)
+        return row
 
     async def get_participant(
         self, call_sid: str, conference_sid: str | None = None
     ) -> Participant | None:
         """The participant, or None (also when it is in another conference)."""
         return await self._get(Participant, call_sid, conference_sid=conference_sid)
+
+    async def find_participant_by_label(
+        self, conference_sid: str, label: str
+    ) -> Participant | None:
+        """The conference's in-progress participant with that label (the oldest, when
+        several share it), or None."""
+        return await self._first(
+            select(Participant)
+            .where(
+                Participant.conference_sid == conference_sid,
+                Participant.label == label,
+                Participant.status == PARTICIPANT_IN_PROGRESS,
+            )
+            .order_by(Participant.date_created, Participant.call_sid)
+        )
 
     async def list_participants(
         self,
