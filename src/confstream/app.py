@@ -119,8 +119,8 @@ class Server:
         self.streams = StreamManager(settings, self.engine, services.on_stream_status)
         self.streams.report_restarted(left_streams)
         services.attach_streams(self.streams)
-        # Voice applications (docs/voice.md). The cast: the call-stream and leave-conference
-        # methods of VoiceServices come with the Calls and conference work.
+        # Voice applications (docs/voice.md). The cast: start_call_stream/stop_call_stream of
+        # VoiceServices come with the Calls work (call streams); drop it once they exist.
         self.voice = VoiceRuntime(
             cast(VoiceServices, services),
             self.engine,

@@ -125,7 +125,7 @@ async def test_redirect_replaces_the_running_script(stack: Stack, app: VoiceApp)
     assert runtime.is_running("CA-redir")
     await runtime.redirect("CA-redir", url=app.url("/next"), method="POST")
     await until(lambda: stack.services.live_participant("CA-redir") is not None)
-    request = app.wait_for("/next", CallSid="CA-redir")
+    request = await asyncio.to_thread(app.wait_for, "/next", 10.0, CallSid="CA-redir")
     assert request.signed_by(stack.account.auth_token)
     assert stack.engine.get("CA-redir") is None  # its own conference is gone
     with pytest.raises(CallNotInProgress):
@@ -159,3 +159,24 @@ async def test_plain_account_joins_by_request_uri(stack: Stack) -> None:
     await call(stack, "CA-plain", "plainroom")
     assert stack.services.live_participant("CA-plain") is not None
     assert runtime_of(stack).calls == 0
+
+
+async def test_hangup_on_star_leaves_the_conference_and_requests_the_action(
+    stack: Stack, app: VoiceApp
+) -> None:
+    app.routes["star"] = lambda _: (
+        '<Response><Dial action="/after-dial" hangupOnStar="true">'
+        '<Conference beep="false">starroom</Conference></Dial></Response>'
+    )
+    app.paths["/after-dial"] = lambda _: '<Response><Pause length="30"/></Response>'
+    await call(stack, "CA-star", "star")
+    await until(lambda: stack.services.live_participant("CA-star") is not None)
+    stack.services.dtmf_received("CA-star", "5", 100)  # not a star: stays
+    await asyncio.sleep(0.3)
+    assert stack.services.live_participant("CA-star") is not None
+    stack.services.dtmf_received("CA-star", "*", 100)
+    request = await asyncio.to_thread(app.wait_for, "/after-dial", 10.0, CallSid="CA-star")
+    assert request.params["DialCallStatus"] == "answered"
+    assert request.params["DialBridged"] == "true"
+    assert stack.services.live_participant("CA-star") is None  # out of the conference
+    assert runtime_of(stack).is_running("CA-star")  # the call goes on
