@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo use when they are missing:
 # sipp (sip-tester), baresip (baresip-core), chromium (the dashboard test drives it headless
-# through Playwright) and PostgreSQL's initdb/pg_ctl; with --bench also
+# through Playwright), espeak-ng (cXML <Say>, docs/voice.md) and PostgreSQL's initdb/pg_ctl; with --bench also
 # Janus (the AudioBridge peer the benchmark runs side by side).
 set -euo pipefail
 need=()
@@ -11,6 +11,7 @@ fi
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
 fi

@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "store": 2,
     "streams": 4,
     "services": 5,
+    "calls": 5,
     "api": 6,
     "app": 7,
     "cli": 8,

@@ -30,6 +30,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from confstream.api import create_api
+from confstream.calls.runtime import VoiceRuntime
+from confstream.calls.speech import Speaker
+from confstream.calls.webhook import WebhookFetcher
 from confstream.conference.engine import Engine
 from confstream.dbfiles import secure_sqlite_files
 from confstream.logsetup import watch_account_tokens
@@ -88,6 +91,7 @@ class Server:
     services: Services | None = None
     streams: StreamManager | None = None
     sip: SipServer | None = None
+    voice: VoiceRuntime | None = None
     http_port: int = 0
     _api: Starlette | None = None
     _uvicorn: uvicorn.Server | None = None
@@ -114,6 +118,14 @@ class Server:
         self.streams = StreamManager(settings, self.engine, services.on_stream_status)
         self.streams.report_restarted(left_streams)
         services.attach_streams(self.streams)
+        # Voice applications (docs/voice.md).
+        self.voice = VoiceRuntime(
+            services,
+            self.engine,
+            WebhookFetcher(settings),
+            Speaker(settings.voice_tts_command),
+        )
+        services.attach_voice(self.voice)
         self.sip = SipServer(settings, services, open_port_pool(settings))
         await self.sip.start()
 
@@ -188,6 +200,8 @@ class Server:
         if self.sip is not None:
             await self.sip.stop()
             self.sip.port_pool.close()
+        if self.voice is not None:
+            await self.voice.close()
         if self.services is not None:
             await self.services.shutdown()
         if self.streams is not None:

@@ -1,4 +1,9 @@
-"""Command line: ``confstream serve`` and ``confstream accounts create|update`` (CONTRACT §6).
+"""Command line: ``confstream serve`` and ``confstream accounts create|update``.
+
+``accounts update`` also sets the account's voice application (docs/voice.md): ``--voice-url``
+(with ``--voice-method``), ``--voice-fallback-url`` (``--voice-fallback-method``) and
+``--status-callback`` (``--status-callback-method``). URLs must be absolute ``http``/``https``
+(an empty value clears one); methods ``GET`` or ``POST``. Anything else exits with status 2.
 
 Flags override ``CONFSTREAM_*`` environment variables, which override the defaults of
 :class:`confstream.settings.Settings`.
@@ -73,7 +78,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(update)
     update.add_argument("sid")
     update.add_argument("--stream-base-url", default=None)
+    update.add_argument("--friendly-name", default=None)
+    for flag, help_text in _VOICE_FLAGS.items():
+        update.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None, help=help_text)
     return parser
+
+
+_VOICE_FLAGS: dict[str, str] = {
+    "--voice-url": "cXML document requested for every incoming call (empty: none, calls join "
+    "the conference their Request-URI names)",
+    "--voice-method": "GET or POST (default POST)",
+    "--voice-fallback-url": "requested when the voice URL fails (empty: none)",
+    "--voice-fallback-method": "GET or POST (default POST)",
+    "--status-callback": "call status callback URL of the account (empty: none)",
+    "--status-callback-method": "GET or POST (default POST)",
+}
+
+
+def _voice_changes(args: argparse.Namespace) -> dict[str, str]:
+    """The voice flags given, checked (``ValueError`` names the flag and the problem)."""
+    from confstream.calls.webhook import check_method, check_webhook_url
+
+    changes: dict[str, str] = {}
+    for flag in _VOICE_FLAGS:
+        key = flag[2:].replace("-", "_")
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        check = check_method if key.endswith("_method") else check_webhook_url
+        try:
+            changes[key] = check(value)
+        except ValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+    return changes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,6 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _accounts(settings: Settings, args: argparse.Namespace) -> int:
     from confstream.store import open_store
 
+    voice: dict[str, str] = {}
+    if args.accounts_command == "update":
+        try:
+            voice = _voice_changes(args)
+        except ValueError as exc:
+            print(f"confstream: {exc}", file=sys.stderr)
+            return 2
     store = await open_store(settings.database_url)
     try:
         if args.accounts_command == "create":
@@ -118,7 +162,12 @@ async def _accounts(settings: Settings, args: argparse.Namespace) -> int:
                 friendly_name=args.friendly_name, stream_base_url=args.stream_base_url
             )
         else:
-            found = await store.update_account(args.sid, stream_base_url=args.stream_base_url)
+            found = await store.update_account(
+                args.sid,
+                stream_base_url=args.stream_base_url,
+                friendly_name=args.friendly_name,
+                **voice,
+            )
             if found is None:
                 print(f"confstream: no account {args.sid}", file=sys.stderr)
                 return 1
@@ -130,6 +179,12 @@ async def _accounts(settings: Settings, args: argparse.Namespace) -> int:
                     "auth_token": account.auth_token,
                     "friendly_name": account.friendly_name,
                     "stream_base_url": account.stream_base_url,
+                    "voice_url": account.voice_url,
+                    "voice_method": account.voice_method,
+                    "voice_fallback_url": account.voice_fallback_url,
+                    "voice_fallback_method": account.voice_fallback_method,
+                    "status_callback": account.status_callback,
+                    "status_callback_method": account.status_callback_method,
                 }
             )
         )

@@ -75,6 +75,16 @@ STREAM_INBOUND_IGNORED = Counter(
 # Callbacks
 CALLBACKS_SENT = Counter("confstream_callbacks_total", "Status callbacks delivered", ["outcome"])
 
+# Voice applications (docs/voice.md, "Errors and outcomes")
+VOICE_WEBHOOK_FAILURES = Counter(
+    "confstream_voice_webhook_failures_total",
+    "cXML documents that could not be used: requests that failed, documents that cannot run",
+    ["reason"],
+)  # reason: timeout, connect, refused, http, too_large, document, loop
+VOICE_CALLS_ACTIVE = Gauge(
+    "confstream_voice_calls_active", "Answered calls running a voice application"
+)
+
 # Process
 GC_PAUSE = Histogram(
     "confstream_gc_pause_seconds",

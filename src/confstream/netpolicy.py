@@ -170,10 +170,13 @@ async def check_url(
     connect-time check, which :func:`policy_client` and the stream session always make.
     Raises :class:`PolicyError` (bad scheme, no host, refused address) or ``socket.gaierror``.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:  # e.g. a bracketed host that is no IPv6 address
+        raise PolicyError(f"URL is not valid: {url!r} ({exc})") from exc
     if parts.scheme.lower() not in set(schemes):
         raise PolicyError(f"URL scheme must be one of {sorted(schemes)}: {url!r}")
-    host = parts.hostname
     if not host:
         raise PolicyError(f"URL has no host: {url!r}")
     try:

@@ -48,6 +48,12 @@ participants, the stream manager) and records (the store), keeping them in step:
   read-only view of one account's live conferences (live participants with mute/hold and audio
   level, streams with status and counters); :meth:`Services.watching_levels` asks the engine to
   measure levels while a dashboard is connected.
+* **Voice applications** (docs/voice.md): an incoming call of an account with a voice URL is
+  handed to the call runtime (``voice``, :class:`confstream.calls.runtime.VoiceRuntime`,
+  attached with :meth:`Services.attach_voice`), which fetches and runs its cXML; without a
+  voice URL the caller joins the conference its Request-URI names, as before. The runtime
+  hears the call's keys through a per-call digit listener (:meth:`set_digit_listener`), the
+  call's end through :meth:`leave` and its streams' ends through :meth:`on_stream_status`.
 * **Streams**: create validates against the conference's state, stores the record (never the
   bearer token) and hands a spec to the stream manager; the manager reports every status change
   through :meth:`Services.on_stream_status`, which persists it.
@@ -59,7 +65,7 @@ participants, the stream manager) and records (the store), keeping them in step:
   call (answered or being answered, not yet ended) is known with its audio wherever it is
   mixed, so :meth:`Services.hangup_call` (``Status=completed``/``canceled``) can hang it up;
   :meth:`Services.redirect_call` (``Url``/``Twiml``) hands it to the voice runtime
-  (``Services.voice``, :class:`VoiceLike`); without one it answers
+  (``Services.voice``, :class:`~confstream.calls.runtime.VoiceRuntime`); without one it answers
   :class:`~confstream.errors.CallControlUnavailable`.
 * **Call streams** (docs/protocol.md, "Call streams"): :meth:`Services.start_call_stream` and
   :meth:`Services.stop_call_stream` are the conference streams' create and stop for one live
@@ -83,9 +89,9 @@ import contextlib
 import hmac
 import logging
 import math
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -144,6 +150,9 @@ from confstream.store.models import (
 )
 from confstream.streams.spec import StreamRequest, StreamSpec
 
+if TYPE_CHECKING:
+    from confstream.calls.runtime import VoiceRuntime
+
 log = logging.getLogger(__name__)
 
 RowT = TypeVar("RowT")
@@ -189,15 +198,6 @@ class StreamsLike(Protocol):
     async def stop(self, sid: str, reason: str) -> Any: ...
     async def stop_conference(self, conference_sid: str) -> Any: ...
     async def stop_call(self, call_sid: str) -> Any: ...
-
-
-class VoiceLike(Protocol):
-    """What Services uses of the voice runtime (docs/voice.md): move a live call to another
-    cXML document, fetched from ``url`` with ``method``, or given as ``twiml``."""
-
-    async def redirect(
-        self, call_sid: str, *, url: str | None, method: str, twiml: str | None
-    ) -> None: ...
 
 
 @dataclass
@@ -325,8 +325,6 @@ class Services:
         self._own_callbacks = callbacks is None
         self._live: dict[str, LiveParticipant] = {}
         self._calls: dict[str, LiveCall] = {}
-        #: The voice runtime (docs/voice.md), attached by the application when it runs one.
-        self.voice: VoiceLike | None = None
         self._conferences: dict[str, LiveConference] = {}
         media_engine: Any = engine
         if hasattr(media_engine, "speech_listener"):
@@ -334,9 +332,23 @@ class Services:
         self._lifecycle = asyncio.Lock()
         self._stream_create = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: the call runtime of voice applications (None: every call joins by Request-URI)
+        self.voice: VoiceRuntime | None = None
+        #: per-call key listeners of the call runtime (``<Gather>``, ``hangupOnStar``)
+        self._digit_listeners: dict[str, Callable[[str], None]] = {}
 
     def attach_streams(self, streams: StreamsLike) -> None:
         self.streams = streams
+
+    def attach_voice(self, voice: VoiceRuntime) -> None:
+        self.voice = voice
+
+    def set_digit_listener(self, call_sid: str, listener: Callable[[str], None] | None) -> None:
+        """Have ``listener`` called with each key ``call_sid`` presses (None: no longer)."""
+        if listener is None:
+            self._digit_listeners.pop(call_sid, None)
+        else:
+            self._digit_listeners[call_sid] = listener
 
     # ------------------------------------------------------------------ helpers
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -373,6 +385,12 @@ class Services:
             return None
         return account
 
+    async def update_account(self, account: Account, **changes: str) -> Account:
+        """Set account fields (``Store.update_account`` keywords, already validated by the
+        caller); returns the account as it is now."""
+        updated = await self.store.update_account(account.sid, **changes)
+        return _found(updated, f"Account {account.sid}")
+
     # ------------------------------------------------------- ConferenceGateway
     async def auth_token(self, account_sid: str) -> str | None:
         account = await self.store.get_account(account_sid)
@@ -387,7 +405,16 @@ class Services:
         ``failed`` (see the module docstring) and the refusal is raised on."""
         await self.open_call(call, participant)
         try:
-            await self.join(call.account_sid, call.request_user, participant, PLAIN_SIP_JOIN)
+            voice_account = None
+            if self.voice is not None:
+                account = await self.store.get_account(call.account_sid)
+                if account is not None and account.status == "active" and account.voice_url:
+                    voice_account = account
+            if voice_account is not None and self.voice is not None:
+                # the account's voice application (docs/voice.md); a refusal raises JoinRefused
+                await self.voice.incoming_call(voice_account, call, participant)
+            else:
+                await self.join(call.account_sid, call.request_user, participant, PLAIN_SIP_JOIN)
         except BaseException as exc:
             await self.call_refused(call.call_sid, exc)
             raise
@@ -652,6 +679,8 @@ class Services:
         participant leaves its conference, which ends when it was the last one, or when it had
         ``end_conference_on_exit`` (see the module docstring for the reasons recorded); the
         call's streams stop and its Call record is completed. Idempotent."""
+        if self.voice is not None:
+            self.voice.call_ended(call_sid)
         try:
             async with self._lifecycle:
                 await self._leave_locked(call_sid, reason, kicked=kicked)
@@ -774,6 +803,12 @@ class Services:
         self._emit_change(live, event)
 
     def dtmf_received(self, call_sid: str, digit: str, duration_ms: int) -> None:
+        listener = self._digit_listeners.get(call_sid)
+        if listener is not None:
+            try:
+                listener(digit)
+            except Exception:
+                log.exception("digit listener of %s failed", call_sid)
         self.engine.emit_call_dtmf(call_sid, digit, duration_ms)  # the call's own streams
         live = self._live.get(call_sid)
         if live is None:
@@ -871,6 +906,11 @@ class Services:
             raise ConferenceNotLive(conference_sid)
         pcm = await self._fetch_wav(url, method, "AnnounceUrl")
         media.play(pcm, target_call_sid=target_call_sid)
+
+    async def fetch_audio(self, url: str, method: str = "GET") -> npt.NDArray[np.int16]:
+        """A WAV file fetched through the outbound policy, as int16 8 kHz mono (cXML
+        ``<Play>``); the errors of :meth:`announce`, naming the Play URL."""
+        return await self._fetch_wav(url, method, "Play URL")
 
     async def _fetch_wav(self, url: str, method: str, what: str) -> npt.NDArray[np.int16]:
         """Fetch a WAV file through the outbound policy as 8 kHz int16 samples (``what``
@@ -1127,8 +1167,11 @@ class Services:
         error_code: int | None = None,
         error_message: str | None = None,
     ) -> None:
-        """The stream manager's status hook: persist the change (and its history row)."""
+        """The stream manager's status hook: persist the change (and its history row); a
+        stopped stream also ends the ``<Connect><Stream>`` of a voice call."""
         await self.store.set_stream_status(stream_sid, status, error_code, error_message)
+        if self.voice is not None:
+            self.voice.stream_status(stream_sid, status)
 
     # --------------------------------------------------------------- dashboard
     @contextlib.contextmanager

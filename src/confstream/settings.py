@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     callback_timeout: float = 5.0
     callback_retries: int = 3
 
+    # Voice applications (docs/voice.md, "The voice webhook"): the whole request for one cXML
+    # document (connect, answer, body), voice URL and fallback URL each; Twilio allows 15 s,
+    # confstream 5 s like the callbacks, since the caller waits unanswered meanwhile.
+    voice_webhook_timeout: float = Field(default=5.0, gt=0)
+    # The text-to-speech program for <Say> (espeak-ng's command line).
+    voice_tts_command: str = "espeak-ng"
+
     # SIP/RTP (CONTRACT §5)
     rtp_inactivity_timeout: float = 30.0
     # RTP security (docs/sip.md, "RTP security"). Which sources may latch a call's media:

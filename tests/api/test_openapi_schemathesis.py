@@ -342,6 +342,7 @@ async def _by_hand(
     root = server_root(api)
     _check(api, seen, 200, "GET", f"{root}/Accounts.json")
     _check(api, seen, 200, "GET", f"{root}/Accounts/{account.sid}.json")
+    _check(api, seen, 413, "POST", f"{root}/Accounts/{account.sid}.json", data=big)
     _check(api, seen, 422, "GET", "/Conferences.json", params={"PageSize": "0"})
     _check(api, seen, 422, "GET", f"{root}/Accounts.json", params={"Page": "x"})
     _check(api, seen, 422, "GET", f"{c}/Participants.json", params={"Muted": "maybe"})

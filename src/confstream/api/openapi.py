@@ -43,6 +43,7 @@ from confstream.api.common import (
     TWILIO_BASE,
     JSONResponse,
 )
+from confstream.calls.webhook import WEBHOOK_URL_RE
 
 JSONDict = dict[str, Any]
 
@@ -172,6 +173,18 @@ def _schemas() -> JSONDict:
                 "stream_base_url": _nullable(
                     {"type": "string", "description": "extension: base for relative stream Urls"}
                 ),
+                "voice_url": _nullable(
+                    {"type": "string", "description": "extension: the voice application URL"}
+                ),
+                "voice_method": {"type": "string", "enum": ["GET", "POST"]},
+                "voice_fallback_url": _nullable(
+                    {"type": "string", "description": "extension: requested when voice_url fails"}
+                ),
+                "voice_fallback_method": {"type": "string", "enum": ["GET", "POST"]},
+                "status_callback": _nullable(
+                    {"type": "string", "description": "extension: call status callback URL"}
+                ),
+                "status_callback_method": {"type": "string", "enum": ["GET", "POST"]},
                 "date_created": _DATE,
                 "date_updated": _DATE,
                 "uri": _URI,
@@ -482,6 +495,39 @@ _ANNOUNCE: JSONDict = {
 }
 
 
+def _account_update_body() -> JSONDict:
+    def url(what: str) -> JSONDict:
+        return {
+            "type": "string",
+            "pattern": rf"^\s*({WEBHOOK_URL_RE})?\s*$",
+            "description": (
+                f"Extension: {what}. An absolute http(s) URL with a host (422, 21205 "
+                "otherwise), or empty to clear it (docs/voice.md)"
+            ),
+        }
+
+    method: JSONDict = {
+        "type": "string",
+        "pattern": ANNOUNCE_METHOD_PATTERN,
+        "description": "GET or POST, any case (422, 21209 otherwise); empty: unchanged",
+    }
+    return _form(
+        {
+            "FriendlyName": {
+                "type": "string",
+                "maxLength": 255,
+                "description": "At most 255 characters (422, 20001 otherwise)",
+            },
+            "VoiceUrl": url("the voice application, requested for every incoming call"),
+            "VoiceMethod": method,
+            "VoiceFallbackUrl": url("requested when the voice URL fails"),
+            "VoiceFallbackMethod": method,
+            "StatusCallback": url("call status callbacks of the account"),
+            "StatusCallbackMethod": method,
+        }
+    )
+
+
 def _stream_create_body() -> JSONDict:
     return _form(
         {
@@ -782,6 +828,16 @@ def _paths() -> JSONDict:
                         },
                     ),
                     **_errors(401),
+                },
+            },
+            "post": {
+                "operationId": "updateAccount",
+                "summary": "Update your account's name and voice application; nothing "
+                "changes when a value is refused",
+                "requestBody": _account_update_body(),
+                "responses": {
+                    "200": _ok("Account", "Your account, updated"),
+                    **_errors(401, 413, 422),
                 },
             },
         },

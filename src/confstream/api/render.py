@@ -42,7 +42,10 @@ def _call_uri(base: str, account_sid: str, call_sid: str) -> str:
 def account_json(base: str, account: Account) -> dict[str, Any]:
     """Twilio's Account shape (docs/api.md, Account); the SDKs read every one of these keys.
     ``auth_token`` is shown only to the account itself (the only one that can fetch it);
-    ``subresource_uris`` lists only what exists here (conferences)."""
+    ``subresource_uris`` lists only what exists here (conferences). ``stream_base_url`` and
+    the voice application fields (``voice_url``, ``voice_method``, ``voice_fallback_url``,
+    ``voice_fallback_method``, ``status_callback``, ``status_callback_method``; docs/voice.md)
+    are extensions."""
     uri = f"{base}/Accounts/{account.sid}"
     return {
         "sid": account.sid,
@@ -52,6 +55,12 @@ def account_json(base: str, account: Account) -> dict[str, Any]:
         "type": "Full",
         "owner_account_sid": account.sid,
         "stream_base_url": account.stream_base_url,
+        "voice_url": account.voice_url,
+        "voice_method": account.voice_method or "POST",
+        "voice_fallback_url": account.voice_fallback_url,
+        "voice_fallback_method": account.voice_fallback_method or "POST",
+        "status_callback": account.status_callback,
+        "status_callback_method": account.status_callback_method or "POST",
         "date_created": rfc2822(account.date_created),
         "date_updated": rfc2822(account.date_updated),
         "uri": f"{uri}.json",

@@ -72,6 +72,7 @@ from confstream.api.limits import BodyLimit
 from confstream.api.openapi import openapi_json
 from confstream.api.render import account_json, conference_json, participant_json, stream_json
 from confstream.api.streams import parse_stream_request
+from confstream.calls.webhook import check_webhook_url
 from confstream.errors import ConfstreamError
 from confstream.services import Services
 from confstream.store import Account, Conference, ConferenceFilter, DateFilter
@@ -94,8 +95,49 @@ async def _conference(request: Request, account: Account) -> Conference:
 
 
 # --------------------------------------------------------------------------- accounts
-async def fetch_account(request: Request) -> Response:
+#: ``POST /Accounts/{sid}`` parameters -> account fields (docs/api.md, Account; the voice
+#: fields are extensions, docs/voice.md). URLs: absolute http(s) or empty (clears).
+_ACCOUNT_URLS = {
+    "VoiceUrl": "voice_url",
+    "VoiceFallbackUrl": "voice_fallback_url",
+    "StatusCallback": "status_callback",
+}
+_ACCOUNT_METHODS = {
+    "VoiceMethod": "voice_method",
+    "VoiceFallbackMethod": "voice_fallback_method",
+    "StatusCallbackMethod": "status_callback_method",
+}
+MAX_FRIENDLY_NAME = 255
+
+
+def parse_account_update(params: dict[str, str]) -> dict[str, str]:
+    """The fields a ``POST /Accounts/{sid}`` changes; 422 for a bad URL (21205), method
+    (21209) or FriendlyName (20001, over 255 characters)."""
+    changes: dict[str, str] = {}
+    for name, field_name in _ACCOUNT_URLS.items():
+        if name in params:
+            try:
+                changes[field_name] = check_webhook_url(params[name])
+            except ValueError as exc:
+                raise invalid(21205, f"{name}: {exc}") from None
+    for name, field_name in _ACCOUNT_METHODS.items():
+        if params.get(name):
+            changes[field_name] = _method(params, name, "POST")
+    if "FriendlyName" in params:
+        friendly = params["FriendlyName"]
+        if len(friendly) > MAX_FRIENDLY_NAME:
+            raise invalid(20001, f"FriendlyName is longer than {MAX_FRIENDLY_NAME} characters")
+        changes["friendly_name"] = friendly
+    return changes
+
+
+async def account_instance(request: Request) -> Response:
+    """``GET``/``POST /Accounts/{sid}``: fetch, or update the fields of
+    :func:`parse_account_update` (the others are left as they are)."""
     account = await _authenticate(request)
+    if request.method == "POST":
+        changes = parse_account_update(await form(request))
+        account = await _services(request).update_account(account, **changes)
     return JSONResponse(account_json(base_path(request), account))
 
 
@@ -361,7 +403,7 @@ def _resource_routes() -> list[Route]:
     conf = "/Accounts/{account_sid}/Conferences/{conference_sid}"
     return [
         Route("/Accounts", list_accounts, methods=["GET"]),
-        Route("/Accounts/{account_sid}", fetch_account, methods=["GET"]),
+        Route("/Accounts/{account_sid}", account_instance, methods=["GET", "POST"]),
         Route("/Accounts/{account_sid}/Conferences", list_conferences, methods=["GET"]),
         Route(conf, conference_instance, methods=["GET", "POST"]),
         Route(f"{conf}/Participants", list_participants, methods=["GET"]),

@@ -312,12 +312,29 @@ class Store:
         *,
         stream_base_url: str | None = None,
         friendly_name: str | None = None,
+        voice_url: str | None = None,
+        voice_method: str | None = None,
+        voice_fallback_url: str | None = None,
+        voice_fallback_method: str | None = None,
+        status_callback: str | None = None,
+        status_callback_method: str | None = None,
     ) -> Account | None:
-        """Set the given fields (None leaves a field unchanged; an empty ``stream_base_url``
-        clears it); None when no such account."""
-        changes = _given(stream_base_url=stream_base_url, friendly_name=friendly_name)
-        if "stream_base_url" in changes:
-            changes["stream_base_url"] = changes["stream_base_url"] or None
+        """Set the given fields (None leaves a field unchanged; an empty URL, base URL
+        included, clears it); None when no such account. Values are stored as given: the
+        callers (CLI, REST API) validate URLs and methods (docs/voice.md)."""
+        changes = _given(
+            stream_base_url=stream_base_url,
+            friendly_name=friendly_name,
+            voice_url=voice_url,
+            voice_method=voice_method,
+            voice_fallback_url=voice_fallback_url,
+            voice_fallback_method=voice_fallback_method,
+            status_callback=status_callback,
+            status_callback_method=status_callback_method,
+        )
+        for column in ("stream_base_url", "voice_url", "voice_fallback_url", "status_callback"):
+            if column in changes:
+                changes[column] = changes[column] or None
         return await self._change(Account, sid, lambda row: row.update(changes))
 
     # --------------------------------------------------------------- conferences

@@ -1,0 +1,182 @@
+"""The call runtime in process: the real stack of the API tests (SQLite file, engine on its
+clock, services), a real webhook application over HTTP, and in-process callers that join
+through ``Services.incoming_call`` as the SIP edge does (the SIP paths are covered end to end
+in tests/integration/test_voice_apps.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import pytest
+
+from confstream.calls.runtime import CallNotInProgress, VoiceRuntime, VoiceServices
+from confstream.calls.speech import Speaker
+from confstream.calls.webhook import WebhookFetcher
+from confstream.conference.base import Frame
+from confstream.conference.gateway import IncomingCall, JoinRefused
+
+from ..api.stack import FakeCallParticipant, Stack, open_stack
+from .voiceapp import VoiceApp
+
+
+class Caller(FakeCallParticipant):
+    """Keeps the loudest level it heard."""
+
+    loudest = 0
+
+    def write_frame(self, frame: Frame) -> None:
+        super().write_frame(frame)
+        self.loudest = max(self.loudest, int(np.abs(frame.astype(np.int32)).max()))
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[VoiceApp]:
+    voice = VoiceApp().start()
+    try:
+        yield voice
+    finally:
+        voice.stop()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, app: VoiceApp) -> AsyncIterator[Stack]:
+    async with open_stack(tmp_path) as opened:
+        runtime = VoiceRuntime(
+            cast(VoiceServices, opened.services),
+            opened.engine,
+            WebhookFetcher(opened.settings),
+            Speaker(),
+        )
+        opened.services.attach_voice(runtime)
+        await opened.store.update_account(opened.account.sid, voice_url=app.url("/voice"))
+        try:
+            yield opened
+        finally:
+            await runtime.close()
+
+
+def runtime_of(stack: Stack) -> VoiceRuntime:
+    assert stack.services.voice is not None
+    return stack.services.voice
+
+
+async def call(stack: Stack, call_sid: str, to_user: str) -> Caller:
+    caller = Caller(call_sid, stack.services)
+    incoming = IncomingCall(
+        call_sid=call_sid,
+        account_sid=stack.account.sid,
+        request_user=to_user,
+        from_uri="sip:caller@127.0.0.1",
+        to_uri=f"sip:{to_user}@confstream",
+    )
+    await stack.services.incoming_call(incoming, caller)
+    return caller
+
+
+async def until(predicate: object, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_gather_collects_keys_from_the_call(stack: Stack, app: VoiceApp) -> None:
+    app.routes["keys"] = lambda _: (
+        '<Response><Gather numDigits="2" action="/digits" timeout="5"/></Response>'
+    )
+    app.paths["/digits"] = lambda _: '<Response><Pause length="30"/></Response>'
+    await call(stack, "CA-keys", "keys")
+    stack.services.dtmf_received("CA-keys", "9", 100)  # before <Gather> runs: dropped
+    await asyncio.sleep(0.3)
+    for key in "42":
+        stack.services.dtmf_received("CA-keys", key, 100)
+    request = await asyncio.to_thread(app.wait_for, "/digits", 10.0, CallSid="CA-keys")
+    assert request.params["Digits"] == "42"
+    assert request.params["CallStatus"] == "in-progress"
+    assert request.signed_by(stack.account.auth_token)
+    # the call has an engine conference of its own while it is not in one
+    assert stack.engine.get("CA-keys") is not None
+    await stack.services.leave("CA-keys", "bye")
+    assert runtime_of(stack).calls == 0
+    assert stack.engine.get("CA-keys") is None
+
+
+async def test_play_is_heard_by_the_caller_alone(stack: Stack, app: VoiceApp) -> None:
+    app.routes["play"] = lambda _: f"<Response><Play>{app.url('/tone.wav')}</Play></Response>"
+    caller = await call(stack, "CA-play", "play")
+    await until(lambda: caller.loudest > 8000)
+    await until(lambda: caller.hangups == ["hangup"], 10.0)  # the end of the document
+
+
+async def test_redirect_replaces_the_running_script(stack: Stack, app: VoiceApp) -> None:
+    app.routes["wait"] = lambda _: '<Response><Pause length="60"/></Response>'
+    app.paths["/next"] = lambda _: (
+        "<Response><Dial><Conference>after-redirect</Conference></Dial></Response>"
+    )
+    await call(stack, "CA-redir", "wait")
+    runtime = runtime_of(stack)
+    assert runtime.is_running("CA-redir")
+    await runtime.redirect("CA-redir", url=app.url("/next"), method="POST")
+    await until(lambda: stack.services.live_participant("CA-redir") is not None)
+    request = await asyncio.to_thread(app.wait_for, "/next", 10.0, CallSid="CA-redir")
+    assert request.signed_by(stack.account.auth_token)
+    assert stack.engine.get("CA-redir") is None  # its own conference is gone
+    with pytest.raises(CallNotInProgress):
+        await runtime.redirect("CA-unknown", twiml="<Response/>")
+
+
+async def test_redirect_with_twiml(stack: Stack, app: VoiceApp) -> None:
+    app.routes["wait2"] = lambda _: '<Response><Pause length="60"/></Response>'
+    caller = await call(stack, "CA-twiml", "wait2")
+    await runtime_of(stack).redirect("CA-twiml", twiml="<Response><Hangup/></Response>")
+    await until(lambda: caller.hangups == ["hangup"])
+
+
+async def test_reject_refuses_and_forgets_the_call(stack: Stack, app: VoiceApp) -> None:
+    app.routes["busy"] = lambda _: '<Response><Reject reason="busy"/></Response>'
+    with pytest.raises(JoinRefused) as refused:
+        await call(stack, "CA-busy", "busy")
+    assert refused.value.sip_status == 486
+    assert runtime_of(stack).calls == 0
+
+
+async def test_failing_voice_url_without_fallback_refuses_500(stack: Stack, app: VoiceApp) -> None:
+    with pytest.raises(JoinRefused) as refused:
+        await call(stack, "CA-404", "no-such-route")
+    assert refused.value.sip_status == 500
+    assert runtime_of(stack).calls == 0
+
+
+async def test_plain_account_joins_by_request_uri(stack: Stack) -> None:
+    await stack.store.update_account(stack.account.sid, voice_url="")
+    await call(stack, "CA-plain", "plainroom")
+    assert stack.services.live_participant("CA-plain") is not None
+    assert runtime_of(stack).calls == 0
+
+
+async def test_hangup_on_star_leaves_the_conference_and_requests_the_action(
+    stack: Stack, app: VoiceApp
+) -> None:
+    app.routes["star"] = lambda _: (
+        '<Response><Dial action="/after-dial" hangupOnStar="true">'
+        '<Conference beep="false">starroom</Conference></Dial></Response>'
+    )
+    app.paths["/after-dial"] = lambda _: '<Response><Pause length="30"/></Response>'
+    await call(stack, "CA-star", "star")
+    await until(lambda: stack.services.live_participant("CA-star") is not None)
+    stack.services.dtmf_received("CA-star", "5", 100)  # not a star: stays
+    await asyncio.sleep(0.3)
+    assert stack.services.live_participant("CA-star") is not None
+    stack.services.dtmf_received("CA-star", "*", 100)
+    request = await asyncio.to_thread(app.wait_for, "/after-dial", 10.0, CallSid="CA-star")
+    assert request.params["DialCallStatus"] == "answered"
+    assert request.params["DialBridged"] == "true"
+    assert stack.services.live_participant("CA-star") is None  # out of the conference
+    assert runtime_of(stack).is_running("CA-star")  # the call goes on
