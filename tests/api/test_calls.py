@@ -194,7 +194,7 @@ async def test_refused_call_is_failed_with_its_sip_status(stack: Stack) -> None:
 
 @dataclass
 class RecordingVoice:
-    """Stands in for the voice runtime at the one seam Services uses (VoiceLike)."""
+    """Stands in for the voice runtime where Services calls it on a plain SIP call."""
 
     redirects: list[tuple[str, str | None, str, str | None]] = field(default_factory=list)
 
@@ -202,6 +202,9 @@ class RecordingVoice:
         self, call_sid: str, *, url: str | None, method: str, twiml: str | None
     ) -> None:
         self.redirects.append((call_sid, url, method, twiml))
+
+    def call_ended(self, call_sid: str) -> None:
+        """Services tells the runtime when a call ends; nothing runs here."""
 
 
 async def test_update_validation_and_redirect(stack: Stack, client: httpx.AsyncClient) -> None:
