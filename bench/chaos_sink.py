@@ -135,6 +135,7 @@ class ChaosSink(Sink):
         self.chaos: list[ChaosStats] = []
         self.counts: Counter[str] = Counter()
         self._by_record: dict[int, ChaosStats] = {}
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     def on_message(self, record: StreamRecord, text: str | bytes, now: float) -> None:
         """Count mark echoes and note ``customParameters.realtime`` from ``start``; the rest
@@ -169,7 +170,19 @@ class ChaosSink(Sink):
             variant = rng.choice(("reset", "fin"))
         return action, variant
 
+    async def cancel_all(self) -> None:
+        """End every connection's script (a stall may sleep for a minute): on shutdown."""
+        tasks = list(self._handlers)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+
     async def handler(self, ws: ServerConnection) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         path = ws.request.path if ws.request else ""
         record = StreamRecord(path=path, connected_at=time.time())
         self.streams.append(record)
@@ -240,9 +253,11 @@ class ChaosSink(Sink):
                 self._announce(stats, record, action, "", seconds)
                 reading.clear()
                 ws.transport.pause_reading()
-                await asyncio.sleep(seconds)
-                ws.transport.resume_reading()
-                reading.set()
+                try:
+                    await asyncio.sleep(seconds)
+                finally:
+                    ws.transport.resume_reading()
+                    reading.set()
             elif action == "return":
                 if variant == "burst":
                     await self._burst(ws, record, stats, rng)
@@ -368,7 +383,16 @@ async def _main(args: argparse.Namespace) -> ChaosSink:
         port = next(iter(server.sockets)).getsockname()[1]
         sink._say({"event": "listening", "port": port})
         await stop.wait()
+        await sink.cancel_all()
+        # written before the server closes its connections (stalled ones may take a while)
+        write_result(sink, Path(args.out))
     return sink
+
+
+def write_result(sink: ChaosSink, out: Path) -> None:
+    """The results file, then a ``written`` line (a short blocking write at shutdown)."""
+    out.write_text(json.dumps(sink.result()))
+    sink._say({"event": "written", "path": str(out)})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -398,11 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        sink = asyncio.run(_main(args))
+        asyncio.run(_main(args))
     else:
-        sink = uvloop.run(_main(args))
-    Path(args.out).write_text(json.dumps(sink.result()))
-    sink._say({"event": "written", "path": args.out})
+        uvloop.run(_main(args))
     return 0
 
 

@@ -89,7 +89,7 @@ def test_memory_verdict_compares_the_end_with_the_sample_after_ramp_up(tmp_path:
     from bench.soak import Sample
 
     def sample(t: float, rss: float) -> Sample:
-        return Sample(t, rss, 10.0, 0.001, 0.002, 0.005, 500, 0, 0, 0, 20, 200, 200, 1.0)
+        return Sample(t, rss, 10.0, 0.001, 0.002, 0.005, 500, 0, 0, 0, 20, 200, 200, 1.0, 1.0)
 
     machine = Machine("cpu", 2, 4.0, "os", "3.11")
     config = {"warmup": 60.0, "bound_mib": 16.0, "callers": 200, "streams": 20,
