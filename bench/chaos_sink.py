@@ -223,13 +223,14 @@ class ChaosSink(Sink):
         reading: asyncio.Event,
         started: asyncio.Event,
     ) -> None:
-        """Read messages while ``reading`` is set; ``started`` once the ``start`` came."""
+        """Read messages while ``reading`` is set; ``started`` once the first ``media`` came
+        (the script starts then, so a stall never delays the stream's first media)."""
         with contextlib.suppress(ConnectionClosed):
             while True:
                 await reading.wait()
                 text = await ws.recv()
                 self.on_message(record, text, time.time())
-                if record.start_at:
+                if record.first_media_at:
                     started.set()
 
     async def _script(

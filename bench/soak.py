@@ -655,18 +655,17 @@ def write_soak_report(res: SoakResult, md_path: Path, png_path: Path | None) -> 
         "",
         "## Streams ended, by error code",
         "",
-        "| error_code | Count | error_message (first seen) | Last chaos action before the end |",
+        "| error_code | error_message | Count | Last chaos action before the end |",
         "|---|---|---|---|",
     ]
-    by_code: dict[str, list[StreamEnd]] = {}
+    by_code: dict[tuple[str, str], list[StreamEnd]] = {}
     for e in res.stream_ends:
-        key = "stuck (stopped by the soak)" if e.stuck else str(e.error_code or "none")
-        by_code.setdefault(key, []).append(e)
-    for key, ends in sorted(by_code.items()):
+        code = "stuck (stopped by the soak)" if e.stuck else str(e.error_code or "none")
+        by_code.setdefault((code, (e.error_message or "")[:80]), []).append(e)
+    for (code, message), ends in sorted(by_code.items()):
         actions = Counter(e.last_action or "none" for e in ends)
         acts = ", ".join(f"{a} {n}" for a, n in actions.most_common())
-        message = next((e.error_message for e in ends if e.error_message), "") or ""
-        lines.append(f"| {key} | {len(ends)} | {message[:80]} | {acts} |")
+        lines.append(f"| {code} | {message} | {len(ends)} | {acts} |")
     lines += ["", "## Windows", ""]
     if png_path is not None:
         lines += [f"![RSS, lateness and drops over the soak]({png_path.name})", ""]
