@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -153,6 +154,18 @@ class SoakResult:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SoakResult:
+        """Read :meth:`to_json`'s output back (``--render``)."""
+        return cls(
+            **{
+                **data,
+                "machine": Machine(**data["machine"]),
+                "samples": [Sample(**x) for x in data["samples"]],
+                "stream_ends": [StreamEnd(**x) for x in data["stream_ends"]],
+            }
+        )
+
     # -- verdicts ----------------------------------------------------------------------------
     def baseline(self) -> Sample | None:
         """The first sample at least ``warmup`` s after the streams were created."""
@@ -172,12 +185,14 @@ class SoakResult:
         g = self.growth()
         return g is not None and g <= float(self.config["bound_mib"])
 
-    def slope_mib_per_10min(self) -> float | None:
-        """Least-squares slope of RSS over the samples after the baseline."""
+    def slope_mib_per_10min(self, since: float | None = None) -> float | None:
+        """Least-squares slope of RSS over the samples from ``since`` s (default: from the
+        baseline)."""
         base = self.baseline()
         if base is None:
             return None
-        pts = [(s.t, s.rss_mib) for s in self.samples if s.t >= base.t]
+        start = base.t if since is None else since
+        pts = [(s.t, s.rss_mib) for s in self.samples if s.t >= start]
         if len(pts) < 3:
             return None
         mt = statistics.fmean(t for t, _ in pts)
@@ -501,7 +516,7 @@ class SoakRun(PointRun):
                 # a slow window (the machine is busy) moves the schedule instead of bunching
                 next_sample = max(next_sample + soak.sample, time.monotonic() + soak.sample / 2)
                 if now >= next_progress:
-                    next_progress += 60
+                    next_progress = now + 60
                     log(f"{self.label}: {sample.t / 60:.1f} min, RSS {sample.rss_mib:.1f} MiB, "
                         f"streams {sample.streams_active:.0f}, ended so far "
                         f"{len(self.result.stream_ends)}")  # fmt: skip
@@ -592,6 +607,7 @@ def write_soak_report(res: SoakResult, md_path: Path, png_path: Path | None) -> 
     end = res.end_rss()
     growth = res.growth()
     slope = res.slope_mib_per_10min()
+    tail_slope = res.slope_mib_per_10min(since=float(c["duration"]) * 2 / 3)
     verdict = "PASS" if res.memory_pass() else "FAIL"
     low = res.lowest_audio_share()
     full, measured = res.full_audio_windows()
@@ -628,7 +644,7 @@ def write_soak_report(res: SoakResult, md_path: Path, png_path: Path | None) -> 
         + (f"{base.rss_mib:.1f} MiB (t = {base.t:.0f} s)" if base else "n/a")
         + f", at the end {_num(end)} MiB: growth {_signed(growth)} MiB against a bound of "
         f"+{float(c['bound_mib']):.0f} MiB; slope after ramp-up {_signed(slope)} MiB per "
-        "10 min.",
+        f"10 min, over the last third of the run {_signed(tail_slope)} MiB per 10 min.",
         f"- **Callers kept their audio: {'yes' if res.callers_kept_audio() else 'no'}** — "
         f"{res.answered} of {res.callers} answered, "
         f"{res.samples[-1].callers_live if res.samples else 0} still live at the end, audio "
@@ -746,17 +762,23 @@ def plot_soak(res: SoakResult, png_path: Path) -> None:
     ax_lat.set_ylim(bottom=0)
     ax_lat.legend(loc="upper right")
     ax_lat.grid(alpha=0.3)
-    ax_drop.plot(ts, [s.stream_frames_dropped for s in res.samples], "-",
+    ends = [0.0, *(s.t for s in res.samples)]
+    lengths = [b - a for a, b in itertools.pairwise(ends)]
+    ax_drop.plot(ts, [s.stream_frames_dropped / max(dt_, 1e-9) for s, dt_ in
+                      zip(res.samples, lengths, strict=True)], "-",
                  label="stream frames dropped")  # fmt: skip
-    ax_drop.plot(ts, [s.rtp_discarded for s in res.samples], "-", label="RTP discarded")
-    ax_drop.set_ylabel("per window")
+    ax_drop.plot(ts, [s.rtp_discarded / max(dt_, 1e-9) for s, dt_ in
+                      zip(res.samples, lengths, strict=True)], "-",
+                 label="RTP packets discarded")  # fmt: skip
+    ax_drop.set_yscale("symlog", linthresh=1.0)
+    ax_drop.set_ylabel("per second")
     ax_drop.set_xlabel("minutes since the streams were created")
     ax_act = ax_drop.twinx()
     ax_act.plot(ts, [s.streams_active for s in res.samples], ":", color="grey",
                 label="streams active")  # fmt: skip
     ax_act.set_ylabel("streams active")
     ax_act.set_ylim(bottom=0)
-    ax_drop.set_title("Drops per window")
+    ax_drop.set_title("Drops per second, per window")
     ax_drop.legend(loc="upper left")
     ax_act.legend(loc="upper right")
     ax_drop.grid(alpha=0.3)
@@ -805,6 +827,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="PNG path (default next to --output)")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--workdir", default=None, help="keep logs here (default: a temp dir)")
+    p.add_argument(
+        "--render",
+        default=None,
+        metavar="JSON",
+        help="only rewrite the report from the raw results of an earlier --json",
+    )
     return p  # fmt: skip
 
 
@@ -812,6 +840,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.output)
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    if args.render:
+        write_soak_report(SoakResult.from_json(json.loads(Path(args.render).read_text())), out, png)
+        log(f"wrote {out} and {png} from {args.render}")
+        return 0
     warmup = args.warmup if args.warmup is not None else min(60.0, args.duration / 10)
     soak = SoakConfig(
         duration=args.duration, callers=args.callers, streams=args.streams, sample=args.sample,

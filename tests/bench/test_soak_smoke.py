@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from bench.chaos_sink import ChaosSink
 from bench.soak import SoakResult, write_soak_report
+from bench.soak import main as soak_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,6 +65,10 @@ def test_soak_smoke_forces_every_chaos_action_and_reports_it(tmp_path: Path) -> 
     for name in ("| stall |", "| return-paced |", "| return-burst |", "| 3190"):
         assert name in text, name
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --render rewrites the same page from the raw results
+    again = tmp_path / "again" / "soak.md"
+    assert soak_main(["--render", str(raw), "--output", str(again)]) == 0
+    assert again.read_text() == text
 
 
 def test_chaos_draws_are_seeded_per_connection_and_follow_the_script() -> None:
