@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 SW_VENV := .venv-signalwire
 SW_STAMP := $(SW_VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck sysdeps demo bench clean
+.PHONY: run test lint typecheck sysdeps demo bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ demo: $(STAMP) sysdeps
 bench: $(STAMP)
 	@bash scripts/ensure-sysdeps.sh --bench
 	$(PY) -m bench.run --with-janus
+
+# 30 minutes of 200 callers and 20 streams whose receivers stall, disconnect and return audio;
+# writes docs/soak.md and docs/soak.png (override e.g. SOAK_ARGS="--duration 180").
+SOAK_ARGS ?= --duration 1800 --callers 200 --streams 20
+soak: $(STAMP)
+	@bash scripts/ensure-sysdeps.sh
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(SW_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

@@ -736,6 +736,7 @@ class LoadGenerator(asyncio.DatagramProtocol):
                 "failed": states.get("failed", 0),
                 "live": states.get("answered", 0),
                 "rtp_sent": self.rtp_sent,
+                "rtp_received": sum(r.received for r in self.rooms),
                 "events_sent": self.events_sent,
             }
             self.progress_out.write(json.dumps(line) + "\n")
