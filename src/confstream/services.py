@@ -28,6 +28,11 @@ participants, the stream manager) and records (the store), keeping them in step:
   bearer token) and hands a spec to the stream manager; the manager reports every status change
   through :meth:`Services.on_stream_status`, which persists it.
 
+* **Cluster mode** (docs/cluster.md): with a ``placement``, a join first claims the conference
+  for this node (:class:`~confstream.errors.JoinRefused` 503 when another node owns it or this
+  one drains), a live record of that name this node does not host is ended as its dead node's,
+  and joins, leaves and ends are published so Kamailio and the REST forwarding find the owner.
+
 Lifecycle changes (join, leave, end) are serialised by one ``asyncio.Lock``: they are rare and
 short, and the lock makes "last participant left" and "join creates the conference" race-free
 within the process. The media clock never waits on it.
@@ -52,6 +57,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from confstream.cluster.placement import Placement
 from confstream.conference.base import Participant
 from confstream.conference.gateway import IncomingCall
 from confstream.errors import (
@@ -214,6 +220,8 @@ class Services:
         self._lifecycle = asyncio.Lock()
         self._stream_create = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Cluster mode only (docs/cluster.md): who owns which conference.
+        self.placement: Placement | None = None
 
     def attach_streams(self, streams: StreamsLike) -> None:
         self.streams = streams
@@ -272,7 +280,18 @@ class Services:
                 raise AccountNotActive()
             if participant.call_sid in self._live:
                 raise AlreadyJoined()
+            if self.placement is not None:
+                # one owner per conference (docs/cluster.md): JoinRefused(503) when not us
+                await self.placement.claim(account_sid, conference_name)
             conference = await self.store.find_live_conference(account_sid, conference_name)
+            if (
+                conference is not None
+                and self.placement is not None
+                and self.engine.get(conference.sid) is None
+            ):
+                # the live record of a node that died: end it, the caller gets a fresh one
+                await self.placement.end_stale(conference.sid)
+                conference = None
             if conference is None:
                 conference = await self.store.create_conference(account_sid, conference_name)
             media = self.engine.get(conference.sid)
@@ -295,6 +314,10 @@ class Services:
             self._live[participant.call_sid] = LiveParticipant(
                 participant, conference.sid, account_sid
             )
+            if self.placement is not None:
+                await self.placement.joined(
+                    conference.sid, account_sid, conference_name, participant.call_sid
+                )
             return conference.sid
 
     async def leave(self, call_sid: str, reason: str, *, kicked: bool = False) -> None:
@@ -310,6 +333,8 @@ class Services:
             if media is not None:
                 media.remove_participant(call_sid)
             record = await self.store.complete_participant(call_sid, reason)
+            if self.placement is not None:
+                await self.placement.left(call_sid)
             if record is not None and record.end_conference_on_exit:
                 why = ENDED_END_ON_EXIT_KICKED if kicked else ENDED_END_ON_EXIT_LEFT
             elif not self.live_call_sids(live.conference_sid):
@@ -382,6 +407,8 @@ class Services:
             if media is not None:
                 media.remove_participant(call_sid)
             await self.store.complete_participant(call_sid, reason)
+            if self.placement is not None:
+                await self.placement.left(call_sid)
         if self.streams is not None:
             try:
                 await self.streams.stop_conference(conference_sid)
@@ -393,6 +420,8 @@ class Services:
         if self.engine.get(conference_sid) is not None:
             self.engine.remove_conference(conference_sid)
         await self.store.complete_conference(conference_sid, reason)
+        if self.placement is not None:
+            await self.placement.ended(conference_sid)
 
     async def announce(
         self,
