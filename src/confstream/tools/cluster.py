@@ -110,7 +110,9 @@ class PostgresServer:
     prefix: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="confstream-pg-", dir=self.workdir))
+        # in the system temp folder: the unprivileged user must reach it (pytest's folders
+        # are the owner's only)
+        self.root = Path(tempfile.mkdtemp(prefix="confstream-pg-"))
         self.data = self.root / "data"
         self.sockets = self.root / "sock"
         self.sockets.mkdir()
@@ -122,8 +124,6 @@ class PostgresServer:
                 user = "nobody"
             entry = pwd.getpwnam(user)
             self.prefix = ["runuser", "-u", user, "--"]
-            for path in (self.workdir, self.root):
-                path.chmod(path.stat().st_mode | 0o711)
             self.root.chmod(0o755)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
             os.chown(self.sockets, entry.pw_uid, entry.pw_gid)
