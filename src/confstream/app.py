@@ -23,6 +23,7 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,10 @@ class Server:
             self._tls = server_tls_context(settings.tls_cert, settings.tls_key)
             config.load()
             config.ssl = self._tls
-        self._uvicorn = uvicorn.Server(config)
+        # In cluster mode the API keeps serving while the node drains (forwarded requests
+        # about its conferences): the signals stay with serve(), not uvicorn.
+        server_class = _KeepSignals if self.cluster is not None else uvicorn.Server
+        self._uvicorn = server_class(config)
         self._http_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
         while not self._uvicorn.started:
             if self._http_task.done():
@@ -262,6 +266,15 @@ class Server:
             await self._forward_client.aclose()
         if self.store is not None:
             await self.store.close()
+
+
+class _KeepSignals(uvicorn.Server):
+    """uvicorn without its own SIGINT/SIGTERM handlers: :func:`serve` decides when HTTP stops
+    (after the drain, docs/cluster.md)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _redact(url: str) -> str:

@@ -45,3 +45,9 @@ def participants(api: httpx.Client, conference_sid: str) -> list[dict[str, Any]]
 def apis(cluster: LocalCluster, account: Account) -> dict[str, httpx.Client]:
     """One REST client per node, by node id."""
     return {node.node_id: node.api(account) for node in cluster.members}
+
+
+def live_sid(api: httpx.Client, room: str) -> str | None:
+    """The ConferenceSid of the live conference named ``room``, if any."""
+    found = conference(api, room)
+    return None if found is None else str(found["sid"])

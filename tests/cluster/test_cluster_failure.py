@@ -6,6 +6,7 @@ previous run left and rejoins), a node stopped gracefully (it drains)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ from confstream.tools.tls import Tls
 from ..callbacks.recorder import http_recorder
 from ..integration.peers import await_for, start_sipp_caller
 from ..streams.peers import ws_receiver
-from .helpers import apis, conference, live_conferences, owner_of, participants, redis_of
+from .helpers import (
+    apis,
+    conference,
+    live_conferences,
+    live_sid,
+    owner_of,
+    participants,
+    redis_of,
+)
 
 ROOMS = [f"team-{n}" for n in range(6)]
 
@@ -107,7 +116,7 @@ async def test_killing_a_node_ends_its_conferences_with_callbacks_and_nothing_el
                 body = api.get(f"/Conferences/{conf['sid']}.json").json()
                 assert body["status"] == "completed", body
             for conf in owned[survivor]:
-                assert conference(api, conf["friendly_name"])["sid"] == conf["sid"]
+                assert live_sid(api, conf["friendly_name"]) == conf["sid"]
             call_sid = participants(api, kept["sid"])[0]["call_sid"]
             muted = await asyncio.to_thread(
                 api.post,
@@ -164,7 +173,7 @@ async def test_a_restarted_node_ends_what_it_left_and_rejoins(
             )
             assert body["reason_conference_ended"] == "media-node-lost"
         for conf in owned["node-2"]:
-            assert conference(api, conf["friendly_name"])["sid"] == conf["sid"]
+            assert live_sid(api, conf["friendly_name"]) == conf["sid"]
         with redis_of(cluster) as r:
             info = r.hgetall(keys.node_key("node-1"))
             assert info["state"] == keys.STATE_ACTIVE
@@ -177,6 +186,53 @@ async def test_a_restarted_node_ends_what_it_left_and_rejoins(
         procs.append(await start_sipp_caller(again, cluster.sip_port, account, room, 700.0, 10.0))
         fresh = await await_for(lambda: conference(api, room), within=20)
         assert owner_of(cluster, fresh["sid"]) == "node-1"
+    finally:
+        for client in clients.values():
+            client.close()
+        await _stop(procs)
+
+
+async def test_a_node_stopped_gracefully_drains(cluster: LocalCluster, tmp_path: Path) -> None:
+    account = cluster.create_account()
+    procs = await _call_rooms(cluster, account, tmp_path, ROOMS[:4], 25.0)
+    clients = apis(cluster, account)
+    try:
+        api = clients["node-2"]
+        await await_for(lambda: len(live_conferences(api)) == 4, within=30)
+        owned = _by_owner(cluster, api)
+        assert set(owned) == {"node-1", "node-2"}, owned
+        draining = cluster.node("node-1")
+        assert draining.proc is not None
+        draining.proc.send_signal(signal.SIGTERM)
+        with redis_of(cluster) as r:
+            await await_for(
+                lambda: r.hget(keys.node_key("node-1"), "state") == keys.STATE_DRAINING,
+                within=10,
+            )
+        # new conferences go to the other node, whatever the hash says
+        new_rooms = [f"late-{n}" for n in range(6)]
+        procs += await _call_rooms(cluster, account, tmp_path, new_rooms, 4.0)
+        await await_for(
+            lambda: {c["friendly_name"] for c in live_conferences(api)} >= set(new_rooms),
+            within=30,
+        )
+        for conf in live_conferences(api):
+            if conf["friendly_name"] in new_rooms:
+                assert owner_of(cluster, conf["sid"]) == "node-2", conf
+        # its own conferences go on until their callers leave, then it exits
+        for conf in owned["node-1"]:
+            live = conference(api, conf["friendly_name"])
+            assert live is not None and live["sid"] == conf["sid"]
+        assert draining.proc.poll() is None
+        await asyncio.to_thread(draining.proc.wait, 90)
+        assert draining.proc.returncode == 0
+        for conf in owned["node-1"]:
+            body = api.get(f"/Conferences/{conf['sid']}.json").json()
+            assert body["status"] == "completed"
+            assert body["reason_conference_ended"] == "last-participant-left"
+        with redis_of(cluster) as r:
+            assert not r.exists(keys.node_key("node-1"))
+            assert "node-1" not in r.smembers(keys.NODES)
     finally:
         for client in clients.values():
             client.close()

@@ -325,7 +325,7 @@ class LocalCluster:
             CONFSTREAM_NODE_ID=node.node_id,
             CONFSTREAM_CLUSTER_HEARTBEAT=str(self.heartbeat),
             CONFSTREAM_CLUSTER_LEASE=str(self.lease),
-            CONFSTREAM_CLUSTER_DRAIN_TIMEOUT="30",
+            CONFSTREAM_CLUSTER_DRAIN_TIMEOUT="90",
             **self.env,
         )
         return node
