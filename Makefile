@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 SW_VENV := .venv-signalwire
 SW_STAMP := $(SW_VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck sysdeps demo bench soak clean
+.PHONY: run test lint typecheck sysdeps demo bench soak cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test: $(STAMP) $(SW_STAMP) sysdeps lint typecheck
 
 demo: $(STAMP) sysdeps
 	$(PY) examples/demo.py
+
+# Redis, PostgreSQL, Kamailio and NODES confstream nodes (default: one per core) on this
+# machine; prints the SIP and REST addresses; Ctrl-C stops everything (docs/cluster.md).
+NODES ?= $(shell nproc)
+cluster: $(STAMP) sysdeps
+	$(PY) -m confstream.tools.cluster --nodes $(NODES)
 
 bench: $(STAMP)
 	@bash scripts/ensure-sysdeps.sh --bench

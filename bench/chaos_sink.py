@@ -57,8 +57,9 @@ import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from bench.sink import Sink, StreamRecord, tls_context
+from bench.sink import Sink, StreamRecord
 from confstream.media.g711 import ulaw_encode
+from confstream.tools.tls import load_server_context
 
 ACTIONS = ("normal", "stall", "return", "disconnect")
 WEIGHTS = (0.40, 0.25, 0.20, 0.15)
@@ -377,7 +378,7 @@ async def _main(args: argparse.Namespace) -> ChaosSink:
         sink.handler,
         args.host,
         args.port,
-        ssl=tls_context(Path(args.cert), Path(args.key)),
+        ssl=load_server_context(Path(args.cert), Path(args.key)),
         max_size=2**20,
         ping_interval=None,
     ) as server:

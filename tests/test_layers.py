@@ -32,6 +32,8 @@ LAYERS: dict[str, int] = {
     "callbacks": 3,
     "store": 2,
     "streams": 4,
+    # cluster membership/ownership in Redis: infrastructure below services (docs/cluster.md)
+    "cluster": 4,
     "services": 5,
     "calls": 5,
     "api": 6,

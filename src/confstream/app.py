@@ -23,20 +23,31 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from confstream.api import create_api
+from confstream.api.cluster import ForwardToOwner
+from confstream.api.limits import BodyLimit
 from confstream.calls.runtime import VoiceRuntime
 from confstream.calls.speech import Speaker
 from confstream.calls.webhook import WebhookFetcher
+from confstream.cluster.membership import Load
+from confstream.cluster.node import ClusterNode, advertised_addresses
+from confstream.cluster.placement import REASON_OWNERSHIP_LOST
+from confstream.cluster.recovery import Recovery
 from confstream.conference.engine import Engine
 from confstream.dbfiles import secure_sqlite_files
 from confstream.logsetup import watch_account_tokens
 from confstream.metrics import GC_PAUSE
+from confstream.netpolicy import client_ssl_context
 from confstream.rtp.portstate import open_port_pool
 from confstream.services import Services
 from confstream.settings import Settings
@@ -93,6 +104,9 @@ class Server:
     sip: SipServer | None = None
     voice: VoiceRuntime | None = None
     http_port: int = 0
+    #: Cluster mode only (docs/cluster.md).
+    cluster: ClusterNode | None = None
+    _forward_client: httpx.AsyncClient | None = None
     _api: Starlette | None = None
     _uvicorn: uvicorn.Server | None = None
     _http_task: asyncio.Task[None] | None = None
@@ -104,14 +118,23 @@ class Server:
         secure_sqlite_files(settings.database_url)
         watch_account_tokens(Account)
         self.store = store = await open_store(settings.database_url)
-        # Streams first: they get error 31990 and their final callbacks (docs/operations.md).
-        left_streams = await store.close_leftover_streams(
-            Failure.SERVER_RESTARTED.code, RESTARTED_MESSAGE
-        )
-        closed = await store.close_leftovers("server restarted while in progress")
-        closed["streams"] = len(left_streams)
-        if any(closed.values()):
-            log.warning("closed records left in progress by a previous run: %s", closed)
+        nonce_secret: bytes | None = None
+        left_streams: list[tuple[Any, str]] = []
+        if settings.cluster_mode:
+            # The database is shared: only this node's previous run is closed, by the cluster
+            # sweep below (docs/cluster.md, Failures). One nonce key for every node.
+            self.cluster = ClusterNode(settings)
+            nonce_secret = await self.cluster.connect()
+        else:
+            # Streams first: they get error 31990 and their final callbacks
+            # (docs/operations.md).
+            left_streams = await store.close_leftover_streams(
+                Failure.SERVER_RESTARTED.code, RESTARTED_MESSAGE
+            )
+            closed = await store.close_leftovers("server restarted while in progress")
+            closed["streams"] = len(left_streams)
+            if any(closed.values()):
+                log.warning("closed records left in progress by a previous run: %s", closed)
         await self.engine.start()
         services = Services(settings, store, self.engine)
         self.services = services
@@ -126,7 +149,16 @@ class Server:
             Speaker(settings.voice_tts_command),
         )
         services.attach_voice(self.voice)
-        self.sip = SipServer(settings, services, open_port_pool(settings))
+        if self.cluster is not None:
+            await self.cluster.prepare(
+                Recovery(store, self.streams.report_restarted, self.streams.callbacks),
+                self._cluster_load,
+                lambda sid: services.end_conference(sid, REASON_OWNERSHIP_LOST),
+            )
+            services.placement = self.cluster
+        self.sip = SipServer(
+            settings, services, open_port_pool(settings), nonce_secret=nonce_secret
+        )
         await self.sip.start()
 
         host, port = settings.http_address
@@ -137,8 +169,19 @@ class Server:
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
         self._api = api = create_api(services)
+        asgi: ASGIApp = api
+        if self.cluster is not None:
+            # REST on any node: changes to another node's conference go to it (docs/cluster.md)
+            self._forward_client = httpx.AsyncClient(
+                timeout=settings.callback_timeout,
+                verify=client_ssl_context(settings.stream_ca_file),
+            )
+            asgi = BodyLimit(
+                ForwardToOwner(api, self.cluster, self._forward_client),
+                max_bytes=settings.api_max_body_bytes,
+            )
         config = uvicorn.Config(
-            api,
+            asgi,
             log_level="warning",
             lifespan="off",
             access_log=False,
@@ -152,13 +195,20 @@ class Server:
             self._tls = server_tls_context(settings.tls_cert, settings.tls_key)
             config.load()
             config.ssl = self._tls
-        self._uvicorn = uvicorn.Server(config)
+        # In cluster mode the API keeps serving while the node drains (forwarded requests
+        # about its conferences): the signals stay with serve(), not uvicorn.
+        server_class = _KeepSignals if self.cluster is not None else uvicorn.Server
+        self._uvicorn = server_class(config)
         self._http_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
         while not self._uvicorn.started:
             if self._http_task.done():
                 self._http_task.result()
             await asyncio.sleep(0.01)
         time_gc()
+        if self.cluster is not None:
+            media = settings.media_address or settings.sip_address[0]
+            http, sip, media = advertised_addresses(settings, self.http_port, self.sip.port, media)
+            await self.cluster.start(http=http, sip=sip, media=media)
         api.state.ready = True
         log.info(
             "confstream ready: %s=%s:%d sip=%s:%d rtp=%s db=%s",
@@ -170,6 +220,23 @@ class Server:
             settings.rtp_ports,
             _redact(settings.database_url),
         )
+
+    def _cluster_load(self) -> Load:
+        """What this node carries, for its heartbeat (docs/cluster.md)."""
+        conferences = self.engine.conferences
+        participants = sum(len(media.participants) for media in conferences.values())
+        streams = self.streams
+        active = sum(len(streams.active(sid)) for sid in conferences) if streams else 0
+        return Load(participants, active, len(conferences))
+
+    async def drain(self, stop: asyncio.Event | None = None) -> None:
+        """Cluster mode, graceful stop: take no new conferences and wait (at most
+        ``cluster_drain_timeout``, or until ``stop`` is set) for this node's to finish."""
+        if self.cluster is None:
+            return
+        self.cluster.begin_drain()
+        if not await self.cluster.wait_drained(self.settings.cluster_drain_timeout, stop):
+            log.warning("drain ended with conferences still live: they are ended now")
 
     async def reload_tls(self) -> bool:
         """Load ``tls_cert``/``tls_key`` again into the listener's TLS context (on SIGHUP).
@@ -207,8 +274,21 @@ class Server:
         if self.streams is not None:
             await self.streams.close()
         await self.engine.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self._forward_client is not None:
+            await self._forward_client.aclose()
         if self.store is not None:
             await self.store.close()
+
+
+class _KeepSignals(uvicorn.Server):
+    """uvicorn without its own SIGINT/SIGTERM handlers: :func:`serve` decides when HTTP stops
+    (after the drain, docs/cluster.md)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _redact(url: str) -> str:
@@ -264,6 +344,11 @@ async def serve(settings: Settings, show_first_account: bool = False) -> None:
             assert server.store is not None
             print_first_account(await first_account(server.store), settings, server.http_port)
         await stop.wait()
+        if server.cluster is not None:
+            # a second SIGINT/SIGTERM ends the drain at once
+            stop.clear()
+            log.info("draining (send the signal again to stop at once)")
+            await server.drain(stop)
         log.info("shutting down")
     finally:
         await server.stop()

@@ -35,6 +35,10 @@ _SETTING_FLAGS: dict[str, str] = {
     "--allowed-networks": "CIDR,... private networks that stream/callback URLs may reach",
     "--stream-ca-file": "extra CA bundle (PEM) trusted for wss:// stream receivers",
     "--log-level": "debug, info, warning or error (default info)",
+    "--cluster-redis-url": "redis://host:port/db: run as one node of a cluster (docs/cluster.md)",
+    "--node-id": "this node's stable name in the cluster (default <hostname>-<HTTP port>)",
+    "--advertise-http": "http(s)://host:port other nodes forward REST requests to",
+    "--advertise-sip": "host:port Kamailio relays this node's SIP calls to",
 }
 
 

@@ -72,6 +72,11 @@ participants, the stream manager) and records (the store), keeping them in step:
   call; the engine's call tap gives what that caller says (``inbound``) and hears
   (``outbound``).
 
+* **Cluster mode** (docs/cluster.md): with a ``placement``, a join first claims the conference
+  for this node (:class:`~confstream.errors.JoinRefused` 503 when another node owns it or this
+  one drains), a live record of that name this node does not host is ended as its dead node's,
+  and joins, leaves and ends are published so Kamailio and the REST forwarding find the owner.
+
 Lifecycle changes (join, leave, end) are serialised by one ``asyncio.Lock``: they are rare and
 short, and the lock makes "last participant left" and "join creates the conference" race-free
 within the process. The media clock never waits on it.
@@ -98,6 +103,7 @@ import numpy.typing as npt
 
 from confstream.callbacks import conference as confevents
 from confstream.callbacks.webhooks import Callback, CallbackSender
+from confstream.cluster.placement import Placement
 from confstream.conference.base import Participant
 from confstream.conference.gateway import IncomingCall, JoinOptions
 from confstream.conference.sources import LoopSource
@@ -336,6 +342,8 @@ class Services:
         self.voice: VoiceRuntime | None = None
         #: per-call key listeners of the call runtime (``<Gather>``, ``hangupOnStar``)
         self._digit_listeners: dict[str, Callable[[str], None]] = {}
+        #: Cluster mode only (docs/cluster.md): who owns which conference.
+        self.placement: Placement | None = None
 
     def attach_streams(self, streams: StreamsLike) -> None:
         self.streams = streams
@@ -556,7 +564,18 @@ class Services:
                 raise AccountNotActive()
             if participant.call_sid in self._live:
                 raise AlreadyJoined()
+            if self.placement is not None:
+                # one owner per conference (docs/cluster.md): JoinRefused(503) when not us
+                await self.placement.claim(account_sid, conference_name)
             conference = await self.store.find_live_conference(account_sid, conference_name)
+            if (
+                conference is not None
+                and self.placement is not None
+                and self.engine.get(conference.sid) is None
+            ):
+                # the live record of a node that died: end it, the caller gets a fresh one
+                await self.placement.end_stale(conference.sid)
+                conference = None
             created = conference is None
             if conference is None:
                 words = " ".join(opts.status_callback_event) or None
@@ -614,6 +633,10 @@ class Services:
                 media.beep("enter")
             if created and not state.started and state.wait_url is not None:
                 self._spawn(self._play_wait_audio(state))
+            if self.placement is not None:
+                await self.placement.joined(
+                    conference.sid, account_sid, conference_name, participant.call_sid
+                )
             return conference.sid
 
     def _new_conference_state(
@@ -704,6 +727,8 @@ class Services:
         if media is not None:
             media.remove_participant(call_sid)
         record = await self.store.complete_participant(call_sid, reason)
+        if self.placement is not None:
+            await self.placement.left(call_sid)
         state = self._conferences.get(live.conference_sid)
         if state is not None:
             self._emit(state, confevents.PARTICIPANT_LEAVE, live, record)
@@ -869,6 +894,8 @@ class Services:
             record = await self.store.complete_participant(call_sid, reason)
             if state is not None:
                 self._emit(state, confevents.PARTICIPANT_LEAVE, live, record)
+            if self.placement is not None:
+                await self.placement.left(call_sid)
         if self.streams is not None:
             try:
                 await self.streams.stop_conference(conference_sid)
@@ -880,6 +907,8 @@ class Services:
         if self.engine.get(conference_sid) is not None:
             self.engine.remove_conference(conference_sid)
         completed = await self.store.complete_conference(conference_sid, reason)
+        if self.placement is not None:
+            await self.placement.ended(conference_sid)
         if state is not None:
             self._conferences.pop(conference_sid, None)
             if state.wait_source is not None:

@@ -117,6 +117,25 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = 262144
     api_max_form_fields: int = 256
 
+    # Cluster mode (docs/cluster.md): empty cluster_redis_url = one embedded node, nothing
+    # else changes. With it, node membership and conference ownership live in that Redis and
+    # every node must share one PostgreSQL database_url.
+    cluster_redis_url: str = ""
+    # This node's name in the cluster (stable across restarts, so a restarted node rejoins as
+    # itself); empty: "<hostname>-<HTTP port>".
+    node_id: str = ""
+    # Where other nodes forward REST requests about this node's conferences
+    # (``http(s)://host:port``) and where Kamailio relays SIP (``host:port``); empty: the
+    # listen addresses (a wildcard listen address needs them set).
+    advertise_http: str = ""
+    advertise_sip: str = ""
+    # Heartbeat period and lease (seconds): a node silent for cluster_lease is dead.
+    cluster_heartbeat: float = Field(default=1.0, gt=0)
+    cluster_lease: float = Field(default=5.0, gt=0)
+    # Graceful stop (SIGTERM) in cluster mode waits this long for the node's conferences to
+    # finish (no new ones are taken) before ending what is left.
+    cluster_drain_timeout: float = Field(default=600.0, ge=0)
+
     log_level: str = "info"
 
     @field_validator("allowed_networks", mode="before")
@@ -175,6 +194,17 @@ class Settings(BaseSettings):
         if value < 0:
             raise ValueError("must be >= 0 seconds")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_timing(self) -> Settings:
+        if self.cluster_lease < 2 * self.cluster_heartbeat:
+            raise ValueError("cluster_lease must be at least twice cluster_heartbeat")
+        return self
+
+    @property
+    def cluster_mode(self) -> bool:
+        """True with a ``cluster_redis_url`` (docs/cluster.md)."""
+        return bool(self.cluster_redis_url)
 
     @property
     def rtp_port_range(self) -> tuple[int, int]:

@@ -20,6 +20,8 @@ code   HTTP    meaning
 20501  400     *extension*: a parameter Twilio documents that confstream does not support yet
                (``HoldUrl``, ``WaitUrl``, ``Coaching=true``..., a call ``Url``/``Twiml``
                when no voice runtime runs); nothing was changed
+20503  503     Service unavailable: in cluster mode, the node that owns the conference or call
+               could not be reached (docs/cluster.md); nothing was changed, retry
 21205  422     ``Url``/``AnnounceUrl`` is not a valid URL (or a relative Url without a base URL)
 21209  422     ``StatusCallbackMethod``/``AnnounceMethod`` is not GET or POST
 21220  409     The conference, or the call, is not in progress
@@ -62,6 +64,7 @@ ERROR_CODES: dict[int, ErrorCode] = {
         ErrorCode(20413, 413, "Request entity too large"),
         ErrorCode(20500, 500, "Internal server error"),
         ErrorCode(20501, 400, "Parameter not supported yet (extension)"),
+        ErrorCode(20503, 503, "Service unavailable"),
         ErrorCode(21205, 422, "Url is not a valid URL"),
         ErrorCode(21209, 422, "Invalid method: use GET or POST"),
         ErrorCode(21220, 409, "Conference or call is not in progress"),

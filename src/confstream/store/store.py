@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Select, event, func, insert, select, update
+from sqlalchemy import Connection, Select, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -72,6 +72,8 @@ RowT = TypeVar("RowT", bound=Base)
 ChangedT = TypeVar("ChangedT", bound=Timestamped)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: PostgreSQL advisory lock held while migrating (any constant; "confstrm" in ASCII).
+MIGRATION_LOCK_KEY = 0x636F6E667374726D
 #: SQLite waits this long (ms) for another writer before failing with "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
@@ -860,7 +862,8 @@ async def open_store(database_url: str, *, migrate: bool = True, echo: bool = Fa
     """Open the database named by ``database_url`` and bring its schema up to date.
 
     ``migrate`` (default True) runs the Alembic migrations to ``head``; they are idempotent,
-    so every start-up runs them.
+    so every start-up runs them. On PostgreSQL they run under a transaction-scoped advisory
+    lock (:data:`MIGRATION_LOCK_KEY`), so several nodes starting at once migrate once.
     """
     url = async_database_url(database_url)
     kwargs: dict[str, Any] = {"echo": echo}
@@ -874,6 +877,12 @@ async def open_store(database_url: str, *, migrate: bool = True, echo: bool = Fa
     if migrate:
         try:
             async with engine.begin() as connection:
+                if engine.dialect.name == "postgresql":
+                    # Nodes of a cluster start together on one database (docs/cluster.md):
+                    # one migrates, the others wait here, then find the schema at head.
+                    await connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
                 await connection.run_sync(_migrate)
         except BaseException:
             await engine.dispose()
