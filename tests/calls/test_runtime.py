@@ -11,14 +11,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import cast
 
+import httpx
 import numpy as np
 import pytest
+from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from confstream.calls.runtime import CallNotInProgress, VoiceRuntime, VoiceServices
 from confstream.calls.speech import Speaker
 from confstream.calls.webhook import WebhookFetcher
 from confstream.conference.base import Frame
-from confstream.conference.gateway import IncomingCall, JoinRefused
+from confstream.conference.gateway import IncomingCall, JoinOptions, JoinRefused
 
 from ..api.stack import FakeCallParticipant, Stack, open_stack
 from .voiceapp import VoiceApp
@@ -179,3 +181,65 @@ async def test_hangup_on_star_leaves_the_conference_and_requests_the_action(
     assert request.params["DialBridged"] == "true"
     assert stack.services.live_participant("CA-star") is None  # out of the conference
     assert runtime_of(stack).is_running("CA-star")  # the call goes on
+
+
+@pytest.mark.parametrize("how", ["kick", "ended-via-api", "end-on-exit"])
+async def test_removed_from_the_conference_the_call_goes_on_with_its_dial_action(
+    stack: Stack, app: VoiceApp, how: str
+) -> None:
+    """Removed from its conference outside the runtime (REST delete, REST end, another
+    participant's endConferenceOnExit), a call is not hung up: its <Dial action> is requested
+    as on Twilio and the answer runs (docs/voice.md, Flow)."""
+    room = f"room-{how}"
+
+    def dial(_: object) -> str:
+        response = VoiceResponse()
+        dial = Dial(action="/dial-done")
+        dial.conference(room, beep="false")
+        response.append(dial)
+        return str(response)
+
+    def done(_: object) -> str:
+        response = VoiceResponse()
+        response.say("Goodbye.")
+        response.hangup()
+        return str(response)
+
+    app.routes[room] = dial
+    app.paths["/dial-done"] = done
+    call_sid = f"CA-{how}"
+    caller = await call(stack, call_sid, room)
+    await until(lambda: stack.services.live_participant(call_sid) is not None)
+    other = FakeCallParticipant(f"CA-other-{how}", stack.services)
+    options = JoinOptions(beep="false", end_conference_on_exit=how == "end-on-exit")
+    conference_sid = await stack.services.join(stack.account.sid, room, other, options)
+    base = f"/2010-04-01/Accounts/{stack.account.sid}/Conferences/{conference_sid}"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack.app), base_url="http://api", auth=stack.auth()
+    ) as client:
+        if how == "kick":
+            answer = await client.delete(f"{base}/Participants/{call_sid}.json")
+            assert answer.status_code == 204, answer.text
+        elif how == "ended-via-api":
+            answer = await client.post(f"{base}.json", data={"Status": "completed"})
+            assert answer.status_code == 200, answer.text
+        else:
+            await stack.services.leave(other.call_sid, "bye")
+
+    request = await asyncio.to_thread(app.wait_for, "/dial-done", 10.0, CallSid=call_sid)
+    assert request.params["DialCallStatus"] == "answered"
+    assert request.params["DialBridged"] == "true"
+    assert request.params["CallStatus"] == "in-progress"
+    assert request.signed_by(stack.account.auth_token)
+    assert stack.services.live_participant(call_sid) is None
+    caller.loudest = 0
+    await until(lambda: caller.hangups == ["hangup"])  # <Say>, then <Hangup>: not the removal
+    assert caller.loudest > 3000  # the goodbye was spoken
+    assert len(app.of("/dial-done", CallSid=call_sid)) == 1
+    conference = await stack.store.get_conference(conference_sid)
+    assert conference is not None
+    if how == "kick":  # the other participant is still in
+        assert conference.status == "in-progress"
+        assert other.hangups == []
+    else:
+        assert conference.status == "completed"
