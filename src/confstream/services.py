@@ -436,6 +436,8 @@ class Services:
             await self.call_refused(call.call_sid, exc)
             raise
         await self.call_answered(call.call_sid)
+        if voice_account is not None and self.voice is not None:
+            self.voice.call_answered(call.call_sid)  # its script runs on the answered call
 
     # ------------------------------------------------------------------ calls
     async def open_call(self, call: IncomingCall, participant: Participant) -> Call:
