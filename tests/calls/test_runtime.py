@@ -14,6 +14,7 @@ from typing import cast
 import httpx
 import numpy as np
 import pytest
+from starlette.responses import PlainTextResponse, Response
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from confstream.calls.runtime import CallNotInProgress, VoiceRuntime, VoiceServices
@@ -21,6 +22,7 @@ from confstream.calls.speech import Speaker
 from confstream.calls.webhook import WebhookFetcher
 from confstream.conference.base import Frame
 from confstream.conference.gateway import IncomingCall, JoinOptions, JoinRefused
+from confstream.tools.metrics import sample
 
 from ..api.stack import FakeCallParticipant, Stack, open_stack
 from .voiceapp import VoiceApp
@@ -51,7 +53,8 @@ async def stack(tmp_path: Path, app: VoiceApp) -> AsyncIterator[Stack]:
         runtime = VoiceRuntime(
             cast(VoiceServices, opened.services),
             opened.engine,
-            WebhookFetcher(opened.settings),
+            # a short timeout keeps the slow-document case short
+            WebhookFetcher(opened.settings.model_copy(update={"voice_webhook_timeout": 3.0})),
             Speaker(),
         )
         opened.services.attach_voice(runtime)
@@ -243,3 +246,41 @@ async def test_removed_from_the_conference_the_call_goes_on_with_its_dial_action
         assert other.hangups == []
     else:
         assert conference.status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "reason"),
+    [
+        ("status500", 11200, "http"),
+        ("text", 12300, "document"),  # not an XML Content-Type
+        ("notxml", 12100, "document"),  # application/xml, not well-formed
+        ("slow", 11200, "timeout"),  # past the webhook timeout
+    ],
+)
+async def test_a_later_document_that_fails_ends_only_its_call(
+    stack: Stack, app: VoiceApp, caplog: pytest.LogCaptureFixture, kind: str, code: int, reason: str
+) -> None:
+    """A document requested mid-call (here a <Redirect>) that cannot be fetched or run: the
+    call is hung up with the error (docs/voice.md, Errors and outcomes), logged and counted;
+    another call is not disturbed."""
+    bad = {
+        "status500": lambda _: Response("boom", status_code=500),
+        "text": lambda _: PlainTextResponse("<Response><Hangup/></Response>"),
+        "notxml": lambda _: Response("<Response><Say>unclosed", media_type="application/xml"),
+        "slow": lambda _: Response("", status_code=307, headers={"location": "/slow"}),
+    }
+    response = VoiceResponse()
+    response.pause(length=1)
+    response.redirect(f"/bad-{kind}")
+    app.routes[f"bad-{kind}"] = lambda _: str(response)
+    app.paths[f"/bad-{kind}"] = bad[kind]
+    app.routes["steady"] = lambda _: '<Response><Pause length="30"/></Response>'
+    bystander = await call(stack, f"CA-steady-{kind}", "steady")
+    call_sid = f"CA-bad-{kind}"
+    before = sample("confstream_voice_webhook_failures_total", reason=reason)
+    caller = await call(stack, call_sid, f"bad-{kind}")
+    await until(lambda: caller.hangups == [f"application-error {code}"], 15.0)
+    assert sample("confstream_voice_webhook_failures_total", reason=reason) == before + 1
+    assert f"call {call_sid}: application error {code}" in caplog.text
+    assert not runtime_of(stack).is_running(call_sid)
+    assert bystander.hangups == [] and runtime_of(stack).is_running(f"CA-steady-{kind}")
