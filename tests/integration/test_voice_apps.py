@@ -525,7 +525,7 @@ async def test_connect_stream_talks_back_then_the_call_goes_on(env: Env, tls: Tl
     env.app.routes["bot"] = bot
     env.app.paths["/after-connect"] = lambda _: '<Response><Pause length="20"/></Response>'
     async with ws_receiver(tls, talk_back) as rec:
-        caller = BaresipCaller(env.workdir / "bot", 440.0, 8.0)
+        caller = BaresipCaller(env.workdir / "bot", 440.0, 5.0)
         await caller.dial(env.server.sip_port, env.a, "bot")
         after = await asyncio.to_thread(env.app.wait_for, "/after-connect", 30.0)
         await caller.wait()
