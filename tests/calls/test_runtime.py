@@ -25,7 +25,7 @@ from confstream.conference.gateway import IncomingCall, JoinOptions, JoinRefused
 from confstream.tools.metrics import sample
 
 from ..api.stack import FakeCallParticipant, Stack, open_stack
-from .voiceapp import VoiceApp
+from .voiceapp import Recorded, VoiceApp
 
 
 class Caller(FakeCallParticipant):
@@ -284,3 +284,49 @@ async def test_a_later_document_that_fails_ends_only_its_call(
     assert f"call {call_sid}: application error {code}" in caplog.text
     assert not runtime_of(stack).is_running(call_sid)
     assert bystander.hangups == [] and runtime_of(stack).is_running(f"CA-steady-{kind}")
+
+
+@pytest.mark.parametrize(
+    ("kind", "error_code"),
+    [("status500", "11200"), ("notxml", "12100"), ("root", "12102"), ("text", "12300")],
+)
+async def test_a_failing_voice_url_goes_to_the_fallback_url(
+    stack: Stack, app: VoiceApp, kind: str, error_code: str
+) -> None:
+    """The voice URL fails or answers a document that cannot run: the fallback URL is
+    requested with ErrorCode and ErrorUrl, signed, and its document runs (docs/voice.md,
+    Errors and outcomes); when the fallback fails too the call is refused with 500."""
+    bad = {
+        "status500": lambda _: Response("boom", status_code=500),
+        "notxml": lambda _: Response("<Response><Say>unclosed", media_type="application/xml"),
+        "root": lambda _: Response("<Reply><Hangup/></Reply>", media_type="application/xml"),
+        "text": lambda _: PlainTextResponse("hello"),
+    }
+    await stack.store.update_account(stack.account.sid, voice_fallback_url=app.url("/fallback"))
+    app.routes[f"fb-{kind}"] = bad[kind]
+    room = f"fallback-{kind}"
+
+    def fallback(request: Recorded) -> str:
+        if request.params["CallSid"].endswith("-again"):
+            return "not a document"  # text/plain: the fallback fails too
+        response = VoiceResponse()
+        dial = Dial()
+        dial.conference(room, beep="false")
+        response.append(dial)
+        return str(response)
+
+    app.paths["/fallback"] = fallback
+    call_sid = f"CA-fb-{kind}"
+    await call(stack, call_sid, f"fb-{kind}")
+    request = await asyncio.to_thread(app.wait_for, "/fallback", 10.0, CallSid=call_sid)
+    assert request.params["ErrorCode"] == error_code
+    assert request.params["ErrorUrl"] == app.url("/voice")
+    assert request.params["CallStatus"] == "ringing"
+    assert request.signed_by(stack.account.auth_token)
+    await until(lambda: stack.services.live_participant(call_sid) is not None)
+
+    with pytest.raises(JoinRefused) as refused:
+        await call(stack, f"{call_sid}-again", f"fb-{kind}")
+    assert refused.value.sip_status == 500
+    assert not runtime_of(stack).is_running(f"{call_sid}-again")
+    assert stack.services.live_participant(call_sid) is not None  # undisturbed
