@@ -1,7 +1,8 @@
 """Voice applications end to end (docs/voice.md): ``confstream serve`` in a subprocess
 (uvloop), the accounts' voice URLs set with ``confstream accounts update``, a real webhook
 application (Starlette on uvicorn, documents built with the twilio SDK's ``VoiceResponse``),
-real sipp and baresip callers.
+real sipp and baresip callers, streams to real TLS WebSocket receivers (trustme certificates,
+the server trusting their CA).
 
 One server and one application serve the whole module; the application answers by the
 number dialled (the ``To`` user). Account A has a voice fallback URL, account B has none.
