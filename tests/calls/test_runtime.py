@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from starlette.responses import PlainTextResponse, Response
-from twilio.twiml.voice_response import Dial, VoiceResponse
+from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
 from confstream.calls.runtime import CallNotInProgress, VoiceRuntime, VoiceServices
 from confstream.calls.speech import Speaker
@@ -23,6 +23,7 @@ from confstream.calls.webhook import WebhookFetcher
 from confstream.conference.base import Frame
 from confstream.conference.gateway import IncomingCall, JoinOptions, JoinRefused
 from confstream.tools.metrics import sample
+from confstream.tools.net import free_port
 
 from ..api.stack import FakeCallParticipant, Stack, open_stack
 from .voiceapp import Recorded, VoiceApp
@@ -330,3 +331,23 @@ async def test_a_failing_voice_url_goes_to_the_fallback_url(
     assert refused.value.sip_status == 500
     assert not runtime_of(stack).is_running(f"{call_sid}-again")
     assert stack.services.live_participant(call_sid) is not None  # undisturbed
+
+
+async def test_connect_stream_that_cannot_connect_goes_on_with_the_next_verb(
+    stack: Stack, app: VoiceApp
+) -> None:
+    """``<Connect><Stream>`` to a receiver that refuses the connection: the stream stops with
+    its error (31902) and the script runs the next verb, whether the stop is reported before
+    or after the runtime starts waiting for it."""
+    response = VoiceResponse()
+    connect = Connect()
+    connect.stream(url=f"wss://127.0.0.1:{free_port()}/nobody")
+    response.append(connect)
+    response.redirect("/after-connect")
+    app.routes["nobody"] = lambda _: str(response)
+    app.paths["/after-connect"] = lambda _: '<Response><Pause length="30"/></Response>'
+    await call(stack, "CA-nobody", "nobody")
+    request = await asyncio.to_thread(app.wait_for, "/after-connect", 20.0, CallSid="CA-nobody")
+    assert request.signed_by(stack.account.auth_token)
+    (stream,) = await stack.services.list_call_streams("CA-nobody", offset=0, limit=10)
+    assert (stream.status, stream.error_code) == ("stopped", 31902)
