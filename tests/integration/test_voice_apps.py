@@ -221,9 +221,14 @@ async def test_dial_conference_callers_hear_each_other_signed_webhook(env: Env) 
     with_header = [r for r in requests if "SipHeader_X-Customer-Id" in r.params]
     assert len(with_header) == 1 and with_header[0].params["SipHeader_X-Customer-Id"] == "4242"
 
-    heard = bare.heard()[8000 : 8000 * 5]
-    levels = tone_levels(heard, (440.0, 880.0))
-    assert levels[880.0] > 0.3 and levels[880.0] > 20 * levels[440.0], levels
+    # per second (when sipp's tone starts depends on the load): the other caller is heard,
+    # never the caller itself
+    heard = bare.heard()
+    seconds = [
+        tone_levels(heard[i : i + 8000], (440.0, 880.0)) for i in range(0, heard.size - 7999, 8000)
+    ]
+    assert max(s[880.0] for s in seconds) > 0.5, seconds
+    assert max(s[440.0] for s in seconds) < 0.05, seconds
 
 
 async def test_say_then_gather_reports_the_key(env: Env) -> None:
