@@ -51,3 +51,10 @@ def live_sid(api: httpx.Client, room: str) -> str | None:
     """The ConferenceSid of the live conference named ``room``, if any."""
     found = conference(api, room)
     return None if found is None else str(found["sid"])
+
+
+def end_live_conferences(api: httpx.Client) -> None:
+    """End the account's live conferences (through any node): a test's callers stopped
+    without a BYE would otherwise keep their node busy until their RTP times out."""
+    for conf in live_conferences(api):
+        api.post(f"/Conferences/{conf['sid']}.json", data={"Status": "completed"})

@@ -24,6 +24,7 @@ from ..streams.peers import ws_receiver
 from .helpers import (
     apis,
     conference,
+    end_live_conferences,
     live_conferences,
     live_sid,
     owner_of,
@@ -92,6 +93,8 @@ async def test_killing_a_node_ends_its_conferences_with_callbacks_and_nothing_el
             stream = created.json()
             await rec.wait_for(lambda: rec.conns and len(rec.conns[0].events("media")) > 50, 15)
 
+            lost_calls = [p["call_sid"] for p in participants(api, lost["sid"])]
+            assert len(lost_calls) == 1
             cluster.node(victim).stop(kill=True)
 
             def ended() -> dict[str, Any] | None:
@@ -101,6 +104,11 @@ async def test_killing_a_node_ends_its_conferences_with_callbacks_and_nothing_el
             record = await await_for(ended, within=20)
             assert record["reason_conference_ended"] == "media-node-lost"
             assert participants(api, lost["sid"]) == []
+            # its callers' Call records too (they were answered: completed)
+            for call_sid in lost_calls:
+                call = api.get(f"/Calls/{call_sid}.json").json()
+                assert call["status"] == "completed", call
+                assert call["end_time"] is not None
             fetched = api.get(f"/Conferences/{lost['sid']}/Streams/{stream['sid']}.json").json()
             assert fetched["status"] == "stopped"
             assert fetched["error_code"] == 31990
@@ -146,9 +154,10 @@ async def test_killing_a_node_ends_its_conferences_with_callbacks_and_nothing_el
             assert owner_of(cluster, fresh["sid"]) == survivor
             await await_for(lambda: len(participants(api, fresh["sid"])) == 1, within=10)
     finally:
+        await _stop(procs)
+        await asyncio.to_thread(end_live_conferences, clients["node-2"])
         for client in clients.values():
             client.close()
-        await _stop(procs)
 
 
 async def test_a_restarted_node_ends_what_it_left_and_rejoins(
@@ -183,7 +192,9 @@ async def test_a_restarted_node_ends_what_it_left_and_rejoins(
             assert info["state"] == keys.STATE_ACTIVE
             assert info["sip"] == f"127.0.0.1:{node.sip_port}"
             assert "node-1" in r.smembers(keys.NODES)
-        # the rejoined node takes calls again: its old rooms come back to it through Kamailio
+        # the rejoined node takes calls again (once Kamailio has seen it answer): its old
+        # rooms come back to it through Kamailio
+        await asyncio.to_thread(node.wait_probed)
         room = owned["node-1"][0]["friendly_name"]
         again = tmp_path / "again"
         again.mkdir()
@@ -191,9 +202,10 @@ async def test_a_restarted_node_ends_what_it_left_and_rejoins(
         fresh = await await_for(lambda: conference(api, room), within=20)
         assert owner_of(cluster, fresh["sid"]) == "node-1"
     finally:
+        await _stop(procs)
+        await asyncio.to_thread(end_live_conferences, clients["node-2"])
         for client in clients.values():
             client.close()
-        await _stop(procs)
 
 
 async def test_a_node_stopped_gracefully_drains(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -253,6 +265,7 @@ async def test_a_node_stopped_gracefully_drains(cluster: LocalCluster, tmp_path:
             assert not r.exists(keys.node_key("node-1"))
             assert "node-1" not in r.smembers(keys.NODES)
     finally:
+        await _stop(procs)
+        await asyncio.to_thread(end_live_conferences, clients["node-2"])
         for client in clients.values():
             client.close()
-        await _stop(procs)

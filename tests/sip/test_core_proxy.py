@@ -9,7 +9,7 @@ import ipaddress
 import secrets
 from dataclasses import dataclass
 
-from confstream.sip.core import OpenRtp, Send
+from confstream.sip.core import LookupToken, OpenRtp, Send
 from confstream.sip.flow import Flow
 
 from .corekit import Harness, Phone, one_response, only, requests, statuses
@@ -72,6 +72,16 @@ def _trusting(*networks: str) -> Harness:
     return h
 
 
+def _opening(h: Harness, phone: ProxiedPhone) -> str:
+    """Harness.to_opening through a trusted proxy (the 100 comes before the lookup)."""
+    challenge = one_response(h.feed(phone.invite(), phone.flow), 401)
+    asked = h.feed(phone.invite(challenge), phone.flow)
+    assert statuses(asked) == [100]
+    (opening,) = only(h.auth(asked), OpenRtp)
+    assert isinstance(opening, OpenRtp)
+    return opening.call_sid
+
+
 def test_the_2xx_keeps_the_proxy_in_the_dialog_and_our_bye_routes_through_it() -> None:
     h, phone = _trusting(), ProxiedPhone(host="10.0.0.8")
     sid, ok = h.to_wait_ack(phone)
@@ -87,7 +97,7 @@ def test_the_2xx_keeps_the_proxy_in_the_dialog_and_our_bye_routes_through_it() -
 
 def test_a_trusted_proxy_names_the_caller_for_rtp_latching() -> None:
     h, phone = _trusting("198.51.100.0/24"), ProxiedPhone(host="10.0.0.8")
-    sid = h.to_opening(phone)
+    sid = _opening(h, phone)
     (opening,) = [a for a in h.log if isinstance(a, OpenRtp)]
     assert opening == OpenRtp(sid, "192.0.2.44")
     assert h.call(sid).source == ("192.0.2.44", 31000)
@@ -116,4 +126,20 @@ def test_guessing_behind_a_trusted_proxy_blocks_the_caller_not_the_proxy() -> No
     assert refused.headers.get("retry-after") == "300"
     # another caller behind the same proxy still gets in
     other = ProxiedPhone(public=("192.0.2.45", 31000))
-    assert h.call(h.to_opening(other)).source == ("192.0.2.45", 31000)
+    assert h.call(_opening(h, other)).source == ("192.0.2.45", 31000)
+
+
+def test_a_trusted_proxy_gets_100_trying_before_the_token_lookup() -> None:
+    h, phone = _trusting("198.51.100.7/32"), ProxiedPhone()
+    challenge = one_response(h.feed(phone.invite(), phone.flow), 401)
+    asked = h.feed(phone.invite(challenge), phone.flow)
+    assert statuses(asked) == [100] and only(asked, LookupToken)
+    after = h.auth(asked)
+    assert statuses(after) == []  # no second 100
+    assert only(after, OpenRtp)
+    # anyone else: the 100 follows the lookup
+    h, phone = _trusting(), ProxiedPhone()
+    challenge = one_response(h.feed(phone.invite(), phone.flow), 401)
+    asked = h.feed(phone.invite(challenge), phone.flow)
+    assert statuses(asked) == []
+    assert statuses(h.auth(asked)) == [100]

@@ -48,7 +48,8 @@ Behaviour (docs/sip.md):
   ``trusted_proxies`` address is keyed by the caller's address that proxy recorded in its Via
   (``received``/``rport``) for the guessing-passwords throttle and RTP latching; a blocked
   caller behind it gets a 403 (the proxy vouches for the address, and would otherwise try the
-  next node).
+  next node), and its INVITE with credentials gets ``100 Trying`` at once, before the token
+  lookup (the proxy tries another node when no provisional answer comes in time).
 """
 
 from __future__ import annotations
@@ -285,6 +286,8 @@ class _PendingAuth:
     credentials: DigestCredentials
     #: The caller's address (:func:`caller_address`).
     source: Address
+    #: 100 Trying went out before the lookup (a trusted proxy's request).
+    trying_sent: bool = False
 
 
 class SipCore:
@@ -535,6 +538,11 @@ class SipCore:
                     self._muted.add(txn)  # the transaction still absorbs retransmissions
         self._run(txn, txn.send_response(response, self._now, retransmit=retransmit))
 
+    def _trusted(self, host: str) -> bool:
+        """``host`` is one of the trusted proxies (docs/sip.md "Behind a proxy")."""
+        ip = _ip(host) if self.trusted_proxies else None
+        return ip is not None and any(ip in net for net in self.trusted_proxies)
+
     def _contact(self, flow: Flow) -> str:
         params = ";transport=tcp" if flow.transport == "TCP" else ""
         return f"<sip:{format_host(self.advertised_host)}:{self.port}{params}>"
@@ -673,7 +681,13 @@ class SipCore:
             self._challenge(request, txn, stale=False)
             return
         lookup = next(self._ids)
-        self._lookups[lookup] = _PendingAuth(request, txn, flow, creds, source)
+        pending = _PendingAuth(request, txn, flow, creds, source)
+        if self._trusted(flow.remote[0]):
+            # a proxy waits for a provisional answer (Kamailio: 2 s) before it tries another
+            # node; the token lookup may take longer (RFC 3261 §17.2.1: 100 within 200 ms)
+            self._respond(txn, request, 100)
+            pending.trying_sent = True
+        self._lookups[lookup] = pending
         self._emit(LookupToken(lookup, creds.username))
 
     def _verify(self, pending: _PendingAuth, password: str | None) -> None:
@@ -746,7 +760,8 @@ class SipCore:
         if not name:
             self._respond(txn, request, 404)
             return
-        self._respond(txn, request, 100)
+        if not pending.trying_sent:
+            self._respond(txn, request, 100)
         offer: SessionDescription | None = None
         neg: Negotiated | None = None
         try:

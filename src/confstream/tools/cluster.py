@@ -265,6 +265,16 @@ class NodeProcess(ServerProcess):
         self.launch()
         self.wait_healthy(healthy_within)
 
+    def wait_probed(self, within: float = 60.0) -> None:
+        """Wait until this run has answered two of Kamailio's OPTIONS probes: Kamailio has
+        seen an answer, so it routes calls here again (a node it saw dead stays skipped until
+        then)."""
+        deadline = time.monotonic() + within
+        while self.metric(SIP_MESSAGES, direction="in", kind="OPTIONS") < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kamailio does not probe node {self.node_id}")
+            time.sleep(0.2)
+
     def metric(self, name: str, **labels: str) -> float:
         """The sample ``name`` with exactly ``labels`` on its /metrics (0 when absent)."""
         text = httpx.get(f"{self.base}/metrics", timeout=5).text
@@ -284,6 +294,8 @@ class LocalCluster:
     heartbeat: float = 0.5
     lease: float = 2.0
     env: dict[str, str] = field(default_factory=dict)
+    #: Command prefixes of the nodes, in order (e.g. ``taskset -c 1``); none when shorter.
+    node_prefixes: list[list[str]] = field(default_factory=list)
     redis: RedisServer | None = None
     postgres: PostgresServer | None = None
     kamailio: KamailioServer | None = None
@@ -329,6 +341,8 @@ class LocalCluster:
         workdir = self.workdir / f"node-{number}"
         workdir.mkdir(exist_ok=True)
         node = NodeProcess(workdir, node_id=f"node-{number}", database_url=database_url)
+        if number <= len(self.node_prefixes):
+            node.prefix = list(self.node_prefixes[number - 1])
         node.http_port, node.sip_port = free_port(), free_port()
         node.env.update(
             CONFSTREAM_RTP_PORTS=rtp_ports,
@@ -345,8 +359,8 @@ class LocalCluster:
 
     def heal(self, within: float = 60.0) -> list[str]:
         """Start again every node whose process is not running (killed, stopped, drained) and
-        wait until Kamailio routes to it again: it has answered two of Kamailio's OPTIONS
-        probes, so Kamailio has seen one answer. Returns the ids of the nodes started."""
+        wait until Kamailio routes to it again (:meth:`NodeProcess.wait_probed`). Returns the
+        ids of the nodes started."""
         restarted = [n for n in self.members if n.proc is None or n.proc.poll() is not None]
         for node in restarted:
             node.stop()  # closes the previous run's log
@@ -354,12 +368,8 @@ class LocalCluster:
             node.launch()
         for node in restarted:
             node.wait_healthy(within)
-        deadline = time.monotonic() + within
         for node in restarted:
-            while node.metric(SIP_MESSAGES, direction="in", kind="OPTIONS") < 2:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"Kamailio does not probe node {node.node_id}")
-                time.sleep(0.2)
+            node.wait_probed(within)
         return [node.node_id for node in restarted]
 
     def create_account(self) -> Account:
