@@ -33,6 +33,11 @@ headline figures and the run's elapsed time.
 same audio, same window) runs against Janus AudioBridge (:mod:`bench.janus`) and the report
 compares CPU per participant-frame.
 
+``--cluster-points 300,600,...`` (callers per node): then the cluster series
+(:mod:`bench.cluster`): on one local cluster of ``--cluster-nodes`` nodes (one per core), each
+load on one node alone, then on every node; the report gives what each carried at the
+single-node targets. ``--points ""`` runs no single-node point.
+
 One more run with ``StreamCodec=L16@16000h`` follows at ``--l16-point`` (default: the
 smallest point; ``--l16-point 0`` skips it). ``--quick`` is a smoke run (N=20, 5 s).
 """
