@@ -104,10 +104,14 @@ async def test_killing_a_node_ends_its_conferences_with_callbacks_and_nothing_el
             record = await await_for(ended, within=20)
             assert record["reason_conference_ended"] == "media-node-lost"
             assert participants(api, lost["sid"]) == []
-            # its callers' Call records too (they were answered: completed)
+            # its callers' Call records too, right after (they were answered: completed)
             for call_sid in lost_calls:
-                call = api.get(f"/Calls/{call_sid}.json").json()
-                assert call["status"] == "completed", call
+                call = await await_for(
+                    lambda c=call_sid: (
+                        (b := api.get(f"/Calls/{c}.json").json())["status"] == "completed" and b
+                    ),
+                    within=10,
+                )
                 assert call["end_time"] is not None
             fetched = api.get(f"/Conferences/{lost['sid']}/Streams/{stream['sid']}.json").json()
             assert fetched["status"] == "stopped"

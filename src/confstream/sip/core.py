@@ -739,8 +739,7 @@ class SipCore:
     def _refuse_blocked(self, request: SipRequest, flow: Flow, *, vouched: bool) -> None:
         """An initial INVITE from a blocked source: dropped over UDP (the source may be
         spoofed), a stateless 403 over TCP (the handshake proved the address) or when a
-        trusted proxy ``vouched`` for the address (dropped, the proxy would try another
-        node)."""
+        trusted proxy ``vouched`` for the address (a drop would make it try another node)."""
         metrics.SIP_AUTH_THROTTLED.inc()
         if flow.reliable or vouched:
             headers = [
