@@ -149,11 +149,14 @@ def run_load(
             stop_loadgen(gen)
     p99: list[float | None] = []
     drops: list[float] = []
-    for m0, m1 in zip(before, after, strict=True):
+    for node, m0, m1 in zip(members, before, after, strict=True):
         buckets = histogram_delta(m0.lateness_buckets, m1.lateness_buckets)
         p99.append(histogram_quantile(buckets, 0.99))
         # as the single-node points' "frames dropped" (no streams here: RTP discards only)
-        drops.append(sum(v - m0.rtp_discarded.get(k, 0.0) for k, v in m1.rtp_discarded.items()))
+        discards = {k: v - m0.rtp_discarded.get(k, 0.0) for k, v in m1.rtp_discarded.items()}
+        drops.append(sum(discards.values()))
+        skipped = m1.ticks_skipped - m0.ticks_skipped
+        log(f"{node.node_id}: RTP discarded {discards}, ticks skipped {skipped:.0f}")
     _wait_idle(members)
     return ClusterLoadResult(
         nodes=count,

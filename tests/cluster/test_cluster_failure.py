@@ -30,11 +30,10 @@ from .helpers import (
     owner_of,
     participants,
     redis_of,
+    start_hung_up_caller,
 )
 
 ROOMS = [f"team-{n}" for n in range(6)]
-#: How long the callers of a draining node talk (they hang up by themselves).
-DRAIN_CALL_SECONDS = 12.0
 
 
 async def _call_rooms(
@@ -214,7 +213,11 @@ async def test_a_restarted_node_ends_what_it_left_and_rejoins(
 
 async def test_a_node_stopped_gracefully_drains(cluster: LocalCluster, tmp_path: Path) -> None:
     account = cluster.create_account()
-    procs = await _call_rooms(cluster, account, tmp_path, ROOMS[:4], DRAIN_CALL_SECONDS)
+    # callers who talk until the node hangs up (their sipp exits 0 on the node's BYE)
+    procs = [
+        await start_hung_up_caller(tmp_path / room, cluster, account, room, 120.0)
+        for room in ROOMS[:4]
+    ]
     clients = apis(cluster, account)
     try:
         api = clients["node-2"]
@@ -229,10 +232,6 @@ async def test_a_node_stopped_gracefully_drains(cluster: LocalCluster, tmp_path:
                 lambda: r.hget(keys.node_key("node-1"), "state") == keys.STATE_DRAINING,
                 within=10,
             )
-        # its own conferences go on
-        for conf in owned["node-1"]:
-            live = conference(api, conf["friendly_name"])
-            assert live is not None and live["sid"] == conf["sid"]
         # new conferences go to the other node, whatever the hash says (their calls outlast
         # the test: they are stopped at its end)
         new_rooms = [f"late-{n}" for n in range(4)]
@@ -244,26 +243,39 @@ async def test_a_node_stopped_gracefully_drains(cluster: LocalCluster, tmp_path:
         for conf in live_conferences(api):
             if conf["friendly_name"] in new_rooms:
                 assert owner_of(cluster, conf["sid"]) == "node-2", conf
+        # its own conferences go on, and it still serves their REST requests (forwarded by
+        # node-2): one is ended, the callers of the others are removed
+        for conf in owned["node-1"]:
+            live = conference(api, conf["friendly_name"])
+            assert live is not None and live["sid"] == conf["sid"]
         assert draining.proc.poll() is None
-        # the draining node still serves its conferences' REST requests (forwarded by node-2)
-        by_api, *by_bye = owned["node-1"]
+        by_api, *kicked = owned["node-1"]
         ended = await asyncio.to_thread(
             api.post, f"/Conferences/{by_api['sid']}.json", data={"Status": "completed"}
         )
         assert ended.status_code == 200, ended.text
         assert ended.headers["x-confstream-node"] == "node-1"
-        # the others end when their callers hang up (BYE through Kamailio), then it exits
-        await asyncio.to_thread(draining.proc.wait, 90)
+        for conf in kicked:
+            (caller,) = participants(api, conf["sid"])
+            gone = await asyncio.to_thread(
+                api.delete, f"/Conferences/{conf['sid']}/Participants/{caller['call_sid']}.json"
+            )
+            assert gone.status_code == 204, gone.text
+            assert gone.headers["x-confstream-node"] == "node-1"
+        # its last conference has ended: it exits
+        await asyncio.to_thread(draining.proc.wait, 60)
         assert draining.proc.returncode == 0
-        body = api.get(f"/Conferences/{by_api['sid']}.json").json()
-        assert body["reason_conference_ended"] == "conference-ended-via-api"
-        for conf in by_bye:
-            body = api.get(f"/Conferences/{conf['sid']}.json").json()
-            assert body["status"] == "completed"
-            assert body["reason_conference_ended"] == "last-participant-left"
-        rooms = [c["friendly_name"] for c in by_bye]
+        reasons = {
+            conf["sid"]: api.get(f"/Conferences/{conf['sid']}.json").json()
+            for conf in owned["node-1"]
+        }
+        assert reasons[by_api["sid"]]["reason_conference_ended"] == "conference-ended-via-api"
+        for conf in kicked:
+            assert reasons[conf["sid"]]["reason_conference_ended"] == "last-participant-kicked"
+        # every caller of node-1 got its BYE, through Kamailio
+        rooms = {conf["friendly_name"] for conf in owned["node-1"]}
         for proc, room in zip(procs, ROOMS[:4], strict=False):
-            if room in rooms:  # their sipp got the 200 to its BYE
+            if room in rooms:
                 assert await asyncio.wait_for(proc.wait(), 30) == 0, room
         with redis_of(cluster) as r:
             assert not r.exists(keys.node_key("node-1"))

@@ -11,38 +11,21 @@ from pathlib import Path
 
 from confstream.sip.message import SipRequest, SipResponse, parse_message
 from confstream.tools.cluster import LocalCluster
-from confstream.tools.net import free_media_port, free_port
 from confstream.tools.server import Account
-from confstream.tools.sipp import caller_command, hung_up_caller_scenario
 
-from ..integration.peers import await_for, tone_wav
+from ..integration.peers import await_for
 from ..sip.test_server_hardening import RawUac
 from .conftest import GUESSES_BEFORE_BLOCK
-from .helpers import apis, conference, owner_of, participants
+from .helpers import apis, conference, owner_of, participants, start_hung_up_caller
 
 
 async def test_a_caller_kicked_through_the_other_node_gets_the_bye_through_kamailio(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     account = cluster.create_account()
-    wav = tone_wav(tmp_path / "tone.ulaw.wav", 500.0, 2.0, fmt="ulaw")
-    kamailio_via = rf"^ *SIP/2\.0/UDP 127\.0\.0\.1:{cluster.sip_port};"
-    # the node holds its BYE until the caller's ACK arrives (or 32 s pass): a BYE within 20 s
-    # means the ACK went through Kamailio too
-    scenario = hung_up_caller_scenario(tmp_path / "kicked.xml", wav, 20.0, kamailio_via)
-    command = caller_command(
-        scenario,
-        f"127.0.0.1:{cluster.sip_port}",
-        "kicked",
-        account.sid,
-        account.token,
-        sip_port=free_port(),
-        media_port=free_media_port(),
-        timeout_s=40,
-    )
-    proc = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=tmp_path
-    )
+    # the node holds its BYE until the caller's ACK arrives (or 32 s pass): a BYE within 25 s
+    # of the ACK means the ACK went through Kamailio too
+    proc = await start_hung_up_caller(tmp_path, cluster, account, "kicked", 25.0)
     clients = apis(cluster, account)
     try:
         conf = await await_for(lambda: conference(clients["node-1"], "kicked"), within=20)
