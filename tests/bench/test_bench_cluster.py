@@ -68,6 +68,7 @@ def test_the_report_states_the_ratio_and_survives_json(tmp_path: Path) -> None:
     assert "## Cluster: one node per core" in text
     assert "| 2 | 1600 (800) | 1600 | 4.50, 4.50 | 0, 0 | 50%, 50% | yes |" in text
     assert "one node **800**, 2 nodes **1600**: **2.00x** one node (meets the 1.8x target)" in text
+    assert "lower bound" not in text  # both limits were found
     assert not (tmp_path / "bench.png").exists()  # no single-node points: no plot
     # without the series, no section (and the section's text says how to get one)
     write_report(BenchResults("d", "c", results.machine, "", ""), out, None)
