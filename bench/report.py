@@ -133,6 +133,99 @@ class JanusPointResult:
 
 
 @dataclass
+class ClusterLoadResult:
+    """One load of the cluster series (``--cluster-points``): ``per_node`` callers on each of
+    ``nodes`` nodes, and what each node showed over the window (lists in node order)."""
+
+    nodes: int
+    per_node: int
+    answered: int
+    window_s: float
+    lateness_p99: list[float | None]
+    drops: list[float]
+    cpu_percent: list[float]
+
+    @property
+    def total(self) -> int:
+        return self.nodes * self.per_node
+
+    @property
+    def at_targets(self) -> bool:
+        """Every caller answered, no node dropped a frame or skipped a tick, and every node's
+        tick lateness p99 under :data:`CLUSTER_P99_TARGET_S`."""
+        return (
+            self.answered == self.total
+            and all(d == 0 for d in self.drops)
+            and all(p is not None and p < CLUSTER_P99_TARGET_S for p in self.lateness_p99)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClusterLoadResult:
+        return cls(**data)
+
+
+#: The single-node target a load must meet to count as carried (docs/benchmarks.md).
+CLUSTER_P99_TARGET_S = 0.005
+#: What the cluster must carry, as a multiple of one node, with one node per core on 2 cores.
+CLUSTER_SCALE_TARGET = 1.8
+
+
+def carried(loads: Sequence[ClusterLoadResult], nodes: int) -> int:
+    """The most participants a ``nodes``-node load carried at the targets (0: none did)."""
+    return max((x.total for x in loads if x.nodes == nodes and x.at_targets), default=0)
+
+
+def cluster_lines(loads: Sequence[ClusterLoadResult], setup: str) -> list[str]:
+    """The report's cluster section: each load, then the cluster's figure against one
+    node's, both from the same run."""
+    if not loads:
+        return [
+            "Not part of this run: add `--cluster-points 200,400,600` (participants per node)",
+            "to measure one node, then one node per core, on Redis, PostgreSQL and Kamailio",
+            "(`confstream.tools.cluster`).",
+        ]
+    nodes = max(x.nodes for x in loads)
+    lines = [
+        setup,
+        "",
+        "| Nodes | Participants (per node) | Answered | Tick lateness p99 per node (ms) | "
+        "Drops per node | CPU per node | At targets |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for x in loads:
+        p99 = ", ".join(_ms(p, 2) for p in x.lateness_p99)
+        drops = ", ".join(f"{d:.0f}" for d in x.drops)
+        cpu = ", ".join(f"{c:.0f}%" for c in x.cpu_percent)
+        lines.append(
+            f"| {x.nodes} | {x.total} ({x.per_node}) | {x.answered} | {p99} | {drops} | {cpu} "
+            f"| {'yes' if x.at_targets else 'no'} |"
+        )
+    one, many = carried(loads, 1), carried(loads, nodes)
+    lines.append("")
+    if one:
+        ratio = many / one
+        verdict = "meets" if ratio >= CLUSTER_SCALE_TARGET else "misses"
+        lines.append(
+            f"Carried at the targets (every caller answered, 0 drops, tick lateness p99 < "
+            f"{CLUSTER_P99_TARGET_S * 1000:.0f} ms on every node): one node **{one}**, "
+            f"{nodes} nodes **{many}**: **{ratio:.2f}x** one node ({verdict} the "
+            f"{CLUSTER_SCALE_TARGET}x target)."
+        )
+        for count, got, name in ((1, one, "One node"), (nodes, many, f"{nodes} nodes")):
+            if got == max(x.total for x in loads if x.nodes == count):
+                lines.append(
+                    f"{name} carried the largest load tried: that figure is a lower bound "
+                    "(add larger `--cluster-points`)."
+                )
+    else:
+        lines.append("One node carried none of the loads tried at the targets: no ratio.")
+    return lines
+
+
+@dataclass
 class Machine:
     cpu: str
     cores: int
@@ -155,6 +248,9 @@ class BenchResults:
     notes: list[str] = field(default_factory=list)
     profile: list[str] = field(default_factory=list)
     janus_points: list[JanusPointResult] | None = None
+    #: The cluster series (``--cluster-points``) and how it was set up.
+    cluster_loads: list[ClusterLoadResult] = field(default_factory=list)
+    cluster_setup: str = ""
 
     def janus_section(self) -> list[str]:
         """The report's Janus section: the comparison table, or how to get one."""
@@ -174,6 +270,9 @@ class BenchResults:
         }
         if self.janus_points is not None:
             out["janus_points"] = [j.to_json() for j in self.janus_points]
+        if self.cluster_loads:
+            out["cluster_loads"] = [x.to_json() for x in self.cluster_loads]
+            out["cluster_setup"] = self.cluster_setup
         return out
 
     @classmethod
@@ -191,6 +290,8 @@ class BenchResults:
             profile=list(data.get("profile", [])),
             # an empty list (every Janus point failed) reads back as "not run", as before
             janus_points=[JanusPointResult.from_json(j) for j in janus] if janus else None,
+            cluster_loads=[ClusterLoadResult.from_json(x) for x in data.get("cluster_loads", [])],
+            cluster_setup=data.get("cluster_setup", ""),
         )
 
 
@@ -449,7 +550,7 @@ def write_report(results: BenchResults, md_path: Path, png_path: Path | None) ->
     if results.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in results.notes] + [""]
     lines += ["## Results", ""]
-    if png_path is not None:
+    if png_path is not None and results.points:
         lines += [f"![CPU and latency against load]({png_path.name})", ""]
     for p in results.points:
         lines += [
@@ -465,13 +566,17 @@ def write_report(results: BenchResults, md_path: Path, png_path: Path | None) ->
     lines += ["## Janus AudioBridge side by side", ""]
     lines += results.janus_section()
     lines.append("")
+    if results.cluster_loads:
+        lines += ["## Cluster: one node per core", ""]
+        lines += cluster_lines(results.cluster_loads, results.cluster_setup)
+        lines.append("")
     if results.profile:
         lines += ["## Where the server spends its time (py-spy)", "", "```"]
         lines += results.profile
         lines += ["```", ""]
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(lines))
-    if png_path is not None:
+    if png_path is not None and results.points:  # a cluster-only run has no plot
         plot(results, png_path)
 
 

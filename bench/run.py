@@ -33,6 +33,11 @@ headline figures and the run's elapsed time.
 same audio, same window) runs against Janus AudioBridge (:mod:`bench.janus`) and the report
 compares CPU per participant-frame.
 
+``--cluster-points 300,600,...`` (callers per node): then the cluster series
+(:mod:`bench.cluster`): on one local cluster of ``--cluster-nodes`` nodes (one per core), each
+load on one node alone, then on every node; the report gives what each carried at the
+single-node targets. ``--points ""`` runs no single-node point.
+
 One more run with ``StreamCodec=L16@16000h`` follows at ``--l16-point`` (default: the
 smallest point; ``--l16-point 0`` skips it). ``--quick`` is a smoke run (N=20, 5 s).
 """
@@ -765,6 +770,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the same RTP load against Janus AudioBridge (Debian package janus)",
     )
     p.add_argument(
+        "--cluster-points",
+        default="",
+        help="callers per node for the cluster series, e.g. 200,400,600 (bench/cluster.py)",
+    )
+    p.add_argument(
+        "--cluster-nodes",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="nodes of the cluster series (default: one per core)",
+    )
+    p.add_argument(
         "--render",
         default=None,
         metavar="JSON",
@@ -801,6 +817,8 @@ def plan_points(args: argparse.Namespace) -> list[PointConfig]:
     """The confstream points of a run, in order: the PCMU points (the largest profiled) and
     the L16 point."""
     points = [int(x) for x in args.points.split(",") if x.strip()]
+    if not points:  # --points "": only the other series (e.g. --cluster-points)
+        return []
     l16 = min(points) if args.l16_point is None else args.l16_point
     plan = [PointConfig(n, "PCMU", args.duration, args.ramp, args.streams) for n in points]
     if args.profile_seconds > 0:
@@ -808,6 +826,16 @@ def plan_points(args: argparse.Namespace) -> list[PointConfig]:
     if l16:
         plan.append(PointConfig(l16, "L16@16000h", args.duration, args.ramp, args.streams))
     return plan
+
+
+def run_cluster(args: argparse.Namespace, base: Path, results: BenchResults) -> None:
+    """The cluster series (``--cluster-points``, :mod:`bench.cluster`) into ``results``."""
+    from bench.cluster import run_cluster_series
+
+    points = [int(x) for x in args.cluster_points.split(",") if x.strip()]
+    results.cluster_loads, results.cluster_setup = run_cluster_series(
+        points, args.cluster_nodes, args.duration, args.ramp, base, results.notes
+    )
 
 
 LATENESS_METHOD = (
@@ -874,6 +902,8 @@ def main(argv: list[str] | None = None) -> int:
 
         pcmu = [cfg.callers for cfg in plan if cfg.codec == "PCMU"]
         results.janus_points = run_janus_points(pcmu, args, base, pin, results.notes)
+    if args.cluster_points:
+        run_cluster(args, base, results)
     write_report(results, out, png)
     if args.json:
         Path(args.json).write_text(json.dumps(results.to_json(), indent=1, default=str))

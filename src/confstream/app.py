@@ -324,11 +324,16 @@ def print_first_account(account: Account, settings: Settings, http_port: int) ->
 
 async def serve(settings: Settings, show_first_account: bool = False) -> None:
     server = Server(settings)
-    stop = asyncio.Event()
+    # the first SIGINT/SIGTERM stops (a cluster node drains first), the second ends the drain
+    stop, stop_now = asyncio.Event(), asyncio.Event()
+
+    def on_stop_signal() -> None:
+        (stop_now if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_stop_signal)
     reloads: set[asyncio.Task[bool]] = set()
 
     def on_sighup() -> None:
@@ -344,11 +349,9 @@ async def serve(settings: Settings, show_first_account: bool = False) -> None:
             assert server.store is not None
             print_first_account(await first_account(server.store), settings, server.http_port)
         await stop.wait()
-        if server.cluster is not None:
-            # a second SIGINT/SIGTERM ends the drain at once
-            stop.clear()
+        if server.cluster is not None and not stop_now.is_set():
             log.info("draining (send the signal again to stop at once)")
-            await server.drain(stop)
+            await server.drain(stop_now)
         log.info("shutting down")
     finally:
         await server.stop()

@@ -39,6 +39,7 @@ _SETTING_FLAGS: dict[str, str] = {
     "--node-id": "this node's stable name in the cluster (default <hostname>-<HTTP port>)",
     "--advertise-http": "http(s)://host:port other nodes forward REST requests to",
     "--advertise-sip": "host:port Kamailio relays this node's SIP calls to",
+    "--sip-trusted-proxies": "IP/CIDR,... SIP proxies (Kamailio) whose Via records are believed",
 }
 
 

@@ -78,7 +78,8 @@ participants, the stream manager) and records (the store), keeping them in step:
 * **Cluster mode** (docs/cluster.md): with a ``placement``, a join first claims the conference
   for this node (:class:`~confstream.errors.JoinRefused` 503 when another node owns it or this
   one drains), a live record of that name this node does not host is ended as its dead node's,
-  and joins, leaves and ends are published so Kamailio and the REST forwarding find the owner.
+  and calls, joins, leaves and ends are published so Kamailio and the REST forwarding find the
+  owner, and a survivor can end this node's calls and conferences if it dies.
 
 Lifecycle changes (join, leave, end) are serialised by one ``asyncio.Lock``: they are rare and
 short, and the lock makes "last participant left" and "join creates the conference" race-free
@@ -450,6 +451,8 @@ class Services:
             caller_name=call.caller_name,
         )
         self._calls[call.call_sid] = LiveCall(participant, call.account_sid)
+        if self.placement is not None:
+            await self.placement.call_started(call.call_sid)
         return record
 
     async def call_answered(self, call_sid: str) -> None:
@@ -461,6 +464,8 @@ class Services:
         SIP 486/600, ``canceled`` when the set-up was cancelled, else ``failed``; the SIP
         status is kept in ``sip_response_code``."""
         self._calls.pop(call_sid, None)
+        if self.placement is not None:
+            await self.placement.call_ended(call_sid)
         if isinstance(exc, JoinRefused):
             sip = exc.sip_status
             status = CALL_BUSY if sip in BUSY_SIP_STATUSES else CALL_FAILED
@@ -546,6 +551,8 @@ class Services:
     async def _call_ended(self, call_sid: str) -> None:
         """The call is over: forget it, stop its streams, complete its record (idempotent)."""
         self._calls.pop(call_sid, None)
+        if self.placement is not None:
+            await self.placement.call_ended(call_sid)
         if self.streams is not None:
             try:
                 await self.streams.stop_call(call_sid)
@@ -738,7 +745,7 @@ class Services:
         if media is not None:
             media.remove_participant(call_sid)
         record = await self.store.complete_participant(call_sid, reason)
-        if self.placement is not None:
+        if self.placement is not None and call_sid not in self._calls:
             await self.placement.left(call_sid)
         state = self._conferences.get(live.conference_sid)
         if state is not None:
@@ -907,7 +914,7 @@ class Services:
             record = await self.store.complete_participant(call_sid, reason)
             if state is not None:
                 self._emit(state, confevents.PARTICIPANT_LEAVE, live, record)
-            if self.placement is not None:
+            if self.placement is not None and call_sid not in self._calls:
                 await self.placement.left(call_sid)
             if goes_on and self.voice is not None:
                 self.voice.conference_left(call_sid)  # its <Dial> is over: the script goes on

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     sip_auth_max_failures: int = Field(default=10, ge=1)
     sip_auth_failure_window: float = Field(default=60.0, gt=0)
     sip_auth_block_seconds: float = Field(default=300.0, gt=0)
+    # SIP proxies in front of this server (Kamailio, docs/cluster.md), as IPs or CIDRs: for a
+    # request from one of them, the caller's address is the one the proxy recorded in its Via
+    # (received/rport), for the throttle above and for RTP latching (docs/sip.md "Behind a
+    # proxy"). Empty: every request is keyed by the address it came from.
+    sip_trusted_proxies: Annotated[list[str], NoDecode] = []
 
     # Dashboard (docs/operations.md, Dashboard): concurrent event streams per account.
     dashboard_max_clients: int = 4
@@ -138,7 +143,7 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
-    @field_validator("allowed_networks", mode="before")
+    @field_validator("allowed_networks", "sip_trusted_proxies", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str):
@@ -227,3 +232,7 @@ class Settings(BaseSettings):
     @property
     def allowed_network_objects(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(n, strict=False) for n in self.allowed_networks]
+
+    @property
+    def sip_trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.sip_trusted_proxies]

@@ -6,6 +6,7 @@ previous run left and rejoins), a node stopped gracefully (it drains)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from ..streams.peers import ws_receiver
 from .helpers import (
     apis,
     conference,
+    end_live_conferences,
     live_conferences,
     live_sid,
     owner_of,
     participants,
     redis_of,
+    start_hung_up_caller,
 )
 
 ROOMS = [f"team-{n}" for n in range(6)]
@@ -58,7 +61,8 @@ def _by_owner(cluster: LocalCluster, api: httpx.Client) -> dict[str, list[dict[s
 async def _stop(procs: list[asyncio.subprocess.Process]) -> None:
     for proc in procs:
         if proc.returncode is None:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
         await proc.wait()
 
 
@@ -88,6 +92,8 @@ async def test_killing_a_node_ends_its_conferences_with_callbacks_and_nothing_el
             stream = created.json()
             await rec.wait_for(lambda: rec.conns and len(rec.conns[0].events("media")) > 50, 15)
 
+            lost_calls = [p["call_sid"] for p in participants(api, lost["sid"])]
+            assert len(lost_calls) == 1
             cluster.node(victim).stop(kill=True)
 
             def ended() -> dict[str, Any] | None:
@@ -97,6 +103,15 @@ async def test_killing_a_node_ends_its_conferences_with_callbacks_and_nothing_el
             record = await await_for(ended, within=20)
             assert record["reason_conference_ended"] == "media-node-lost"
             assert participants(api, lost["sid"]) == []
+            # its callers' Call records too, right after (they were answered: completed)
+            for call_sid in lost_calls:
+                call = await await_for(
+                    lambda c=call_sid: (
+                        (b := api.get(f"/Calls/{c}.json").json())["status"] == "completed" and b
+                    ),
+                    within=10,
+                )
+                assert call["end_time"] is not None
             fetched = api.get(f"/Conferences/{lost['sid']}/Streams/{stream['sid']}.json").json()
             assert fetched["status"] == "stopped"
             assert fetched["error_code"] == 31990
@@ -142,9 +157,10 @@ async def test_killing_a_node_ends_its_conferences_with_callbacks_and_nothing_el
             assert owner_of(cluster, fresh["sid"]) == survivor
             await await_for(lambda: len(participants(api, fresh["sid"])) == 1, within=10)
     finally:
+        await _stop(procs)
+        await asyncio.to_thread(end_live_conferences, clients["node-2"])
         for client in clients.values():
             client.close()
-        await _stop(procs)
 
 
 async def test_a_restarted_node_ends_what_it_left_and_rejoins(
@@ -179,7 +195,9 @@ async def test_a_restarted_node_ends_what_it_left_and_rejoins(
             assert info["state"] == keys.STATE_ACTIVE
             assert info["sip"] == f"127.0.0.1:{node.sip_port}"
             assert "node-1" in r.smembers(keys.NODES)
-        # the rejoined node takes calls again: its old rooms come back to it through Kamailio
+        # the rejoined node takes calls again (once Kamailio has seen it answer): its old
+        # rooms come back to it through Kamailio
+        await asyncio.to_thread(node.wait_probed)
         room = owned["node-1"][0]["friendly_name"]
         again = tmp_path / "again"
         again.mkdir()
@@ -187,20 +205,25 @@ async def test_a_restarted_node_ends_what_it_left_and_rejoins(
         fresh = await await_for(lambda: conference(api, room), within=20)
         assert owner_of(cluster, fresh["sid"]) == "node-1"
     finally:
+        await _stop(procs)
+        await asyncio.to_thread(end_live_conferences, clients["node-2"])
         for client in clients.values():
             client.close()
-        await _stop(procs)
 
 
 async def test_a_node_stopped_gracefully_drains(cluster: LocalCluster, tmp_path: Path) -> None:
     account = cluster.create_account()
-    procs = await _call_rooms(cluster, account, tmp_path, ROOMS[:4], 25.0)
+    # callers who talk until the node hangs up (their sipp exits 0 on the node's BYE)
+    procs = [
+        await start_hung_up_caller(tmp_path / room, cluster, account, room, 120.0)
+        for room in ROOMS[:4]
+    ]
     clients = apis(cluster, account)
     try:
         api = clients["node-2"]
         await await_for(lambda: len(live_conferences(api)) == 4, within=30)
         owned = _by_owner(cluster, api)
-        assert set(owned) == {"node-1", "node-2"}, owned
+        assert len(owned.get("node-1", [])) >= 2, owned
         draining = cluster.node("node-1")
         assert draining.proc is not None
         draining.proc.send_signal(signal.SIGTERM)
@@ -209,9 +232,10 @@ async def test_a_node_stopped_gracefully_drains(cluster: LocalCluster, tmp_path:
                 lambda: r.hget(keys.node_key("node-1"), "state") == keys.STATE_DRAINING,
                 within=10,
             )
-        # new conferences go to the other node, whatever the hash says
-        new_rooms = [f"late-{n}" for n in range(6)]
-        procs += await _call_rooms(cluster, account, tmp_path, new_rooms, 4.0)
+        # new conferences go to the other node, whatever the hash says (their calls outlast
+        # the test: they are stopped at its end)
+        new_rooms = [f"late-{n}" for n in range(4)]
+        procs += await _call_rooms(cluster, account, tmp_path, new_rooms, 120.0)
         await await_for(
             lambda: {c["friendly_name"] for c in live_conferences(api)} >= set(new_rooms),
             within=30,
@@ -219,21 +243,45 @@ async def test_a_node_stopped_gracefully_drains(cluster: LocalCluster, tmp_path:
         for conf in live_conferences(api):
             if conf["friendly_name"] in new_rooms:
                 assert owner_of(cluster, conf["sid"]) == "node-2", conf
-        # its own conferences go on until their callers leave, then it exits
+        # its own conferences go on, and it still serves their REST requests (forwarded by
+        # node-2): one is ended, the callers of the others are removed
         for conf in owned["node-1"]:
             live = conference(api, conf["friendly_name"])
             assert live is not None and live["sid"] == conf["sid"]
         assert draining.proc.poll() is None
-        await asyncio.to_thread(draining.proc.wait, 90)
+        by_api, *kicked = owned["node-1"]
+        ended = await asyncio.to_thread(
+            api.post, f"/Conferences/{by_api['sid']}.json", data={"Status": "completed"}
+        )
+        assert ended.status_code == 200, ended.text
+        assert ended.headers["x-confstream-node"] == "node-1"
+        for conf in kicked:
+            (caller,) = participants(api, conf["sid"])
+            gone = await asyncio.to_thread(
+                api.delete, f"/Conferences/{conf['sid']}/Participants/{caller['call_sid']}.json"
+            )
+            assert gone.status_code == 204, gone.text
+            assert gone.headers["x-confstream-node"] == "node-1"
+        # its last conference has ended: it exits
+        await asyncio.to_thread(draining.proc.wait, 60)
         assert draining.proc.returncode == 0
-        for conf in owned["node-1"]:
-            body = api.get(f"/Conferences/{conf['sid']}.json").json()
-            assert body["status"] == "completed"
-            assert body["reason_conference_ended"] == "last-participant-left"
+        reasons = {
+            conf["sid"]: api.get(f"/Conferences/{conf['sid']}.json").json()
+            for conf in owned["node-1"]
+        }
+        assert reasons[by_api["sid"]]["reason_conference_ended"] == "conference-ended-via-api"
+        for conf in kicked:
+            assert reasons[conf["sid"]]["reason_conference_ended"] == "last-participant-kicked"
+        # every caller of node-1 got its BYE, through Kamailio
+        rooms = {conf["friendly_name"] for conf in owned["node-1"]}
+        for proc, room in zip(procs, ROOMS[:4], strict=False):
+            if room in rooms:
+                assert await asyncio.wait_for(proc.wait(), 30) == 0, room
         with redis_of(cluster) as r:
             assert not r.exists(keys.node_key("node-1"))
             assert "node-1" not in r.smembers(keys.NODES)
     finally:
+        await _stop(procs)
+        await asyncio.to_thread(end_live_conferences, clients["node-2"])
         for client in clients.values():
             client.close()
-        await _stop(procs)

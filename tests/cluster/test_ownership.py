@@ -10,14 +10,24 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import update
 
+from confstream.callbacks.webhooks import CallbackSender
 from confstream.cluster import keys
 from confstream.cluster.membership import Load, Membership, NodeInfo
 from confstream.cluster.ownership import Ownership
 from confstream.cluster.placement import REASON_NODE_LOST
 from confstream.cluster.recovery import Recovery
-from confstream.store import Store, open_store
-from confstream.store.models import CONFERENCE_COMPLETED, STREAM_STOPPED
+from confstream.settings import Settings
+from confstream.store import Call, Store, open_store
+from confstream.store.models import (
+    CALL_COMPLETED,
+    CALL_IN_PROGRESS,
+    CONFERENCE_COMPLETED,
+    STREAM_STOPPED,
+)
+
+from ..callbacks.recorder import http_recorder
 
 LEASE = 2.0
 
@@ -119,7 +129,7 @@ async def test_a_node_whose_lease_expires_is_dead_and_swept_once(
 
     recovery = Recovery(store, report, None)
 
-    async def on_lost(node_id: str, sids: list[str]) -> None:
+    async def on_lost(node_id: str, sids: list[str], calls: list[str]) -> None:
         await recovery.end_conferences(sids, node_id)
 
     survivors = [member(redis_client, "s1"), member(redis_client, "s2")]
@@ -158,3 +168,73 @@ async def test_every_node_gets_the_same_nonce_key(redis_client: aioredis.Redis) 
     secrets = {await member(redis_client, f"n{n}").shared_secret() for n in range(3)}
     assert len(secrets) == 1
     assert len(secrets.pop()) == 32
+
+
+async def test_a_dead_nodes_calls_are_ended_with_their_callbacks(
+    redis_client: aioredis.Redis, store: Store
+) -> None:
+    account = await store.create_account()
+    answered = await store.create_call(
+        account.sid, from_uri="sip:a@x", to_uri="sip:room@y", status=CALL_IN_PROGRESS
+    )
+    ringing = await store.create_call(account.sid, from_uri="sip:b@x", to_uri="sip:room@y")
+    quiet = await store.create_call(
+        account.sid, from_uri="sip:c@x", to_uri="sip:room@y", status=CALL_IN_PROGRESS
+    )
+    finished = await store.create_call(
+        account.sid, from_uri="sip:d@x", to_uri="sip:room@y", status=CALL_COMPLETED
+    )
+    stream = await store.create_stream(
+        call_sid=answered.sid, account_sid=account.sid, url="wss://127.0.0.1:1/media"
+    )
+    reported: list[tuple[Any, str]] = []
+    async with http_recorder() as web:
+        async with store.session() as session, session.begin():
+            await session.execute(
+                update(Call)
+                .where(Call.sid.in_([answered.sid, ringing.sid, finished.sid]))
+                .values(status_callback=web.url("/progress"))
+            )
+            # asked for ringing only: no callback at the end
+            await session.execute(
+                update(Call)
+                .where(Call.sid == quiet.sid)
+                .values(status_callback=web.url("/progress"), status_callback_event="ringing")
+            )
+        callbacks = CallbackSender(Settings(allowed_networks=["127.0.0.0/8"]))
+        recovery = Recovery(store, reported.extend, callbacks)
+
+        async def on_lost(node_id: str, conferences: list[str], calls: list[str]) -> None:
+            assert conferences == []
+            assert await recovery.end_calls(calls, node_id) == 3
+
+        dead = Ownership(redis_client, "dead", LEASE)
+        await member(redis_client, "dead").heartbeat(Load(), keys.STATE_ACTIVE)
+        for call in (answered, ringing, quiet, finished):
+            await dead.bind(keys.call_key(call.sid))
+        survivor = member(redis_client, "s1")
+        await redis_client.delete(keys.node_key("dead"))
+        assert await survivor.dead_nodes() == ["dead"]
+        assert await survivor.sweep("dead", on_lost)
+        await web.wait_for(lambda: len(web.for_path("/progress")) == 2)
+        await callbacks.close()
+
+    rows = {sid: await store.get_call(sid) for sid in (answered.sid, ringing.sid, quiet.sid)}
+    statuses = {sid: row.status for sid, row in rows.items() if row is not None}
+    assert statuses == {answered.sid: "completed", ringing.sid: "failed", quiet.sid: "completed"}
+    done = rows[answered.sid]
+    assert done is not None and done.end_time is not None and done.duration is not None
+    progress = sorted((r.form for r in web.for_path("/progress")), key=lambda form: form["From"])
+    assert [(p["CallSid"], p["CallStatus"]) for p in progress] == [
+        (answered.sid, "completed"),
+        (ringing.sid, "failed"),
+    ]
+    assert progress[0]["CallbackSource"] == "call-progress-events"
+    assert progress[0]["CallDuration"] == str(done.duration)
+    assert "CallDuration" not in progress[1]
+    assert "x-twilio-signature" in web.for_path("/progress")[0].headers
+    stopped = await store.get_stream_by_sid(stream.sid)
+    assert stopped is not None and stopped.status == STREAM_STOPPED
+    assert stopped.error_code == 31990 and "dead" in (stopped.error_message or "")
+    assert [(row.sid, token) for row, token in reported] == [(stream.sid, account.auth_token)]
+    assert not await redis_client.exists(keys.node_keys_set("dead"))

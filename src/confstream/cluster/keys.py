@@ -74,6 +74,11 @@ def conference_of(key: str) -> str | None:
     return key[len(CONF_PREFIX) :] if key.startswith(CONF_PREFIX) else None
 
 
+def call_of(key: str) -> str | None:
+    """The CallSid of a ``call:`` key, else None."""
+    return key[len(CALL_PREFIX) :] if key.startswith(CALL_PREFIX) else None
+
+
 #: Claim a room (create-if-absent with a lease). KEYS: room key, the claimer's node-keys set.
 #: ARGV: claimer id, lease ms, node key prefix. The room is taken when it is free, already the
 #: claimer's (lease renewed), or held by a node whose lease has expired. Returns the owner.

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 #: How long the sweep of one dead node may hold its lock (ms).
 SWEEP_LOCK_MS = 60_000
 
-OnLost = Callable[[str, list[str]], Awaitable[None]]
+#: ``on_lost(node_id, conference_sids, call_sids)``: end what a lost node held.
+OnLost = Callable[[str, list[str], list[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ class Membership:
 
     async def sweep(self, node_id: str, on_lost: OnLost, *, wait: float = 0.0) -> bool:
         """Take the sweep lock of ``node_id`` and clean up after it: ``on_lost(node_id,
-        conference_sids)`` ends its conferences, then its keys and its membership go. With
+        conference_sids, call_sids)`` ends its conferences and calls, then its keys and its
+        membership go. With
         ``wait`` > 0 the lock is awaited that long (a restarting node sweeping itself while a
         survivor does it). False when another node holds the lock."""
         lock = keys.sweep_lock(node_id)
@@ -168,11 +170,15 @@ class Membership:
             owned_set = keys.node_keys_set(node_id)
             owned = sorted(await self.redis.smembers(owned_set))
             conferences = [sid for k in owned if (sid := keys.conference_of(k)) is not None]
-            if conferences:
+            calls = [sid for k in owned if (sid := keys.call_of(k)) is not None]
+            if conferences or calls:
                 log.warning(
-                    "node %s is gone: ending its %d conference(s)", node_id, len(conferences)
+                    "node %s is gone: ending its %d conference(s) and %d call(s)",
+                    node_id,
+                    len(conferences),
+                    len(calls),
                 )
-            await on_lost(node_id, conferences)
+            await on_lost(node_id, conferences, calls)
             for key in owned:
                 await self._release(keys=[key, owned_set], args=[node_id])
             await self.redis.delete(owned_set)

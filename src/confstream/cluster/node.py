@@ -221,6 +221,14 @@ class ClusterNode:
                 self._unbound.add(key)
 
     async def left(self, call_sid: str) -> None:
+        await self.call_ended(call_sid)
+
+    async def call_started(self, call_sid: str) -> None:
+        key = keys.call_key(call_sid)
+        if not await self._quiet(self.ownership.bind(key), default=False, ok=True):
+            self._unbound.add(key)
+
+    async def call_ended(self, call_sid: str) -> None:
         key = keys.call_key(call_sid)
         self._unbound.discard(key)
         await self._quiet(self.ownership.release(key))
@@ -324,9 +332,15 @@ class ClusterNode:
         for node_id in await self.membership.dead_nodes():
             await self.membership.sweep(node_id, self._on_node_lost)
 
-    async def _on_node_lost(self, node_id: str, conference_sids: list[str]) -> None:
-        if self.recovery is not None and conference_sids:
+    async def _on_node_lost(
+        self, node_id: str, conference_sids: list[str], call_sids: list[str]
+    ) -> None:
+        if self.recovery is None:
+            return
+        if conference_sids:
             await self.recovery.end_conferences(conference_sids, node_id, REASON_NODE_LOST)
+        if call_sids:
+            await self.recovery.end_calls(call_sids, node_id)
 
     async def _sweep_orphans(self) -> None:
         """End live records no node owns (see :mod:`confstream.cluster.recovery`), one node

@@ -40,11 +40,22 @@ class Placement(Protocol):
         self, conference_sid: str, account_sid: str, conference_name: str, call_sid: str
     ) -> None:
         """A participant joined a conference hosted here: publish the conference and the
-        call as this node's (REST requests about them are forwarded here)."""
+        call as this node's (REST requests about them are forwarded here). A call stays
+        published while it lives, in or out of conferences."""
         ...
 
     async def left(self, call_sid: str) -> None:
-        """The participant has left: its call is no longer routed here."""
+        """A participant that is no live call of this node (its call ended, or it never was
+        one) has left: its call is no longer routed here."""
+        ...
+
+    async def call_started(self, call_sid: str) -> None:
+        """A call of this node has a record now: publish it as this node's (REST requests
+        about it are forwarded here; if this node dies, a survivor ends the record)."""
+        ...
+
+    async def call_ended(self, call_sid: str) -> None:
+        """The call is over (or refused): it is no longer this node's."""
         ...
 
     async def ended(self, conference_sid: str) -> None:

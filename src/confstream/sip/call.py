@@ -205,6 +205,8 @@ class Call:
     awaiting_answer_in_ack: bool = False
     #: Why the call ends, once it is ending (the first hangup reason wins).
     end_reason: str | None = None
+    #: The caller's address (the flow's, or what a trusted proxy recorded: docs/sip.md).
+    source: tuple[str, int] = ("", 0)
 
     def move(self, event: CallEvent) -> CallState:
         new = TABLES[self.direction].get((self.state, event))

@@ -42,14 +42,23 @@ Behaviour (docs/sip.md):
 * ``BYE`` both ways; ``OPTIONS`` 200; requests in an unknown dialog 481; other known methods
   405 with ``Allow``; unknown methods 501; malformed requests 400 when a Via can be read,
   otherwise dropped. Every parse failure counts in ``confstream_sip_parse_errors_total``.
+* Behind a proxy (docs/sip.md "Behind a proxy"): the 2xx that makes a dialog copies the
+  INVITE's Record-Route values (RFC 3261 §12.1.1); our in-dialog requests carry the route set
+  and go back where the INVITE came from (that proxy, the first hop). A request from a
+  ``trusted_proxies`` address is keyed by the caller's address that proxy recorded in its Via
+  (``received``/``rport``) for the guessing-passwords throttle and RTP latching; a blocked
+  caller behind it gets a 403 (the proxy vouches for the address, and would otherwise try the
+  next node), and its INVITE with credentials gets ``100 Trying`` at once, before the token
+  lookup (the proxy tries another node when no provisional answer comes in time).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from confstream import metrics
@@ -64,12 +73,13 @@ from confstream.sip.digest import (
     FailureThrottle,
     parse_authorization,
 )
-from confstream.sip.flow import Flow
+from confstream.sip.flow import Address, Flow
 from confstream.sip.message import (
     Headers,
     SipParseError,
     SipRequest,
     SipResponse,
+    Via,
     build_response,
     format_host,
     parse_message,
@@ -115,6 +125,50 @@ AUTH_LOG_INTERVAL = 10.0
 AMPLIFICATION_LIMIT = 3
 
 ServerTxn = ServerInviteTransaction | ServerNonInviteTransaction
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _via_address(via: Via) -> Address | None:
+    """Where the hop that wrote ``via`` sent from, as the next hop recorded it: ``received``
+    (else the sent-by host, when it is an IP address) and ``rport`` (else the sent-by port)."""
+    host = via.params.get("received") or via.host
+    if _ip(host) is None:
+        return None
+    rport = via.params.get("rport")
+    port = int(rport) if rport and rport.isdigit() else via.port or 5060
+    return host, port
+
+
+def caller_address(request: SipRequest, flow: Flow, trusted: Sequence[Network]) -> Address:
+    """The caller's address: the flow's, or, when the request came from a ``trusted`` proxy,
+    the address that proxy recorded in the Via below its own, hop by hop while the hops are
+    trusted proxies too. Untrusted or unreadable Vias are never believed."""
+    address = flow.remote
+    if not trusted:
+        return address
+    try:
+        vias = request.vias
+    except SipParseError:
+        return address
+    for via in vias[1:]:
+        ip = _ip(address[0])
+        if ip is None or not any(ip in net for net in trusted):
+            break
+        hop = _via_address(via)
+        if hop is None:
+            break
+        address = hop
+    return address
 
 
 # -- actions ------------------------------------------------------------------------------------
@@ -230,11 +284,16 @@ class _PendingAuth:
     txn: ServerInviteTransaction
     flow: Flow
     credentials: DigestCredentials
+    #: The caller's address (:func:`caller_address`).
+    source: Address
+    #: 100 Trying went out before the lookup (a trusted proxy's request).
+    trying_sent: bool = False
 
 
 class SipCore:
     """The user agent core. ``advertised_host`` (SDP ``c=``, Contact, our Via) and ``port``
-    (the SIP port) are set by the owner once its sockets are bound."""
+    (the SIP port) are set by the owner once its sockets are bound. ``trusted_proxies``: the
+    networks whose Via records are believed (:func:`caller_address`)."""
 
     def __init__(
         self,
@@ -245,8 +304,10 @@ class SipCore:
         advertised_host: str = "127.0.0.1",
         port: int = 5060,
         new_call_sid: Callable[[], str] | None = None,
+        trusted_proxies: Sequence[Network] = (),
     ) -> None:
         self.auth = auth
+        self.trusted_proxies = tuple(trusted_proxies)
         self.throttle = throttle
         self.timers = timers or TimerConfig()
         self.advertised_host = advertised_host
@@ -477,6 +538,11 @@ class SipCore:
                     self._muted.add(txn)  # the transaction still absorbs retransmissions
         self._run(txn, txn.send_response(response, self._now, retransmit=retransmit))
 
+    def _trusted(self, host: str) -> bool:
+        """``host`` is one of the trusted proxies (docs/sip.md "Behind a proxy")."""
+        ip = _ip(host) if self.trusted_proxies else None
+        return ip is not None and any(ip in net for net in self.trusted_proxies)
+
     def _contact(self, flow: Flow) -> str:
         params = ";transport=tcp" if flow.transport == "TCP" else ""
         return f"<sip:{format_host(self.advertised_host)}:{self.port}{params}>"
@@ -547,15 +613,18 @@ class SipCore:
             return
 
         if request.method == "INVITE":
-            if not request.to.tag and self.throttle.blocked(flow.remote[0], self._now):
-                self._refuse_blocked(request, flow)
-                return
+            source = flow.remote
+            if not request.to.tag:
+                source = caller_address(request, flow, self.trusted_proxies)
+                if self.throttle.blocked(source[0], self._now):
+                    self._refuse_blocked(request, flow, vouched=source != flow.remote)
+                    return
             itxn = ServerInviteTransaction(request, flow.reliable, self.timers)
             self._register(itxn, key, flow)
             if request.to.tag:
                 self._on_reinvite(request, itxn, flow)
             else:
-                self._on_initial_invite(request, itxn, flow)
+                self._on_initial_invite(request, itxn, flow, source)
             return
         txn = ServerNonInviteTransaction(request, flow.reliable, self.timers)
         self._register(txn, key, flow)
@@ -584,7 +653,7 @@ class SipCore:
     # -- initial INVITE: checks and authentication ---------------------------------------------
 
     def _on_initial_invite(
-        self, request: SipRequest, txn: ServerInviteTransaction, flow: Flow
+        self, request: SipRequest, txn: ServerInviteTransaction, flow: Flow, source: Address
     ) -> None:
         if request.body and request.content_type not in ("application/sdp", ""):
             self._respond(
@@ -612,7 +681,13 @@ class SipCore:
             self._challenge(request, txn, stale=False)
             return
         lookup = next(self._ids)
-        self._lookups[lookup] = _PendingAuth(request, txn, flow, creds)
+        pending = _PendingAuth(request, txn, flow, creds, source)
+        if self._trusted(flow.remote[0]):
+            # a proxy waits for a provisional answer (Kamailio: 2 s) before it tries another
+            # node; the token lookup may take longer (RFC 3261 §17.2.1: 100 within 200 ms)
+            self._respond(txn, request, 100)
+            pending.trying_sent = True
+        self._lookups[lookup] = pending
         self._emit(LookupToken(lookup, creds.username))
 
     def _verify(self, pending: _PendingAuth, password: str | None) -> None:
@@ -633,7 +708,7 @@ class SipCore:
         else:
             reason = "unknown_account" if password is None else "bad_credentials"
             metrics.SIP_AUTH_FAILURES.labels(reason=reason).inc()
-            self._auth_failed(pending.flow.remote[0])
+            self._auth_failed(pending.source[0])
             self._respond(txn, request, 403, retransmit=False)
 
     def _challenge(self, request: SipRequest, txn: ServerInviteTransaction, stale: bool) -> None:
@@ -661,11 +736,12 @@ class SipCore:
         self._auth_blocks_unlogged = 0
         self._auth_log_next = now + AUTH_LOG_INTERVAL
 
-    def _refuse_blocked(self, request: SipRequest, flow: Flow) -> None:
+    def _refuse_blocked(self, request: SipRequest, flow: Flow, *, vouched: bool) -> None:
         """An initial INVITE from a blocked source: dropped over UDP (the source may be
-        spoofed), a stateless 403 over TCP (the handshake proved the address)."""
+        spoofed), a stateless 403 over TCP (the handshake proved the address) or when a
+        trusted proxy ``vouched`` for the address (a drop would make it try another node)."""
         metrics.SIP_AUTH_THROTTLED.inc()
-        if flow.reliable:
+        if flow.reliable or vouched:
             headers = [
                 ("server", USER_AGENT),
                 ("retry-after", str(int(self.throttle.block_seconds))),
@@ -683,7 +759,8 @@ class SipCore:
         if not name:
             self._respond(txn, request, 404)
             return
-        self._respond(txn, request, 100)
+        if not pending.trying_sent:
+            self._respond(txn, request, 100)
         offer: SessionDescription | None = None
         neg: Negotiated | None = None
         try:
@@ -708,9 +785,10 @@ class SipCore:
             dialog=dialog,
             offer=offer,
             negotiated=neg,
+            source=pending.source,
         )
         self.calls[call.call_sid] = call
-        self._emit(OpenRtp(call.call_sid, flow.remote[0]))
+        self._emit(OpenRtp(call.call_sid, call.source[0]))
 
     def _start_join(self, call: Call) -> None:
         """RTP is open: apply the offer, prepare the 200's body, hand the call over."""
@@ -743,7 +821,7 @@ class SipCore:
             to_uri=to_uri,
             caller_name=caller_name,
             sip_headers=tuple((k, v) for k, v in request.headers if k.lower().startswith("x-")),
-            source=(call.flow.remote[0], call.flow.remote[1]),
+            source=call.source,
             transport=call.flow.transport,
         )
 
@@ -755,12 +833,15 @@ class SipCore:
             call.invite,
             200,
             to_tag=call.dialog.local_tag,
-            headers=self._ok_headers(call.flow),
+            headers=self._ok_headers(call.flow, call.invite),
             body=call.answer_body,
         )
 
-    def _ok_headers(self, flow: Flow) -> list[tuple[str, str]]:
+    def _ok_headers(self, flow: Flow, request: SipRequest) -> list[tuple[str, str]]:
+        """Headers of a 2xx to an INVITE: the request's Record-Route values, in order (RFC
+        3261 §12.1.1: the proxies that recorded the route stay in the dialog), our Contact."""
         return [
+            *(("record-route", value) for value in request.headers.get_all("record-route")),
             ("contact", self._contact(flow)),
             ("allow", ALLOW),
             ("content-type", "application/sdp"),
@@ -813,7 +894,12 @@ class SipCore:
         call.invite_txn = txn
         call.move(CallEvent.REINVITE_OK)
         self._respond(
-            txn, request, 200, to_tag=dialog.local_tag, headers=self._ok_headers(flow), body=body
+            txn,
+            request,
+            200,
+            to_tag=dialog.local_tag,
+            headers=self._ok_headers(flow, request),
+            body=body,
         )
 
     def _apply(self, call: Call, neg: Negotiated) -> None:

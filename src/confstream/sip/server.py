@@ -130,7 +130,12 @@ class SipServer:
             settings.sip_auth_failure_window,
             settings.sip_auth_block_seconds,
         )
-        self.core = SipCore(auth=self.auth, throttle=self.throttle, timers=self.timers)
+        self.core = SipCore(
+            auth=self.auth,
+            throttle=self.throttle,
+            timers=self.timers,
+            trusted_proxies=settings.sip_trusted_proxy_networks,
+        )
         self.transport = SipTransport(
             self._on_message,
             TransportLimits(

@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from confstream.tools.net import free_port, rtp_port_bounds
 from confstream.tools.server import CONFSTREAM, Account, ServerProcess
 
+SIP_MESSAGES = "confstream_sip_messages_total"
 KAMAILIO_CFG = Path(__file__).resolve().parents[3] / "deploy" / "kamailio" / "kamailio.cfg"
 
 
@@ -263,6 +265,25 @@ class NodeProcess(ServerProcess):
         self.launch()
         self.wait_healthy(healthy_within)
 
+    def wait_probed(self, within: float = 60.0) -> None:
+        """Wait until this run has answered two of Kamailio's OPTIONS probes: Kamailio has
+        seen an answer, so it routes calls here again (a node it saw dead stays skipped until
+        then)."""
+        deadline = time.monotonic() + within
+        while self.metric(SIP_MESSAGES, direction="in", kind="OPTIONS") < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kamailio does not probe node {self.node_id}")
+            time.sleep(0.2)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sample ``name`` with exactly ``labels`` on its /metrics (0 when absent)."""
+        text = httpx.get(f"{self.base}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
+
 
 @dataclass
 class LocalCluster:
@@ -273,6 +294,8 @@ class LocalCluster:
     heartbeat: float = 0.5
     lease: float = 2.0
     env: dict[str, str] = field(default_factory=dict)
+    #: Command prefixes of the nodes, in order (e.g. ``taskset -c 1``); none when shorter.
+    node_prefixes: list[list[str]] = field(default_factory=list)
     redis: RedisServer | None = None
     postgres: PostgresServer | None = None
     kamailio: KamailioServer | None = None
@@ -318,6 +341,8 @@ class LocalCluster:
         workdir = self.workdir / f"node-{number}"
         workdir.mkdir(exist_ok=True)
         node = NodeProcess(workdir, node_id=f"node-{number}", database_url=database_url)
+        if number <= len(self.node_prefixes):
+            node.prefix = list(self.node_prefixes[number - 1])
         node.http_port, node.sip_port = free_port(), free_port()
         node.env.update(
             CONFSTREAM_RTP_PORTS=rtp_ports,
@@ -326,9 +351,26 @@ class LocalCluster:
             CONFSTREAM_CLUSTER_HEARTBEAT=str(self.heartbeat),
             CONFSTREAM_CLUSTER_LEASE=str(self.lease),
             CONFSTREAM_CLUSTER_DRAIN_TIMEOUT="90",
+            # Kamailio's address: the caller's own address is read from its Via record
+            CONFSTREAM_SIP_TRUSTED_PROXIES="127.0.0.1",
             **self.env,
         )
         return node
+
+    def heal(self, within: float = 60.0) -> list[str]:
+        """Start again every node whose process is not running (killed, stopped, drained) and
+        wait until Kamailio routes to it again (:meth:`NodeProcess.wait_probed`). Returns the
+        ids of the nodes started."""
+        restarted = [n for n in self.members if n.proc is None or n.proc.poll() is not None]
+        for node in restarted:
+            node.stop()  # closes the previous run's log
+            node.proc = None
+            node.launch()
+        for node in restarted:
+            node.wait_healthy(within)
+        for node in restarted:
+            node.wait_probed(within)
+        return [node.node_id for node in restarted]
 
     def create_account(self) -> Account:
         return self.members[0].create_account()
@@ -339,6 +381,15 @@ class LocalCluster:
     def stop(self) -> None:
         if self.kamailio is not None:
             self.kamailio.stop()
+        # all nodes at once, each signalled twice: the second signal ends a drain at once
+        # (docs/cluster.md), the nodes hang up their calls and leave the cluster
+        running = [n.proc for n in self.members if n.proc is not None and n.proc.poll() is None]
+        for second in (False, True):
+            if second:
+                time.sleep(0.2)
+            for proc in running:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
         for node in self.members:
             with contextlib.suppress(Exception):
                 node.stop()

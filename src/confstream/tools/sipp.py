@@ -62,8 +62,10 @@ def caller_scenario(path: Path, wav: Path, seconds: float, dtmf_digit: str | Non
     invite = _request("INVITE", target, 1, "[branch]", sdp=True)
     ack_401 = _request("ACK", target, 1, "[branch-3]")
     invite_auth = _request("INVITE", target, 2, "[branch]", extra="[authentication]", sdp=True)
-    ack = _request("ACK", "[next_url]", 2, "[branch]")
-    bye = _request("BYE", "[next_url]", 3, "[branch]")
+    # in-dialog requests follow the route set of the 200 (a proxy's Record-Route, RFC 3261
+    # §12.2.1.1); sipp drops the [routes] line when there is none
+    ack = _request("ACK", "[next_url]", 2, "[branch]", extra="[routes]")
+    bye = _request("BYE", "[next_url]", 3, "[branch]", extra="[routes]")
     path.write_text(
         f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
@@ -86,6 +88,62 @@ def caller_scenario(path: Path, wav: Path, seconds: float, dtmf_digit: str | Non
   <send retrans="500"><![CDATA[
 {bye}]]></send>
   <recv response="200" crlf="true"/>
+</scenario>
+"""
+    )
+    return path
+
+
+def hung_up_caller_scenario(path: Path, wav: Path, within: float, bye_via: str) -> Path:
+    """A sipp UAC that joins like :func:`caller_scenario`, plays ``wav`` and waits up to
+    ``within`` seconds for the server to hang up: a BYE whose top Via matches the regular
+    expression ``bye_via`` (the proxy it must come through), answered 200. Anything else fails
+    the call (sipp exits non-zero)."""
+    target = "sip:[service]@[remote_ip]:[remote_port]"
+    invite = _request("INVITE", target, 1, "[branch]", sdp=True)
+    ack_401 = _request("ACK", target, 1, "[branch-3]")
+    invite_auth = _request("INVITE", target, 2, "[branch]", extra="[authentication]", sdp=True)
+    ack = _request("ACK", "[next_url]", 2, "[branch]", extra="[routes]")
+    ok = "\n".join(
+        [
+            "SIP/2.0 200 OK",
+            "[last_Via:]",
+            "[last_From:]",
+            "[last_To:]",
+            "[last_Call-ID:]",
+            "[last_CSeq:]",
+            "Contact: <sip:caller@[local_ip]:[local_port]>",
+            "Content-Length: 0",
+            "",
+            "",
+        ]
+    )
+    path.write_text(
+        f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="confstream caller hung up by the server">
+  <send retrans="500"><![CDATA[
+{invite}]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="401" auth="true"/>
+  <send><![CDATA[
+{ack_401}]]></send>
+  <send retrans="500"><![CDATA[
+{invite_auth}]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send><![CDATA[
+{ack}]]></send>
+  <nop><action><exec rtp_stream="{wav},-1,0"/></action></nop>
+  <recv request="BYE" timeout="{int(within * 1000)}">
+    <action>
+      <ereg regexp="{bye_via}" search_in="hdr" header="Via:" check_it="true" assign_to="via"/>
+      <log message="BYE through [$via]"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+{ok}]]></send>
 </scenario>
 """
     )
