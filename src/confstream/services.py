@@ -139,6 +139,9 @@ from confstream.store.models import (
     CALL_COMPLETED,
     CALL_FAILED,
     CALL_IN_PROGRESS,
+    CALL_INBOUND,
+    CALL_QUEUED,
+    CALL_RINGING,
     CONFERENCE_COMPLETED,
     CONFERENCE_IN_PROGRESS,
     CONFERENCE_INIT,
@@ -462,6 +465,52 @@ class Services:
         except Exception:
             log.exception("recording the refusal of call %s failed", call_sid)
 
+    def open_outbound_call(self, call_sid: str, account_sid: str, participant: Participant) -> None:
+        """Know an outbound call being placed as live (docs/api.md, "Making calls"): a REST
+        hang-up cancels it."""
+        self._calls[call_sid] = LiveCall(participant, account_sid)
+
+    def forget_call(self, call_sid: str) -> None:
+        """An outbound call that was never answered is over (no ``leave`` follows)."""
+        self._calls.pop(call_sid, None)
+
+    def callbacks(self) -> CallbackSender:
+        """The server's status callback sender (one ordered queue per key)."""
+        return self._sender()
+
+    async def ensure_conference(
+        self, account_sid: str, friendly_name: str, options: JoinOptions
+    ) -> Conference:
+        """The account's live conference ``friendly_name``, created ``init`` when there is
+        none (a callee being dialled for it, ``POST …/Participants``): it starts when a
+        participant with ``start_conference_on_enter`` joins. The conference-level options
+        (status callback) are ``options``'."""
+        async with self._lifecycle:
+            account = await self.store.get_account(account_sid)
+            if account is None or account.status != "active":
+                raise AccountNotActive()
+            conference = await self.store.find_live_conference(account_sid, friendly_name)
+            if conference is None:
+                conference = await self.store.create_conference(
+                    account_sid,
+                    friendly_name,
+                    status=CONFERENCE_INIT,
+                    status_callback=options.status_callback,
+                    status_callback_method=options.status_callback_method,
+                    status_callback_event=" ".join(options.status_callback_event) or None,
+                )
+            return conference
+
+    async def end_unjoined_conference(self, conference_sid: str, reason: str) -> None:
+        """End a live conference nobody is in (created for callees that never answered)."""
+        async with self._lifecycle:
+            if self.live_call_sids(conference_sid):
+                return
+            record = await self.store.get_conference(conference_sid)
+            if record is None or record.status == CONFERENCE_COMPLETED:
+                return
+            await self._end_locked(conference_sid, reason)
+
     def live_call(self, call_sid: str) -> Participant | None:
         """The audio of a live call (answered or being answered, not ended), or None."""
         live = self._calls.get(call_sid)
@@ -506,6 +555,11 @@ class Services:
             live.participant.hangup(reason)
         except Exception:
             log.exception("hangup of %s failed", call_sid)
+        if call.direction != CALL_INBOUND and call.status in (CALL_QUEUED, CALL_RINGING):
+            # an outbound call not answered yet: the hang-up CANCELs it (docs/api.md)
+            self._calls.pop(call_sid, None)
+            await self.store.update_call(call_sid, status=CALL_CANCELED)
+            return await self.get_call(owner.sid, call_sid)
         await self.leave(call_sid, reason)
         return await self.get_call(owner.sid, call_sid)
 

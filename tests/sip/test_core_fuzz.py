@@ -245,8 +245,8 @@ def _callee_acts(w: World, data: st.DataObject) -> None:
         extra = ((name, f'Digest realm="far", nonce="n", qop="auth"{stale}'),)
     elif status == 200 and data.draw(st.booleans()):
         extra = (("record-route", "<sip:192.0.2.50:5080;lr>"),)
-    body = data.draw(st.sampled_from([None, None, b"", b"v=0\r\njunk"]))
-    raw = callee.respond(invite, status, body=body, extra=extra)
+    bodies: list[bytes | None] = [None, None, b"", b"v=0\r\njunk"]
+    raw = callee.respond(invite, status, body=data.draw(st.sampled_from(bodies)), extra=extra)
     w.take(h.feed(raw, callee.flow))
 
 

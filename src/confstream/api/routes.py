@@ -60,6 +60,7 @@ from confstream.api.common import (
     parse_paging,
 )
 from confstream.api.dashboard import dashboard_routes
+from confstream.api.dialout import create_participant
 from confstream.api.errors import (
     ApiError,
     from_domain,
@@ -73,6 +74,7 @@ from confstream.api.openapi import openapi_json
 from confstream.api.render import account_json, conference_json, participant_json, stream_json
 from confstream.api.streams import parse_stream_request
 from confstream.calls.webhook import check_webhook_url
+from confstream.dialout import Dialout
 from confstream.errors import ConfstreamError
 from confstream.services import Services
 from confstream.store import Account, Conference, ConferenceFilter, DateFilter
@@ -217,6 +219,8 @@ async def conference_instance(request: Request) -> Response:
 
 # ----------------------------------------------------------------------- participants
 async def list_participants(request: Request) -> Response:
+    if request.method == "POST":
+        return await create_participant(request)
     account = await _authenticate(request)
     conference = await _conference(request, account)
     paging = parse_paging(request)
@@ -406,7 +410,7 @@ def _resource_routes() -> list[Route]:
         Route("/Accounts/{account_sid}", account_instance, methods=["GET", "POST"]),
         Route("/Accounts/{account_sid}/Conferences", list_conferences, methods=["GET"]),
         Route(conf, conference_instance, methods=["GET", "POST"]),
-        Route(f"{conf}/Participants", list_participants, methods=["GET"]),
+        Route(f"{conf}/Participants", list_participants, methods=["GET", "POST"]),
         Route(
             f"{conf}/Participants/{{call_sid}}",
             participant_instance,
@@ -442,7 +446,7 @@ class StripJsonSuffix:
         await self.app(scope, receive, send)
 
 
-def create_api(services: Services) -> Starlette:
+def create_api(services: Services, dialout: Dialout | None = None) -> Starlette:
     """The ASGI application. Set ``app.state.ready = True`` once every listener is up."""
     routes = _resource_routes()
     app = Starlette(
@@ -465,6 +469,7 @@ def create_api(services: Services) -> Starlette:
     # added last, so outermost: bodies are bounded before anything else runs
     app.add_middleware(BodyLimit, max_bytes=services.settings.api_max_body_bytes)
     app.state.services = services
+    app.state.dialout = dialout
     app.state.max_form_fields = services.settings.api_max_form_fields
     app.state.ready = False
     return app
