@@ -343,6 +343,10 @@ _ERROR_WHEN = {
         "of new calls per second (20429); nothing was dialled"
     ),
     502: "The `AnnounceUrl` audio could not be fetched (11200)",
+    503: (
+        "Cluster mode only: the node that owns this conference or call could not be reached; "
+        "nothing was changed and the request may be retried (20503, docs/cluster.md)"
+    ),
 }
 
 
@@ -376,6 +380,11 @@ def _ok(schema: str, description: str, links: JSONDict | None = None) -> JSONDic
 
 
 def _errors(*statuses: int) -> JSONDict:
+    """The error responses of an operation; one that addresses a conference or a call (it
+    can answer 404) can also answer 503 in cluster mode, when the request is forwarded to
+    the owning node and that node cannot be reached."""
+    if 404 in statuses:
+        statuses = (*statuses, 503)
     return {str(s): {"$ref": f"#/components/responses/{s}"} for s in statuses}
 
 
