@@ -67,6 +67,7 @@ from confstream.store.models import (
     CALL_QUEUED,
     CALL_RINGING,
     CONFERENCE_COMPLETED,
+    ENDED_LAST_LEFT,
     PARTICIPANT_CONNECTING,
     PARTICIPANT_FAILED,
     PARTICIPANT_QUEUED,
@@ -83,8 +84,9 @@ DEFAULT_TIMEOUT: Final = 60
 MAX_TIMEOUT: Final = 600
 #: ``TimeLimit`` bound (seconds; Twilio's maximum, 24 hours).
 MAX_TIME_LIMIT: Final = 86400
-#: Reason recorded when a conference created for a callee that never answered is ended.
-REASON_NO_ANSWER = "no participant answered"
+#: Reason recorded when a conference created for a callee that never answered is ended (the
+#: callee "left" without joining: Twilio's reason for the last participant leaving).
+REASON_NO_ANSWER = ENDED_LAST_LEFT
 _CALLER_ID = re.compile(r"^[A-Za-z0-9+_.\-]{1,64}$")
 
 

@@ -56,7 +56,8 @@ _RUNTIME_URL_OPERATIONS = {
     # a To or From the schema cannot fully describe (21211, 21212), a target the outbound
     # policy refuses (403), the account's dial-out limits (429), an ended conference (409)
     "createCall": ["403", "422", "429"],
-    "createParticipant": ["403", "409", "422", "429"],
+    # ... and Coaching=true, which confstream does not do (400, 20501)
+    "createParticipant": ["400", "403", "409", "422", "429"],
 }
 #: Dial-out limit of the fuzzed server: the calls placed by hand reach it (429).
 MAX_DIAL_CALLS = 3
@@ -415,6 +416,7 @@ async def _by_hand(
     _check(api, seen, 422, "POST", people, data={**dial, "From": ""})
     _check(api, seen, 403, "POST", people, data={**dial, "To": own})
     _check(api, seen, 413, "POST", people, data=big)
+    _check(api, seen, 400, "POST", people, data={**dial, "Coaching": "true"})
     _check(api, seen, 201, "POST", people, data=dial)
     for _ in range(MAX_DIAL_CALLS - 2):
         _check(api, seen, 201, "POST", "/Calls.json", data=dial)
