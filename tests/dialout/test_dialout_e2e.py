@@ -28,7 +28,7 @@ from confstream.tools.tls import Tls
 
 from ..callbacks.recorder import Recorded, Recorder, http_recorder
 from ..calls.voicesipp import ulaw_tone
-from ..integration.peers import await_for, conference_named, start_sipp_caller
+from ..integration.peers import BaresipCaller, await_for, conference_named, start_sipp_caller
 from ..integration.test_call_streams import sdk_client
 from ..streams.peers import ws_receiver
 
@@ -287,3 +287,61 @@ async def test_unsafe_or_invalid_targets_are_refused(env: Env) -> None:
         # a participant for a conference that has ended
         listed = api.get("/Calls.json").json()["calls"]
         assert all(c["status"] != "queued" for c in listed)
+
+
+# -- baresip answering: it hears the conference ---------------------------------------------
+
+
+async def test_baresip_callee_hears_the_conference_and_is_heard(
+    env: Env, tls: Tls, tmp_path: Path
+) -> None:
+    server, account = env.server, env.account
+    caller = await start_sipp_caller(tmp_path, server.sip_port, account, "bareroom", CALLER_HZ, 12)
+    callee = BaresipCaller(tmp_path / "baresip", CALLEE_HZ, 9.0)
+    port = free_port()
+    await callee.answer(port)
+    try:
+        async with ws_receiver(tls) as rec:
+            with server.api(account) as api:
+                conf = await await_for(lambda: conference_named(api, "bareroom"), 20)
+                stream = await asyncio.to_thread(
+                    api.post,
+                    f"/Conferences/{conf['sid']}/Streams.json",
+                    data={"Url": rec.url("/media", host="localhost"), "Track": "inbound_track"},
+                )
+                assert stream.status_code == 200, stream.text
+                # by FriendlyName: the live conference of that name
+                created = await asyncio.to_thread(
+                    api.post,
+                    "/Conferences/bareroom/Participants.json",
+                    data={"From": "confstream", "To": f"sip:callee@127.0.0.1:{port}"},
+                )
+                assert created.status_code == 201, created.text
+                joined = created.json()
+                assert joined["conference_sid"] == conf["sid"] and joined["status"] == "queued"
+                path = f"/Conferences/{conf['sid']}/Participants/{joined['call_sid']}.json"
+                await await_for(lambda: api.get(path).json()["status"] == "connected", 20)
+                start = len(rec.conns[0].events("media")) if rec.conns else 0
+                await rec.wait_for(
+                    lambda: rec.conns and len(rec.conns[0].events("media")) > start + 150, 20
+                )
+                stop = len(rec.conns[0].events("media"))
+                hung_up = await asyncio.to_thread(api.delete, path)
+                assert hung_up.status_code == 204
+            await callee.wait()
+    finally:
+        if caller.returncode is None:
+            caller.terminate()
+        await caller.wait()
+        if callee.proc is not None and callee.proc.returncode is None:
+            callee.proc.terminate()
+            await callee.proc.wait()
+    heard = callee.heard()
+    assert len(heard) > 8000, callee.log()
+    assert tone_levels(heard[4000:], (CALLER_HZ, CALLEE_HZ), 8000)[CALLER_HZ] > 0.2
+    frames = [
+        ulaw_decode(base64.b64decode(m["media"]["payload"])) for m in rec.conns[0].events("media")
+    ]
+    # while the callee was in the conference
+    levels = tone_levels(np.concatenate(frames[start + 25 : stop]), (CALLER_HZ, CALLEE_HZ), 8000)
+    assert levels[CALLEE_HZ] > 0.2 and levels[CALLER_HZ] > 0.2, levels
