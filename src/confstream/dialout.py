@@ -337,12 +337,6 @@ class Dialout:
         if not answered:
             await self.services.end_unjoined_conference(conference_sid, REASON_NO_ANSWER)
 
-    async def close(self) -> None:
-        """Hang up every call still being placed (shutdown)."""
-        for outbound in list(self._calls.values()):
-            with contextlib.suppress(Exception):
-                await outbound.settle()
-
 
 class _Outbound:
     """One call being placed: the SIP edge's :class:`DialListener`. Record updates run one

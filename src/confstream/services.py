@@ -150,6 +150,8 @@ from confstream.store.models import (
     ENDED_LAST_KICKED,
     ENDED_LAST_LEFT,
     ENDED_VIA_API,
+    PARTICIPANT_DIALING,
+    PARTICIPANT_FAILED,
     PARTICIPANT_IN_PROGRESS,
     STREAM_ACTIVE_STATUSES,
     STREAM_STOPPED,
@@ -174,6 +176,9 @@ REASON_STREAM_API = "Stream stopped via API"
 REASON_CALL_API = "Call ended via API"
 #: SIP refusals recorded as a ``busy`` call; any other refusal is ``failed``.
 BUSY_SIP_STATUSES = frozenset({486, 600})
+#: Participant statuses a fetch by CallSid finds: in the conference, being dialled, or a callee
+#: that never answered (docs/api.md, Participants).
+PARTICIPANT_FETCHABLE = (PARTICIPANT_IN_PROGRESS, *PARTICIPANT_DIALING, PARTICIPANT_FAILED)
 #: How a plain SIP caller (no voice application) joins: Twilio's defaults without the beep,
 #: i.e. confstream's behaviour before voice applications (docs/sip.md).
 PLAIN_SIP_JOIN = JoinOptions(beep="false")
@@ -1034,10 +1039,13 @@ class Services:
     async def get_participant(self, conference_sid: str, call_sid: str) -> ParticipantRecord:
         """The participant in the conference now, by CallSid or else by label (docs/api.md,
         Participants); :class:`NotFound` when it is not there or has left. A CallSid is
-        looked up first, so a label can never hide a participant's CallSid."""
+        looked up first, so a label can never hide a participant's CallSid. By CallSid, a
+        callee being dialled (``queued``, ``connecting``, ``ringing``) or that never answered
+        (``failed``) is found too."""
         row = await self.store.get_participant(call_sid, conference_sid)
-        if row is None or row.status != PARTICIPANT_IN_PROGRESS:
-            row = await self.store.find_participant_by_label(conference_sid, call_sid)
+        if row is not None and row.status in PARTICIPANT_FETCHABLE:
+            return row
+        row = await self.store.find_participant_by_label(conference_sid, call_sid)
         if row is None or row.status != PARTICIPANT_IN_PROGRESS:
             raise NotFound(f"Participant {call_sid}")
         return row
@@ -1106,8 +1114,17 @@ class Services:
 
     async def kick(self, call_sid: str, reason: str = REASON_KICKED) -> None:
         """Hang the participant up and complete its record now (SIP's later ``leave`` is then
-        a no-op); a conference this ends records a ``-kicked`` reason."""
+        a no-op); a conference this ends records a ``-kicked`` reason. A callee still being
+        dialled is cancelled instead (its call ``canceled``, the participant ``failed``)."""
         live = self._live.get(call_sid)
+        dialing = self._calls.get(call_sid) if live is None else None
+        if dialing is not None:
+            record = await self.store.get_participant(call_sid)
+            if record is not None and record.status in PARTICIPANT_DIALING:
+                self._calls.pop(call_sid, None)
+                dialing.participant.hangup(reason)
+                await self.store.update_call(call_sid, status=CALL_CANCELED)
+                return
         if live is not None:
             try:
                 live.participant.hangup(reason)

@@ -167,9 +167,11 @@ async def test_participant_added_by_the_sdk_is_heard_and_reports_progress(
 
                 await await_for(connected, 20)
                 # the callee's tone reaches the conference: on the stream's inbound track
+                start = len(rec.conns[0].events("media")) if rec.conns else 0
                 await rec.wait_for(
-                    lambda: rec.conns and len(rec.conns[0].events("media")) > 150, 20
+                    lambda: rec.conns and len(rec.conns[0].events("media")) > start + 150, 20
                 )
+                stop = len(rec.conns[0].events("media"))
                 ended = await asyncio.to_thread(
                     api.post, f"/Conferences/{conf['sid']}.json", data={"Status": "completed"}
                 )
@@ -194,8 +196,8 @@ async def test_participant_added_by_the_sdk_is_heard_and_reports_progress(
     frames = [
         ulaw_decode(base64.b64decode(m["media"]["payload"])) for m in rec.conns[0].events("media")
     ]
-    levels = tone_levels(np.concatenate(frames[50:]), (CALLER_HZ, CALLEE_HZ), 8000)
-    assert levels[CALLEE_HZ] > 0.1 and levels[CALLER_HZ] > 0.1, levels
+    levels = tone_levels(np.concatenate(frames[start + 25 : stop]), (CALLER_HZ, CALLEE_HZ), 8000)
+    assert levels[CALLEE_HZ] > 0.2 and levels[CALLER_HZ] > 0.2, levels
 
 
 # -- POST /Calls ----------------------------------------------------------------------------
@@ -345,3 +347,54 @@ async def test_baresip_callee_hears_the_conference_and_is_heard(
     # while the callee was in the conference
     levels = tone_levels(np.concatenate(frames[start + 25 : stop]), (CALLER_HZ, CALLEE_HZ), 8000)
     assert levels[CALLEE_HZ] > 0.2 and levels[CALLER_HZ] > 0.2, levels
+
+
+async def test_busy_participant_fails_and_its_new_conference_ends(env: Env, tmp_path: Path) -> None:
+    server, account = env.server, env.account
+    callee = await start_callee(tmp_path, "busy")
+    with server.api(account) as api:
+        created = await asyncio.to_thread(
+            api.post,
+            "/Conferences/busyroom/Participants.json",
+            data={"From": "+15550005555", "To": callee.to(), "Label": "agent"},
+        )
+        assert created.status_code == 201, created.text
+        participant = created.json()
+        assert participant["status"] == "queued" and participant["label"] == "agent"
+        conf_sid = participant["conference_sid"]
+        assert api.get(f"/Conferences/{conf_sid}.json").json()["status"] == "init"
+        assert (await callee.finished())[0] == 0
+        path = f"/Conferences/{conf_sid}/Participants/{participant['call_sid']}.json"
+        await await_for(lambda: api.get(path).json()["status"] == "failed", 20)
+        call = await call_status(api, participant["call_sid"], ("busy",))
+        assert call["sip_response_code"] == 486
+        ended = await await_for(
+            lambda: (
+                (c := api.get(f"/Conferences/{conf_sid}.json").json())["status"] == "completed"
+                and c
+            ),
+            20,
+        )
+        assert ended["reason_conference_ended"] == "last-participant-left"
+
+
+async def test_a_ringing_call_canceled_through_the_api_is_cancelled(
+    env: Env, tmp_path: Path
+) -> None:
+    server, account = env.server, env.account
+    callee = await start_callee(tmp_path, "no-answer")
+    with server.api(account) as api:
+        created = await asyncio.to_thread(
+            api.post,
+            "/Calls.json",
+            data={"To": callee.to(), "From": "+15550006666", "Twiml": "<Response/>"},
+        )
+        sid = created.json()["sid"]
+        await await_for(lambda: api.get(f"/Calls/{sid}.json").json()["status"] == "ringing", 20)
+        canceled = await asyncio.to_thread(
+            api.post, f"/Calls/{sid}.json", data={"Status": "canceled"}
+        )
+        assert canceled.json()["status"] == "canceled"
+        assert (await callee.finished())[0] == 0  # it got our CANCEL and answered 487
+        call = await call_status(api, sid, ("canceled",))
+        assert call["duration"] is None
