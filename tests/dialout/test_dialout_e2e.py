@@ -27,6 +27,7 @@ from confstream.tools.sipp import callee_command, callee_scenario
 from confstream.tools.tls import Tls
 
 from ..callbacks.recorder import Recorded, Recorder, http_recorder
+from ..calls.voiceapp import VoiceApp
 from ..calls.voicesipp import ulaw_tone
 from ..integration.peers import BaresipCaller, await_for, conference_named, start_sipp_caller
 from ..integration.test_call_streams import sdk_client
@@ -398,3 +399,39 @@ async def test_a_ringing_call_canceled_through_the_api_is_cancelled(
         assert (await callee.finished())[0] == 0  # it got our CANCEL and answered 487
         call = await call_status(api, sid, ("canceled",))
         assert call["duration"] is None
+
+
+async def test_calls_create_with_url_fetches_the_document_once_answered(
+    env: Env, tmp_path: Path
+) -> None:
+    server, account = env.server, env.account
+    app = VoiceApp().start()
+    app.paths["/outbound"] = lambda _: TWIML.format(room="urlroom")
+    try:
+        callee = await start_callee(tmp_path, "answer", tone_hz=CALLEE_HZ)
+        with server.api(account) as api:
+            created = await asyncio.to_thread(
+                api.post,
+                "/Calls.json",
+                data={
+                    "To": callee.to(),
+                    "From": "+15550007777",
+                    "Url": app.url("/outbound"),
+                    "Method": "GET",
+                    "TimeLimit": "2",
+                },
+            )
+            assert created.status_code == 201, created.text
+            sid = created.json()["sid"]
+            assert created.json()["direction"] == "outbound-api"
+            fetched = await asyncio.to_thread(app.wait_for, "/outbound")
+            assert fetched.method == "GET" and fetched.signed_by(account.token)
+            params = fetched.params
+            assert (params["CallSid"], params["CallStatus"]) == (sid, "in-progress")
+            assert (params["Direction"], params["To"]) == ("outbound-api", callee.to())
+            assert (await callee.finished())[0] == 0  # BYE at the TimeLimit
+            await call_status(api, sid, ("completed",))
+            conf = conference_named(api, "urlroom")
+            assert conf is not None and conf["status"] == "completed"
+    finally:
+        app.stop()
