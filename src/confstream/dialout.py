@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
+from confstream import metrics
 from confstream.callbacks.conference import rfc2822
 from confstream.callbacks.webhooks import Callback
 from confstream.calls.webhook import CallContext
@@ -441,6 +442,7 @@ class _Outbound:
             )
 
     def failed(self, sip_status: int | None, outcome: str) -> None:
+        metrics.DIAL_CALLS.labels(outcome=outcome).inc()
         self._callback("completed", outcome, sip_status=sip_status)
         sid = self.record.sid
 
@@ -461,6 +463,7 @@ class _Outbound:
         duration = 0
         if self.answered_at is not None:
             duration = max(0, round(time.monotonic() - self.answered_at))
+        metrics.DIAL_CALLS.labels(outcome="completed").inc()
         self._callback("completed", "completed", duration=duration)
         self._finish()
 

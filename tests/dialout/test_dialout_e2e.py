@@ -31,6 +31,7 @@ from ..calls.voiceapp import VoiceApp
 from ..calls.voicesipp import ulaw_tone
 from ..integration.peers import BaresipCaller, await_for, conference_named, start_sipp_caller
 from ..integration.test_call_streams import sdk_client
+from ..integration.test_voice_apps import metric
 from ..streams.peers import ws_receiver
 
 pytestmark = pytest.mark.timeout(240)
@@ -245,6 +246,7 @@ async def test_unanswered_calls_report_their_outcome(
 ) -> None:
     server, account = env.server, env.account
     callee = await start_callee(tmp_path, kind)
+    before = metric(server, "confstream_dial_calls_total", outcome=status)
     with server.api(account) as api:
         created = await asyncio.to_thread(
             api.post,
@@ -268,6 +270,7 @@ async def test_unanswered_calls_report_their_outcome(
     await recorder.wait_for(lambda: len(recorder.for_path(f"/{kind}")) >= 2, 20)
     received = validated(env, recorder, f"/{kind}")
     assert progress(received) == [("0", "initiated"), ("1", status)]
+    assert metric(server, "confstream_dial_calls_total", outcome=status) == before + 1
     assert received[1].form["SipResponseCode"] == sip
 
 

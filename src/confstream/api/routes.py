@@ -24,7 +24,8 @@ Choices where the contract is silent (as Twilio does): conferences list newest f
 participants list and fetch show the participants in the conference now (``in-progress``),
 a participant that left answers 404 (a fetch by CallSid also finds a callee being dialled, or
 that never answered: ``queued``/``connecting``/``ringing``/``failed``); ``POST
-…/Participants`` dials a callee (:mod:`confstream.api.dialout`); streams list oldest first and include stopped ones.
+…/Participants`` dials a callee (:mod:`confstream.api.dialout`); streams list oldest first
+and include stopped ones.
 ``AnnounceUrl`` audio is fetched (through the outbound policy) before the answer is sent, so a
 bad URL or file is reported to the caller (11200, 12300, 21205).
 
