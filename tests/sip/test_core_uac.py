@@ -19,6 +19,7 @@ from confstream.sip.core import (
     OpenRtp,
     Ringing,
     Send,
+    TimerKey,
     dial_outcome,
 )
 from confstream.sip.digest import compute_response, parse_authorization
@@ -98,6 +99,7 @@ def test_provisionals_report_ringing_once_and_the_2xx_is_acked() -> None:
     assert media.set_remote and not media.hold
     assert only(answered, Answered) == [Answered(SID)]
     assert h.call(SID).state is C.CONFIRMED
+    assert TimerKey("ring", SID) not in h.core.armed  # no ring timeout once answered
     # a retransmitted 2xx gets the same ACK again and nothing else
     again = h.answer(callee, 200)
     assert [m.serialize() for m in requests(again)] == [ack.serialize()]

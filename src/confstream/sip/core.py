@@ -1048,6 +1048,11 @@ class SipCore:
         self.armed[key] = at
         self._emit(ArmTimer(key, at))
 
+    def _cancel_call_timer(self, call: Call, kind: str) -> None:
+        key = TimerKey(kind, call.call_sid)
+        if self.armed.pop(key, None) is not None:
+            self._emit(CancelTimer(key))
+
     def _start_dial(self, call: Call) -> None:
         """RTP is open: the INVITE with our offer goes; the ring timeout starts."""
         assert call.local_sdp is not None and call.dial is not None
@@ -1170,6 +1175,7 @@ class SipCore:
             call.move(CallEvent.HANGUP)
             self._send_bye(call, "bad-sdp-answer")
             return
+        self._cancel_call_timer(call, RING_TIMER)
         self._emit(ApplyMedia(call.call_sid, neg, True, neg.hold, False))
         call.joined = True
         self._emit(Answered(call.call_sid))
@@ -1345,9 +1351,7 @@ class SipCore:
         if call.direction is Direction.OUTBOUND:
             self._outbound_call_ids.pop(call.dialog.call_id, None)
             for kind in CALL_TIMERS:
-                key = TimerKey(kind, call.call_sid)
-                if self.armed.pop(key, None) is not None:
-                    self._emit(CancelTimer(key))
+                self._cancel_call_timer(call, kind)
         call.dialog.state = DialogState.TERMINATED
         if self._dialogs.get(call.dialog.key) is call:
             del self._dialogs[call.dialog.key]
