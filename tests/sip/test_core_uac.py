@@ -531,3 +531,17 @@ def test_outbound_transition(state: CallState, event: CallEvent) -> None:
     assert h.core.live_transactions == 0
     assert h.core.armed == {}
     assert len(_ended(h)) == 1
+
+
+def test_responses_reach_only_the_transaction_of_their_branch() -> None:
+    h, callee = Harness(), Callee()
+    invite = h.to_calling(callee)
+    stray = callee.respond(invite, 200).replace(
+        (invite.top_via.branch or "").encode(), b"z9hG4bKnotours"
+    )
+    assert h.feed(stray, callee.flow) == []
+    assert h.call(SID).state is C.CALLING
+    # a response whose CSeq method differs (same branch) is not the INVITE's either
+    wrong_method = callee.respond(invite, 200).replace(b" INVITE\r\n", b" BYE\r\n", 1)
+    assert h.feed(wrong_method, callee.flow) == []
+    assert only(h.answer(callee, 200), Answered) == [Answered(SID)]
