@@ -247,6 +247,8 @@ class Dialout:
             raise DialRefused(f"Calls to {target.host} are not permitted: {exc}") from None
         except OSError:
             raise DialTargetInvalid(f"The host of To ({target.host}) cannot be resolved") from None
+        if self.dialer.is_own_listener(ip, target.port):
+            raise DialRefused(f"{target.host}:{target.port} is this server's own SIP listener")
         self.limits.take(account.sid, time.monotonic())
         try:
             return await self._start(

@@ -145,6 +145,10 @@ class DialListener(Protocol):
 
 
 class Dialer(Protocol):
+    def is_own_listener(self, host: str, port: int) -> bool:
+        """True when ``host:port`` (an IP address) reaches one of our own SIP listeners."""
+        ...
+
     def dial(self, call: OutboundCall, listener: DialListener) -> Participant:
         """Start placing ``call``; returns its participant (whose ``hangup`` cancels or ends
         it). Raises :class:`confstream.errors.DialRefused` for a target that is one of our
