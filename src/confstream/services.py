@@ -14,7 +14,10 @@ participants, the stream manager) and records (the store), keeping them in step:
   ``reason_conference_ended`` values and the CallSid that ended it
   (:func:`confstream.store.models.end_reason`): ``conference-ended-via-api``,
   ``last-participant-left``/``-kicked`` (kicked: removed through the REST API),
-  ``participant-with-end-conference-on-exit-left``/``-kicked``.
+  ``participant-with-end-conference-on-exit-left``/``-kicked``. A participant whose call
+  runs a voice application is never hung up by a conference's end or a REST delete: it
+  leaves the conference and the call runtime goes on with its script
+  (:meth:`VoiceRuntime.conference_left`: ``<Dial action>``, else the next verb).
 * **Join options** (:class:`~confstream.conference.gateway.JoinOptions`, docs/voice.md,
   "Conference options"): ``muted``; ``beep`` (``true``/``onEnter``: the enter beep is played to
   the conference when the participant enters, ``true``/``onExit``: the exit beep when it
@@ -359,6 +362,12 @@ class Services:
     def attach_voice(self, voice: VoiceRuntime) -> None:
         self.voice = voice
 
+    def _runs_voice_app(self, call_sid: str) -> bool:
+        """True when ``call_sid`` is a live call whose voice application goes on after its
+        ``<Dial><Conference>`` (it is taken out of a conference, never hung up, by a kick or
+        a conference's end)."""
+        return self.voice is not None and self.voice.is_running(call_sid)
+
     def set_digit_listener(self, call_sid: str, listener: Callable[[str], None] | None) -> None:
         """Have ``listener`` called with each key ``call_sid`` presses (None: no longer)."""
         if listener is None:
@@ -435,6 +444,8 @@ class Services:
             await self.call_refused(call.call_sid, exc)
             raise
         await self.call_answered(call.call_sid)
+        if voice_account is not None and self.voice is not None:
+            self.voice.call_answered(call.call_sid)  # its script runs on the answered call
 
     # ------------------------------------------------------------------ calls
     async def open_call(self, call: IncomingCall, participant: Participant) -> Call:
@@ -943,10 +954,12 @@ class Services:
         state = self._conferences.get(conference_sid)
         for call_sid in self.live_call_sids(conference_sid):
             live = self._live.pop(call_sid)
-            try:
-                live.participant.hangup(reason)
-            except Exception:
-                log.exception("hangup of %s failed", call_sid)
+            goes_on = self._runs_voice_app(call_sid)
+            if not goes_on:
+                try:
+                    live.participant.hangup(reason)
+                except Exception:
+                    log.exception("hangup of %s failed", call_sid)
             media = self.engine.get(conference_sid)
             if media is not None:
                 media.remove_participant(call_sid)
@@ -955,6 +968,8 @@ class Services:
                 self._emit(state, confevents.PARTICIPANT_LEAVE, live, record)
             if self.placement is not None:
                 await self.placement.left(call_sid)
+            if goes_on and self.voice is not None:
+                self.voice.conference_left(call_sid)  # its <Dial> is over: the script goes on
         if self.streams is not None:
             try:
                 await self.streams.stop_conference(conference_sid)
@@ -1114,8 +1129,17 @@ class Services:
 
     async def kick(self, call_sid: str, reason: str = REASON_KICKED) -> None:
         """Hang the participant up and complete its record now (SIP's later ``leave`` is then
-        a no-op); a conference this ends records a ``-kicked`` reason. A callee still being
-        dialled is cancelled instead (its call ``canceled``, the participant ``failed``)."""
+        a no-op); a conference this ends records a ``-kicked`` reason. A call run by a voice
+        application is not hung up: it leaves the conference and its script goes on after
+        its ``<Dial>`` (as on Twilio). A callee still being dialled is cancelled instead (its
+        call ``canceled``, the participant ``failed``)."""
+        if self._runs_voice_app(call_sid):
+            async with self._lifecycle:
+                if call_sid in self._live:
+                    await self._leave_locked(call_sid, reason, kicked=True)
+            if self.voice is not None:
+                self.voice.conference_left(call_sid)
+            return
         live = self._live.get(call_sid)
         dialing = self._calls.get(call_sid) if live is None else None
         if dialing is not None:

@@ -11,17 +11,22 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import cast
 
+import httpx
 import numpy as np
 import pytest
+from starlette.responses import PlainTextResponse, Response
+from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
 from confstream.calls.runtime import CallNotInProgress, VoiceRuntime, VoiceServices
 from confstream.calls.speech import Speaker
 from confstream.calls.webhook import WebhookFetcher
 from confstream.conference.base import Frame
-from confstream.conference.gateway import IncomingCall, JoinRefused
+from confstream.conference.gateway import IncomingCall, JoinOptions, JoinRefused
+from confstream.tools.metrics import sample
+from confstream.tools.net import free_port
 
 from ..api.stack import FakeCallParticipant, Stack, open_stack
-from .voiceapp import VoiceApp
+from .voiceapp import Recorded, VoiceApp
 
 
 class Caller(FakeCallParticipant):
@@ -49,7 +54,8 @@ async def stack(tmp_path: Path, app: VoiceApp) -> AsyncIterator[Stack]:
         runtime = VoiceRuntime(
             cast(VoiceServices, opened.services),
             opened.engine,
-            WebhookFetcher(opened.settings),
+            # a short timeout keeps the slow-document case short
+            WebhookFetcher(opened.settings.model_copy(update={"voice_webhook_timeout": 3.0})),
             Speaker(),
         )
         opened.services.attach_voice(runtime)
@@ -179,3 +185,169 @@ async def test_hangup_on_star_leaves_the_conference_and_requests_the_action(
     assert request.params["DialBridged"] == "true"
     assert stack.services.live_participant("CA-star") is None  # out of the conference
     assert runtime_of(stack).is_running("CA-star")  # the call goes on
+
+
+@pytest.mark.parametrize("how", ["kick", "ended-via-api", "end-on-exit"])
+async def test_removed_from_the_conference_the_call_goes_on_with_its_dial_action(
+    stack: Stack, app: VoiceApp, how: str
+) -> None:
+    """Removed from its conference outside the runtime (REST delete, REST end, another
+    participant's endConferenceOnExit), a call is not hung up: its <Dial action> is requested
+    as on Twilio and the answer runs (docs/voice.md, Flow)."""
+    room = f"room-{how}"
+
+    def dial(_: object) -> str:
+        response = VoiceResponse()
+        dial = Dial(action="/dial-done")
+        dial.conference(room, beep="false")
+        response.append(dial)
+        return str(response)
+
+    def done(_: object) -> str:
+        response = VoiceResponse()
+        response.say("Goodbye.")
+        response.hangup()
+        return str(response)
+
+    app.routes[room] = dial
+    app.paths["/dial-done"] = done
+    call_sid = f"CA-{how}"
+    caller = await call(stack, call_sid, room)
+    await until(lambda: stack.services.live_participant(call_sid) is not None)
+    other = FakeCallParticipant(f"CA-other-{how}", stack.services)
+    options = JoinOptions(beep="false", end_conference_on_exit=how == "end-on-exit")
+    conference_sid = await stack.services.join(stack.account.sid, room, other, options)
+    base = f"/2010-04-01/Accounts/{stack.account.sid}/Conferences/{conference_sid}"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack.app), base_url="http://api", auth=stack.auth()
+    ) as client:
+        if how == "kick":
+            answer = await client.delete(f"{base}/Participants/{call_sid}.json")
+            assert answer.status_code == 204, answer.text
+        elif how == "ended-via-api":
+            answer = await client.post(f"{base}.json", data={"Status": "completed"})
+            assert answer.status_code == 200, answer.text
+        else:
+            await stack.services.leave(other.call_sid, "bye")
+
+    request = await asyncio.to_thread(app.wait_for, "/dial-done", 10.0, CallSid=call_sid)
+    assert request.params["DialCallStatus"] == "answered"
+    assert request.params["DialBridged"] == "true"
+    assert request.params["CallStatus"] == "in-progress"
+    assert request.signed_by(stack.account.auth_token)
+    assert stack.services.live_participant(call_sid) is None
+    caller.loudest = 0
+    await until(lambda: caller.hangups == ["hangup"])  # <Say>, then <Hangup>: not the removal
+    assert caller.loudest > 3000  # the goodbye was spoken
+    assert len(app.of("/dial-done", CallSid=call_sid)) == 1
+    conference = await stack.store.get_conference(conference_sid)
+    assert conference is not None
+    if how == "kick":  # the other participant is still in
+        assert conference.status == "in-progress"
+        assert other.hangups == []
+    else:
+        assert conference.status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "reason"),
+    [
+        ("status500", 11200, "http"),
+        ("text", 12300, "document"),  # not an XML Content-Type
+        ("notxml", 12100, "document"),  # application/xml, not well-formed
+        ("slow", 11200, "timeout"),  # past the webhook timeout
+    ],
+)
+async def test_a_later_document_that_fails_ends_only_its_call(
+    stack: Stack, app: VoiceApp, caplog: pytest.LogCaptureFixture, kind: str, code: int, reason: str
+) -> None:
+    """A document requested mid-call (here a <Redirect>) that cannot be fetched or run: the
+    call is hung up with the error (docs/voice.md, Errors and outcomes), logged and counted;
+    another call is not disturbed."""
+    bad = {
+        "status500": lambda _: Response("boom", status_code=500),
+        "text": lambda _: PlainTextResponse("<Response><Hangup/></Response>"),
+        "notxml": lambda _: Response("<Response><Say>unclosed", media_type="application/xml"),
+        "slow": lambda _: Response("", status_code=307, headers={"location": "/slow"}),
+    }
+    response = VoiceResponse()
+    response.pause(length=1)
+    response.redirect(f"/bad-{kind}")
+    app.routes[f"bad-{kind}"] = lambda _: str(response)
+    app.paths[f"/bad-{kind}"] = bad[kind]
+    app.routes["steady"] = lambda _: '<Response><Pause length="30"/></Response>'
+    bystander = await call(stack, f"CA-steady-{kind}", "steady")
+    call_sid = f"CA-bad-{kind}"
+    before = sample("confstream_voice_webhook_failures_total", reason=reason)
+    caller = await call(stack, call_sid, f"bad-{kind}")
+    await until(lambda: caller.hangups == [f"application-error {code}"], 15.0)
+    assert sample("confstream_voice_webhook_failures_total", reason=reason) == before + 1
+    assert f"call {call_sid}: application error {code}" in caplog.text
+    assert not runtime_of(stack).is_running(call_sid)
+    assert bystander.hangups == [] and runtime_of(stack).is_running(f"CA-steady-{kind}")
+
+
+@pytest.mark.parametrize(
+    ("kind", "error_code"),
+    [("status500", "11200"), ("notxml", "12100"), ("root", "12102"), ("text", "12300")],
+)
+async def test_a_failing_voice_url_goes_to_the_fallback_url(
+    stack: Stack, app: VoiceApp, kind: str, error_code: str
+) -> None:
+    """The voice URL fails or answers a document that cannot run: the fallback URL is
+    requested with ErrorCode and ErrorUrl, signed, and its document runs (docs/voice.md,
+    Errors and outcomes); when the fallback fails too the call is refused with 500."""
+    bad = {
+        "status500": lambda _: Response("boom", status_code=500),
+        "notxml": lambda _: Response("<Response><Say>unclosed", media_type="application/xml"),
+        "root": lambda _: Response("<Reply><Hangup/></Reply>", media_type="application/xml"),
+        "text": lambda _: PlainTextResponse("hello"),
+    }
+    await stack.store.update_account(stack.account.sid, voice_fallback_url=app.url("/fallback"))
+    app.routes[f"fb-{kind}"] = bad[kind]
+    room = f"fallback-{kind}"
+
+    def fallback(request: Recorded) -> str:
+        if request.params["CallSid"].endswith("-again"):
+            return "not a document"  # text/plain: the fallback fails too
+        response = VoiceResponse()
+        dial = Dial()
+        dial.conference(room, beep="false")
+        response.append(dial)
+        return str(response)
+
+    app.paths["/fallback"] = fallback
+    call_sid = f"CA-fb-{kind}"
+    await call(stack, call_sid, f"fb-{kind}")
+    request = await asyncio.to_thread(app.wait_for, "/fallback", 10.0, CallSid=call_sid)
+    assert request.params["ErrorCode"] == error_code
+    assert request.params["ErrorUrl"] == app.url("/voice")
+    assert request.params["CallStatus"] == "ringing"
+    assert request.signed_by(stack.account.auth_token)
+    await until(lambda: stack.services.live_participant(call_sid) is not None)
+
+    with pytest.raises(JoinRefused) as refused:
+        await call(stack, f"{call_sid}-again", f"fb-{kind}")
+    assert refused.value.sip_status == 500
+    assert not runtime_of(stack).is_running(f"{call_sid}-again")
+    assert stack.services.live_participant(call_sid) is not None  # undisturbed
+
+
+async def test_connect_stream_that_cannot_connect_goes_on_with_the_next_verb(
+    stack: Stack, app: VoiceApp
+) -> None:
+    """``<Connect><Stream>`` to a receiver that refuses the connection: the stream stops with
+    its error (31902) and the script runs the next verb, whether the stop is reported before
+    or after the runtime starts waiting for it."""
+    response = VoiceResponse()
+    connect = Connect()
+    connect.stream(url=f"wss://127.0.0.1:{free_port()}/nobody")
+    response.append(connect)
+    response.redirect("/after-connect")
+    app.routes["nobody"] = lambda _: str(response)
+    app.paths["/after-connect"] = lambda _: '<Response><Pause length="30"/></Response>'
+    await call(stack, "CA-nobody", "nobody")
+    request = await asyncio.to_thread(app.wait_for, "/after-connect", 20.0, CallSid="CA-nobody")
+    assert request.signed_by(stack.account.auth_token)
+    (stream,) = await stack.services.list_call_streams("CA-nobody", offset=0, limit=10)
+    assert (stream.status, stream.error_code) == ("stopped", 31902)

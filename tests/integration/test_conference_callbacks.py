@@ -2,10 +2,12 @@
 real HTTP server and checked with the official twilio SDK's RequestValidator: order, exactly
 once, SequenceNumber from 1 without gaps, Twilio's parameters.
 
-Until the voice webhook drives ``<Conference statusCallback>``, the options reach
-``Services.join`` through the test: in-process participants for the exact sequences, and real
-sipp callers through an in-process SIP edge whose gateway joins with the options (the SIP
-edge, the services, the engine, the store and the callback delivery are all the real ones).
+Here the options reach ``Services.join`` through the test: in-process participants for the
+exact sequences, and real sipp callers through an in-process SIP edge whose gateway joins with
+the options (the SIP edge, the services, the engine, the store and the callback delivery are
+all the real ones). The same events driven by ``<Conference statusCallback>`` from a voice
+application, with a stream created inside the ``conference-start`` callback, are checked end
+to end in tests/integration/test_voice_apps.py.
 """
 
 from __future__ import annotations

@@ -212,7 +212,9 @@ async def test_abusive_receivers_are_stopped_or_bounded_without_hurting_anyone(
         assert "faster than 200/s beyond a burst of 1000" in r["record"]["error_message"]
         assert r["conn"].ws.close_code == 1008
         assert r["conn"].messages[-1]["event"] == "stop"
-        assert len(r["conn"].events("mark")) <= 1100
+        # the burst of 1000 plus what the 200/s refill allows while the flood is read (a
+        # loaded machine reads it slower): bounded, far from the 20,000 sent
+        assert len(r["conn"].events("mark")) <= 2000
     for kind in ("big", "small", "marks"):
         events = [p["StreamEvent"] for p in callbacks_for(web, f"/cb/{kind}")]
         assert events == ["stream-started", "stream-error", "stream-stopped"], (kind, events)

@@ -13,8 +13,10 @@ the call's record exists):
    ``<Reject>`` met there refuses the call unanswered (SIP **603** Decline for
    ``reason="rejected"``, **486** Busy Here for ``busy``); a document that stops the call
    with an error there refuses it with **500**.
-3. otherwise returns: the SIP edge answers 200, and the rest of the script runs in one asyncio
-   task per call (the first action included), with ``CallStatus=in-progress``.
+3. otherwise returns: the SIP edge answers 200; once the services have recorded the call
+   ``in-progress`` they call :meth:`VoiceRuntime.call_answered`, and the rest of the script
+   runs in one asyncio task per call (the first action included, so a first
+   ``<Start><Stream>`` finds the call answered), with ``CallStatus=in-progress``.
 
 How each action is done:
 
@@ -79,6 +81,7 @@ from confstream.conference.gateway import IncomingCall, JoinOptions
 from confstream.errors import ConfstreamError, JoinRefused
 from confstream.netpolicy import redact_url
 from confstream.store import Account, Stream
+from confstream.store.models import STREAM_STOPPED
 from confstream.streams.spec import StreamRequest
 from confstream.streams.vocabulary import CallbackMethod, Track
 from confstream.voice.cxml import ConferenceNoun, CxmlError, StreamNoun, parse
@@ -306,6 +309,14 @@ class VoiceRuntime:
         call.first = action
         call.status = STATUS_IN_PROGRESS
         metrics.VOICE_CALLS_ACTIVE.inc()
+
+    def call_answered(self, call_sid: str) -> None:
+        """The call accepted by :meth:`incoming_call` is answered (its record is
+        ``in-progress``): the rest of its script starts running (step 3). Unknown or ended
+        CallSids are ignored."""
+        call = self._calls.get(call_sid)
+        if call is None or call.ended or call.task is not None:
+            return
         call.task = asyncio.get_running_loop().create_task(
             self._run(call), name=f"voice-{call.call_sid}"
         )
@@ -653,7 +664,7 @@ class VoiceRuntime:
     # --------------------------------------------------------------- streams
     async def _start_stream(
         self, call: _Call, noun: StreamNoun, *, realtime: bool = False
-    ) -> str | None:
+    ) -> Stream | None:
         try:
             row = await self.services.start_call_stream(
                 call.account, call.call_sid, stream_request(noun, realtime=realtime)
@@ -668,7 +679,7 @@ class VoiceRuntime:
             return None
         if not realtime:
             call.started_streams.append(row.sid)
-        return row.sid
+        return row
 
     async def _stop_streams(self, call: _Call, name: str | None) -> None:
         targets = [name] if name is not None else list(call.started_streams)
@@ -686,9 +697,10 @@ class VoiceRuntime:
         """``<Connect><Stream>``: until the stream stops (or the task is cancelled)."""
         self._solo(call)
         call.connect_done.clear()
-        sid = await self._start_stream(call, noun, realtime=True)
-        if sid is None:
-            return
+        row = await self._start_stream(call, noun, realtime=True)
+        if row is None or row.status == STREAM_STOPPED:
+            return  # not started, or already over (its stop may have been reported already)
+        sid = row.sid
         call.connect_stream = sid
         try:
             await call.connect_done.wait()
