@@ -36,6 +36,8 @@ LAYERS: dict[str, int] = {
     "cluster": 4,
     "services": 5,
     "calls": 5,
+    # calls placed through the REST API: above the services it drives (docs/sip.md)
+    "dialout": 5,
     "api": 6,
     "app": 7,
     "cli": 8,

@@ -47,6 +47,7 @@ from confstream.cluster.placement import REASON_OWNERSHIP_LOST
 from confstream.cluster.recovery import Recovery
 from confstream.conference.engine import Engine
 from confstream.dbfiles import secure_sqlite_files
+from confstream.dialout import Dialout
 from confstream.logsetup import watch_account_tokens
 from confstream.metrics import GC_PAUSE
 from confstream.netpolicy import client_ssl_context
@@ -105,6 +106,7 @@ class Server:
     streams: StreamManager | None = None
     sip: SipServer | None = None
     voice: VoiceRuntime | None = None
+    dialout: Dialout | None = None
     http_port: int = 0
     #: Cluster mode only (docs/cluster.md).
     cluster: ClusterNode | None = None
@@ -162,6 +164,9 @@ class Server:
             settings, services, open_port_pool(settings), nonce_secret=nonce_secret
         )
         await self.sip.start()
+        # Calls placed through the REST API (docs/sip.md, "Calling out").
+        self.dialout = Dialout(services, self.sip, settings)
+        self.dialout.from_host = self.sip.advertised_host
 
         host, port = settings.http_address
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -170,7 +175,7 @@ class Server:
         sock.listen(512)
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
-        self._api = api = create_api(services)
+        self._api = api = create_api(services, self.dialout)
         asgi: ASGIApp = api
         if self.cluster is not None:
             # REST on any node: changes to another node's conference go to it (docs/cluster.md)

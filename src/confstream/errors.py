@@ -97,6 +97,35 @@ class AnnouncementInvalid(ConfstreamError):
     code = 12300
 
 
+class DialTargetInvalid(ConfstreamError):
+    """``To`` of a call to place is not ``sip:user@host[:port][;transport=udp]`` (21211,
+    Twilio's "Invalid 'To' Phone Number")."""
+
+    code = 21211
+
+
+class DialFromInvalid(ConfstreamError):
+    """``From`` of a call to place is missing or unusable (21212, "Invalid 'From' Phone
+    Number")."""
+
+    code = 21212
+
+
+class DialRefused(ConfstreamError):
+    """The SIP target of a call to place is refused: the outbound address policy
+    (``allowed_networks``, docs/sip.md "Calling out") or one of the server's own SIP
+    listeners (a call loop). 21215, Twilio's "call not permitted to this destination"."""
+
+    code = 21215
+
+
+class DialLimitReached(ConfstreamError):
+    """The account has as many outbound calls in progress as ``dial_max_calls_per_account``,
+    or places calls faster than ``dial_calls_per_second`` (20429, Too Many Requests)."""
+
+    code = 20429
+
+
 class JoinRefused(ConfstreamError):
     """A SIP caller cannot join the conference (ended, account disabled...). The SIP edge
     answers the INVITE with ``sip_status`` (a final status, 300..699; 403 by default). Join
@@ -159,6 +188,10 @@ __all__ = [
     "ConferenceFull",
     "ConferenceNotLive",
     "ConfstreamError",
+    "DialFromInvalid",
+    "DialLimitReached",
+    "DialRefused",
+    "DialTargetInvalid",
     "JoinRefused",
     "NameInUse",
     "NotFound",

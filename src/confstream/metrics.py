@@ -84,6 +84,11 @@ VOICE_WEBHOOK_FAILURES = Counter(
 VOICE_CALLS_ACTIVE = Gauge(
     "confstream_voice_calls_active", "Answered calls running a voice application"
 )
+DIAL_CALLS = Counter(
+    "confstream_dial_calls_total",
+    "Calls placed through the REST API, by how they ended",
+    ["outcome"],
+)  # outcome: completed, busy, no-answer, canceled, failed
 
 # Process
 GC_PAUSE = Histogram(

@@ -143,6 +143,9 @@ from confstream.store.models import (
     CALL_COMPLETED,
     CALL_FAILED,
     CALL_IN_PROGRESS,
+    CALL_INBOUND,
+    CALL_QUEUED,
+    CALL_RINGING,
     CONFERENCE_COMPLETED,
     CONFERENCE_IN_PROGRESS,
     CONFERENCE_INIT,
@@ -151,6 +154,8 @@ from confstream.store.models import (
     ENDED_LAST_KICKED,
     ENDED_LAST_LEFT,
     ENDED_VIA_API,
+    PARTICIPANT_DIALING,
+    PARTICIPANT_FAILED,
     PARTICIPANT_IN_PROGRESS,
     STREAM_ACTIVE_STATUSES,
     STREAM_STOPPED,
@@ -175,6 +180,9 @@ REASON_STREAM_API = "Stream stopped via API"
 REASON_CALL_API = "Call ended via API"
 #: SIP refusals recorded as a ``busy`` call; any other refusal is ``failed``.
 BUSY_SIP_STATUSES = frozenset({486, 600})
+#: Participant statuses a fetch by CallSid finds: in the conference, being dialled, or a callee
+#: that never answered (docs/api.md, Participants).
+PARTICIPANT_FETCHABLE = (PARTICIPANT_IN_PROGRESS, *PARTICIPANT_DIALING, PARTICIPANT_FAILED)
 #: How a plain SIP caller (no voice application) joins: Twilio's defaults without the beep,
 #: i.e. confstream's behaviour before voice applications (docs/sip.md).
 PLAIN_SIP_JOIN = JoinOptions(beep="false")
@@ -478,6 +486,52 @@ class Services:
         except Exception:
             log.exception("recording the refusal of call %s failed", call_sid)
 
+    def open_outbound_call(self, call_sid: str, account_sid: str, participant: Participant) -> None:
+        """Know an outbound call being placed as live (docs/api.md, "Making calls"): a REST
+        hang-up cancels it."""
+        self._calls[call_sid] = LiveCall(participant, account_sid)
+
+    def forget_call(self, call_sid: str) -> None:
+        """An outbound call that was never answered is over (no ``leave`` follows)."""
+        self._calls.pop(call_sid, None)
+
+    def callbacks(self) -> CallbackSender:
+        """The server's status callback sender (one ordered queue per key)."""
+        return self._sender()
+
+    async def ensure_conference(
+        self, account_sid: str, friendly_name: str, options: JoinOptions
+    ) -> Conference:
+        """The account's live conference ``friendly_name``, created ``init`` when there is
+        none (a callee being dialled for it, ``POST …/Participants``): it starts when a
+        participant with ``start_conference_on_enter`` joins. The conference-level options
+        (status callback) are ``options``'."""
+        async with self._lifecycle:
+            account = await self.store.get_account(account_sid)
+            if account is None or account.status != "active":
+                raise AccountNotActive()
+            conference = await self.store.find_live_conference(account_sid, friendly_name)
+            if conference is None:
+                conference = await self.store.create_conference(
+                    account_sid,
+                    friendly_name,
+                    status=CONFERENCE_INIT,
+                    status_callback=options.status_callback,
+                    status_callback_method=options.status_callback_method,
+                    status_callback_event=" ".join(options.status_callback_event) or None,
+                )
+            return conference
+
+    async def end_unjoined_conference(self, conference_sid: str, reason: str) -> None:
+        """End a live conference nobody is in (created for callees that never answered)."""
+        async with self._lifecycle:
+            if self.live_call_sids(conference_sid):
+                return
+            record = await self.store.get_conference(conference_sid)
+            if record is None or record.status == CONFERENCE_COMPLETED:
+                return
+            await self._end_locked(conference_sid, reason)
+
     def live_call(self, call_sid: str) -> Participant | None:
         """The audio of a live call (answered or being answered, not ended), or None."""
         live = self._calls.get(call_sid)
@@ -522,6 +576,11 @@ class Services:
             live.participant.hangup(reason)
         except Exception:
             log.exception("hangup of %s failed", call_sid)
+        if call.direction != CALL_INBOUND and call.status in (CALL_QUEUED, CALL_RINGING):
+            # an outbound call not answered yet: the hang-up CANCELs it (docs/api.md)
+            self._calls.pop(call_sid, None)
+            await self.store.update_call(call_sid, status=CALL_CANCELED)
+            return await self.get_call(owner.sid, call_sid)
         await self.leave(call_sid, reason)
         return await self.get_call(owner.sid, call_sid)
 
@@ -1002,10 +1061,13 @@ class Services:
     async def get_participant(self, conference_sid: str, call_sid: str) -> ParticipantRecord:
         """The participant in the conference now, by CallSid or else by label (docs/api.md,
         Participants); :class:`NotFound` when it is not there or has left. A CallSid is
-        looked up first, so a label can never hide a participant's CallSid."""
+        looked up first, so a label can never hide a participant's CallSid. By CallSid, a
+        callee being dialled (``queued``, ``connecting``, ``ringing``) or that never answered
+        (``failed``) is found too."""
         row = await self.store.get_participant(call_sid, conference_sid)
-        if row is None or row.status != PARTICIPANT_IN_PROGRESS:
-            row = await self.store.find_participant_by_label(conference_sid, call_sid)
+        if row is not None and row.status in PARTICIPANT_FETCHABLE:
+            return row
+        row = await self.store.find_participant_by_label(conference_sid, call_sid)
         if row is None or row.status != PARTICIPANT_IN_PROGRESS:
             raise NotFound(f"Participant {call_sid}")
         return row
@@ -1076,7 +1138,8 @@ class Services:
         """Hang the participant up and complete its record now (SIP's later ``leave`` is then
         a no-op); a conference this ends records a ``-kicked`` reason. A call run by a voice
         application is not hung up: it leaves the conference and its script goes on after
-        its ``<Dial>`` (as on Twilio)."""
+        its ``<Dial>`` (as on Twilio). A callee still being dialled is cancelled instead (its
+        call ``canceled``, the participant ``failed``)."""
         if self._runs_voice_app(call_sid):
             async with self._lifecycle:
                 if call_sid in self._live:
@@ -1085,6 +1148,14 @@ class Services:
                 self.voice.conference_left(call_sid)
             return
         live = self._live.get(call_sid)
+        dialing = self._calls.get(call_sid) if live is None else None
+        if dialing is not None:
+            record = await self.store.get_participant(call_sid)
+            if record is not None and record.status in PARTICIPANT_DIALING:
+                self._calls.pop(call_sid, None)
+                dialing.participant.hangup(reason)
+                await self.store.update_call(call_sid, status=CALL_CANCELED)
+                return
         if live is not None:
             try:
                 live.participant.hangup(reason)

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # proxy"). Empty: every request is keyed by the address it came from.
     sip_trusted_proxies: Annotated[list[str], NoDecode] = []
 
+    # Dial-out (docs/sip.md, "Calling out"): calls placed through POST /Calls and
+    # POST /Participants, per account: at most this many being placed or in progress, and at
+    # most this many new ones per second (a burst of as many is allowed); beyond: 429 (20429).
+    dial_max_calls_per_account: int = Field(default=10, ge=1)
+    dial_calls_per_second: float = Field(default=5.0, gt=0)
+
     # Dashboard (docs/operations.md, Dashboard): concurrent event streams per account.
     dashboard_max_clients: int = 4
 

@@ -54,6 +54,10 @@ HTTP_OF_DOMAIN: list[tuple[errors.ConfstreamError, int, int, bool]] = [
     (errors.UrlRefused("AnnounceUrl refused: loopback"), 422, 21205, True),
     (errors.AnnouncementUnavailable("AnnounceUrl answered HTTP 404"), 502, 11200, False),
     (errors.AnnouncementInvalid("AnnounceUrl is not a supported WAV file"), 422, 12300, True),
+    (errors.DialTargetInvalid("To must be a sip: URI"), 422, 21211, True),
+    (errors.DialFromInvalid("From is not a caller ID"), 422, 21212, True),
+    (errors.DialRefused("Calls to 10.0.0.1 are not permitted"), 403, 21215, False),
+    (errors.DialLimitReached("at most 1 new outbound calls per second"), 429, 20429, False),
 ]
 
 

@@ -53,7 +53,14 @@ _RUNTIME_URL_OPERATIONS = {
     "createCallStream": ["400", "422"],
     # Url refused (21205) or combined with Status/Twiml (20001); no voice runtime (20501)
     "updateCall": ["400", "422"],
+    # a To or From the schema cannot fully describe (21211, 21212), a target the outbound
+    # policy refuses (403), the account's dial-out limits (429), an ended conference (409)
+    "createCall": ["403", "422", "429"],
+    # ... and Coaching=true, which confstream does not do (400, 20501)
+    "createParticipant": ["400", "403", "409", "422", "429"],
 }
+#: Dial-out limit of the fuzzed server: the calls placed by hand reach it (429).
+MAX_DIAL_CALLS = 3
 #: List operations: ``Page`` x ``PageSize`` over the bound answers 422, a rule between two
 #: parameters that no schema states.
 _LIST_OPERATIONS = [
@@ -161,6 +168,7 @@ def schemathesis_config(account: Account, targets: dict[str, dict[str, str]], re
 def server(tmp_path: Path, tls: Tls) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path)
     srv.env["CONFSTREAM_STREAM_CA_FILE"] = str(tls.ca_file)
+    srv.env["CONFSTREAM_DIAL_MAX_CALLS_PER_ACCOUNT"] = str(MAX_DIAL_CALLS)
     yield srv
     if srv.proc is not None:
         srv.stop()
@@ -255,7 +263,7 @@ async def test_schemathesis_finds_the_description_true(
             )
 
             # ------------------------------------------------ what fuzzing rarely builds
-            await _by_hand(api, seen, account, extra_conf, extra_a, extra_b)
+            await _by_hand(api, seen, account, extra_conf, extra_a, extra_b, server.sip_port)
 
             # -------------------------------------------------------------- schemathesis
             report = tmp_path / "schemathesis.har"
@@ -278,6 +286,7 @@ async def test_schemathesis_finds_the_description_true(
                 )
             }
             targets["updateCall"] = {"CallSid": upd_call}
+            targets["createParticipant"] = {"ConferenceSid": "fuzz-dial"}
             targets["updateConference"] = {"ConferenceSid": upd_conf}
             targets["updateParticipant"] = {"ConferenceSid": part_conf, "CallSid": part_a}
             targets["deleteParticipant"] = {"ConferenceSid": part_conf, "CallSid": part_b}
@@ -334,6 +343,7 @@ async def _by_hand(
     conf: str,
     call_a: str,
     call_b: str,
+    sip_port: int,
 ) -> None:
     """The requests fuzzing rarely builds, each with the answer it must get."""
     c = f"/Conferences/{conf}"
@@ -396,6 +406,24 @@ async def _by_hand(
     _check(api, seen, 409, "POST", f"/Calls/{call_b}/Streams.json", data={"Url": "c"})
     _check(api, seen, 409, "POST", f"/Calls/{call_b}.json", data={"Twiml": "<Response/>"})
     _check(api, seen, 200, "POST", f"/Calls/{call_b}.json", data={"Status": "completed"})
+    # dial-out: nothing answers on closed_port (the calls fail after Timer B)
+    nobody = f"sip:nobody@127.0.0.1:{closed_port}"
+    own = f"sip:me@127.0.0.1:{sip_port}"
+    dial = {"To": nobody, "From": "+15550009999", "Twiml": "<Response/>"}
+    _check(api, seen, 422, "POST", "/Calls.json", data={**dial, "To": ""})
+    _check(api, seen, 403, "POST", "/Calls.json", data={**dial, "To": own})
+    _check(api, seen, 413, "POST", "/Calls.json", data=big)
+    _check(api, seen, 201, "POST", "/Calls.json", data=dial)
+    people = f"{c}/Participants.json"
+    _check(api, seen, 422, "POST", people, data={**dial, "From": ""})
+    _check(api, seen, 403, "POST", people, data={**dial, "To": own})
+    _check(api, seen, 413, "POST", people, data=big)
+    _check(api, seen, 400, "POST", people, data={**dial, "Coaching": "true"})
+    _check(api, seen, 201, "POST", people, data=dial)
+    for _ in range(MAX_DIAL_CALLS - 2):
+        _check(api, seen, 201, "POST", "/Calls.json", data=dial)
+    _check(api, seen, 429, "POST", "/Calls.json", data=dial)
+    _check(api, seen, 429, "POST", people, data=dial)
     # the conference: announcement failures, too large, ended; then what an ended one answers
     _check(api, seen, 502, "POST", f"{c}.json", data={"AnnounceUrl": nowhere})
     _check(api, seen, 422, "POST", f"{c}.json", data={"Status": "paused"})
@@ -403,6 +431,7 @@ async def _by_hand(
     _check(api, seen, 200, "POST", f"{c}.json", data={"Status": "completed"})
     _check(api, seen, 409, "POST", f"{c}.json", data={"AnnounceUrl": nowhere})
     _check(api, seen, 409, "POST", f"{c}/Streams.json", data={"Url": "c"})
+    _check(api, seen, 409, "POST", people, data=dial)
     _check(api, seen, 404, "POST", p, data={"Muted": "true"})
     # no credentials, or a wrong AuthToken, on every operation
     for path, item in openapi()["paths"].items():

@@ -58,21 +58,22 @@ async def start_sipp_caller(
 
 @dataclass
 class BaresipCaller:
-    """A baresip softphone dialling a conference, playing a PCM16 tone, recording what it hears."""
+    """A baresip softphone dialling a conference (or answering a call confstream places),
+    playing a PCM16 tone, recording what it hears."""
 
     workdir: Path
     freq: float
     seconds: float
     proc: asyncio.subprocess.Process | None = None
 
-    async def dial(self, sip_port: int, account: Account, room: str) -> None:
+    def _configure(self, listen: str, account_line: str) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         dump = self.workdir / "dump"
         dump.mkdir(exist_ok=True)
         wav = tone_wav(self.workdir / "tone.wav", self.freq, self.seconds)
         (self.workdir / "config").write_text(
             "poll_method epoll\n"
-            "sip_listen 127.0.0.1:0\n"
+            f"sip_listen {listen}\n"
             "module_path /usr/lib/baresip/modules\n"
             "module g711.so\nmodule aufile.so\nmodule sndfile.so\n"
             "module_app account.so\nmodule_app menu.so\n"
@@ -82,18 +83,16 @@ class BaresipCaller:
             f"snd_path {dump}\n"
             "audio_srate 8000\naudio_channels 1\n"
         )
-        (self.workdir / "accounts").write_text(
-            f"<sip:{account.sid}@127.0.0.1>;regint=0;audio_codecs=PCMU"
-            f";auth_user={account.sid};auth_pass={account.token}\n"
-        )
+        (self.workdir / "accounts").write_text(account_line + "\n")
+
+    async def _run(self, *args: str) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             "stdbuf",  # line-buffered log, so tests can follow the call as it happens
             "-oL",
             "baresip",
             "-f",
             str(self.workdir),
-            "-e",
-            f"/dial sip:{room}@127.0.0.1:{sip_port}",
+            *args,
             "-t",
             str(int(self.seconds) + 4),
             stdout=open(self.workdir / "baresip.log", "wb"),  # noqa: ASYNC230
@@ -101,6 +100,22 @@ class BaresipCaller:
             stdin=asyncio.subprocess.DEVNULL,
             cwd=self.workdir,
         )
+
+    async def dial(self, sip_port: int, account: Account, room: str) -> None:
+        self._configure(
+            "127.0.0.1:0",
+            f"<sip:{account.sid}@127.0.0.1>;regint=0;audio_codecs=PCMU"
+            f";auth_user={account.sid};auth_pass={account.token}",
+        )
+        await self._run("-e", f"/dial sip:{room}@127.0.0.1:{sip_port}")
+
+    async def answer(self, sip_port: int) -> None:
+        """Wait on 127.0.0.1:``sip_port`` for one call and answer it at once (a callee)."""
+        self._configure(
+            f"127.0.0.1:{sip_port}",
+            "<sip:callee@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU",
+        )
+        await self._run()
 
     async def wait(self) -> None:
         assert self.proc is not None

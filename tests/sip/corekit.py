@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from confstream.sip.call import Call
+from confstream.sip.call import Call, Dial
 from confstream.sip.core import (
     Action,
     ArmTimer,
@@ -24,7 +24,7 @@ from confstream.sip.core import (
 )
 from confstream.sip.digest import DigestAuthenticator, FailureThrottle
 from confstream.sip.flow import Flow
-from confstream.sip.message import SipRequest, SipResponse, parse_message
+from confstream.sip.message import SipRequest, SipResponse, build_response, parse_message
 from confstream.sip.transaction import TimerConfig
 
 REALM = "confstream"
@@ -149,6 +149,31 @@ class Harness:
 
     def call(self, call_sid: str) -> Call:
         return self.core.calls[call_sid]
+
+    def dial(self, callee: Callee, **options: object) -> list[Action]:
+        """Dial ``callee`` (CallSid ``CAout``); :class:`Dial` fields may be overridden."""
+        fields: dict[str, object] = {
+            "call_sid": "CAout",
+            "account_sid": ACCOUNT,
+            "to_uri": f"sip:bob@{callee.host}:{callee.port}",
+            "flow": callee.flow,
+            "from_uri": f"sip:+15550001111@{SERVER}",
+            "ring_timeout": 20.0,
+        }
+        fields.update(options)
+        return self._seen(self.core.dial(Dial(**fields), self.now))  # type: ignore[arg-type]
+
+    def to_calling(self, callee: Callee, **options: object) -> SipRequest:
+        """Dial and open RTP: the INVITE that went out (also kept in ``callee.invite``)."""
+        self.dial(callee, **options)
+        (invite,) = requests(self.rtp_opened("CAout"), "INVITE")
+        callee.invite = invite
+        return invite
+
+    def answer(self, callee: Callee, status: int = 200, **kw: object) -> list[Action]:
+        """The callee answers the last INVITE with ``status``."""
+        assert callee.invite is not None
+        return self.feed(callee.respond(callee.invite, status, **kw), callee.flow)  # type: ignore[arg-type]
 
     # whole steps
     def to_opening(self, phone: Phone) -> str:
@@ -275,6 +300,70 @@ class Phone:
 
     def bye(self, cseq: int | None = None) -> bytes:
         return self.request("BYE", cseq=cseq, to_tag=self.remote_tag)
+
+
+@dataclass
+class Callee:
+    """The far end of an outbound call: answers the requests the core sends it."""
+
+    host: str = "192.0.2.50"
+    port: int = 5080
+    transport: str = "UDP"
+    tag: str = field(default_factory=lambda: secrets.token_hex(4))
+    invite: SipRequest | None = None
+    cseq: int = 100
+
+    @property
+    def flow(self) -> Flow:
+        return Flow(self.transport, (self.host, self.port))
+
+    @property
+    def contact(self) -> str:
+        return f"<sip:bob@{self.host}:{self.port}>"
+
+    def respond(
+        self,
+        request: SipRequest,
+        status: int,
+        *,
+        body: bytes | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
+        tag: str | None = None,
+    ) -> bytes:
+        """A response; 2xx to an INVITE carry our SDP answer unless ``body`` is given."""
+        headers = [*extra]
+        if request.method == "INVITE" and status > 100:
+            headers.append(("contact", self.contact))
+        if body is None:
+            body = sdp(self.host) if request.method == "INVITE" and 200 <= status < 300 else b""
+        if body:
+            headers.append(("content-type", "application/sdp"))
+        to_tag = (tag or self.tag) if status > 100 else None
+        return build_response(
+            request, status, to_tag=to_tag, headers=headers, body=body
+        ).serialize()
+
+    def request(self, method: str, body: bytes = b"", *, branch: str | None = None) -> bytes:
+        """An in-dialog request from the callee (BYE, re-INVITE, ACK of our 200)."""
+        assert self.invite is not None
+        if method != "ACK":
+            self.cseq += 1
+        branch = branch or "z9hG4bK" + secrets.token_hex(6)
+        ours = self.invite.from_
+        lines = [
+            f"{method} {ours.uri} SIP/2.0",
+            f"Via: SIP/2.0/{self.transport} {self.host}:{self.port};branch={branch};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:bob@{self.host}>;tag={self.tag}",
+            f"To: <{ours.uri}>;tag={ours.tag}",
+            f"Call-ID: {self.invite.call_id}",
+            f"CSeq: {self.cseq} {'INVITE' if method == 'ACK' else method}",
+            f"Contact: {self.contact}",
+        ]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def authorization(challenge: SipResponse, uri: str, account: str, password: str) -> str:

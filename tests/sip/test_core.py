@@ -88,7 +88,9 @@ def _fire(h: Harness, phone: Phone, sid: str, event: CallEvent) -> list[object]:
     if event is V.HANGUP:
         return list(h.hangup(sid, "second-reason"))
     if event is V.ACK:
-        invite = h.call(sid).invite_txn.last_response
+        txn = h.call(sid).invite_txn
+        assert txn is not None
+        invite = txn.last_response
         assert isinstance(invite, SipResponse)
         return list(h.feed(phone.ack_for(invite), phone.flow))
     if event is V.ACK_TIMEOUT:
@@ -134,7 +136,7 @@ def test_tables_refuse_what_they_do_not_list() -> None:
         Direction.INBOUND,
         phone.flow,
         invite=None,  # type: ignore[arg-type]
-        invite_txn=None,  # type: ignore[arg-type]
+        invite_txn=None,
         account_sid=ACCOUNT,
         request_user="room",
         dialog=None,  # type: ignore[arg-type]

@@ -1,7 +1,9 @@
 """Fuzzing the sans-I/O core: random sequences of well-formed and malformed messages from a few
-phones, timer events, slow-work results in any order and hang-ups. The core never raises, every
-call is reported ended exactly once, and once everything is answered and every timer has
-fired, nothing is left: no call, no transaction, no timer, no pending lookup."""
+phones, dial-outs answered by a callee at random (any status, retransmissions, BYE and
+re-INVITE from the far end), timer events, slow-work results in any order and hang-ups. The
+core never raises, every call is reported ended exactly once, and once everything is answered
+and every timer has fired, nothing is left: no call, no transaction, no timer, no pending
+lookup."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from confstream.sip.core import (
 )
 from confstream.sip.message import SipParseError, SipRequest, SipResponse
 
-from .corekit import TOKEN, Harness, Phone, sdp
+from .corekit import TOKEN, Callee, Harness, Phone, sdp
 
 
 @dataclass
@@ -37,6 +39,11 @@ class World:
     incoming: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     sent_bytes: list[bytes] = field(default_factory=list)
+    callee: Callee = field(default_factory=Callee)
+    #: what the core sent the callee: INVITEs to answer, other requests (CANCEL, BYE, ACK)
+    callee_invites: list[SipRequest] = field(default_factory=list)
+    callee_requests: list[SipRequest] = field(default_factory=list)
+    dials: int = 0
 
     def take(self, actions: list[Action]) -> None:
         for a in actions:
@@ -64,6 +71,12 @@ class World:
             to_tag = message.to.tag if isinstance(message, SipResponse) else None
         except SipParseError:
             return  # a 400 made of what could be salvaged of a broken request
+        if sent.flow.remote == self.callee.flow.remote and isinstance(message, SipRequest):
+            if message.method == "INVITE":
+                self.callee_invites.append(message)
+            elif message.method != "ACK":
+                self.callee_requests.append(message)
+            return
         for i, phone in enumerate(self.phones):
             if sent.flow.remote != phone.flow.remote:
                 continue
@@ -186,7 +199,59 @@ def _settle(w: World) -> None:
     raise AssertionError("slow work never settles")
 
 
+CALLEE_STATUSES = [100, 180, 183, 183, 200, 200, 200, 401, 407, 486, 487, 603]
+
+
+def _dial(w: World, data: st.DataObject) -> None:
+    w.dials += 1
+    auth = data.draw(st.booleans())
+    w.take(
+        w.h.dial(
+            w.callee,
+            call_sid=f"CAout{w.dials}",
+            auth_username="bob" if auth else None,
+            auth_password="pw" if auth else None,
+            early_media=data.draw(st.booleans()),
+            ring_timeout=data.draw(st.sampled_from([1.0, 20.0])),
+            time_limit=data.draw(st.sampled_from([None, 2.0])),
+        )
+    )
+
+
+def _callee_acts(w: World, data: st.DataObject) -> None:
+    """The callee answers one of our INVITEs (any status, maybe again), answers a CANCEL or
+    BYE, or sends a request in the dialog of an INVITE it answered."""
+    h, callee = w.h, w.callee
+    what = data.draw(st.sampled_from(["respond", "respond", "request", "in-dialog", "in-dialog"]))
+    if what == "request" and w.callee_requests:
+        request = w.callee_requests.pop(data.draw(st.integers(0, len(w.callee_requests) - 1)))
+        status = data.draw(st.sampled_from([200, 200, 481, 500]))
+        w.take(h.feed(callee.respond(request, status), callee.flow))
+        return
+    if not w.callee_invites:
+        return
+    invite = data.draw(st.sampled_from(w.callee_invites))
+    callee.invite = invite
+    if what == "in-dialog":
+        method = data.draw(st.sampled_from(["BYE", "INVITE", "INVITE", "ACK", "ACK", "OPTIONS"]))
+        body = sdp(callee.host, data.draw(st.sampled_from(["sendonly", "sendrecv"])))
+        w.take(h.feed(callee.request(method, body if method == "INVITE" else b""), callee.flow))
+        return
+    status = data.draw(st.sampled_from(CALLEE_STATUSES))
+    extra: tuple[tuple[str, str], ...] = ()
+    if status in (401, 407):
+        name = "www-authenticate" if status == 401 else "proxy-authenticate"
+        stale = data.draw(st.sampled_from(["", ", stale=true"]))
+        extra = ((name, f'Digest realm="far", nonce="n", qop="auth"{stale}'),)
+    elif status == 200 and data.draw(st.booleans()):
+        extra = (("record-route", "<sip:192.0.2.50:5080;lr>"),)
+    bodies: list[bytes | None] = [None, None, b"", b"v=0\r\njunk"]
+    raw = callee.respond(invite, status, body=data.draw(st.sampled_from(bodies)), extra=extra)
+    w.take(h.feed(raw, callee.flow))
+
+
 STEPS = ["message"] * 4 + ["mangled", "time", "resolve", "resolve", "resolve", "hangup"]
+STEPS += ["dial", "callee", "callee", "callee"]
 
 
 @settings(
@@ -215,6 +280,10 @@ def test_random_sequences_never_raise_and_never_leak(data: st.DataObject) -> Non
             w.take(h.advance(data.draw(st.sampled_from([0.0, 0.3, 1.0, 5.0, 33.0]))))
         elif step == "resolve":
             _resolve_one(w, data)
+        elif step == "dial":
+            _dial(w, data)
+        elif step == "callee":
+            _callee_acts(w, data)
         elif w.opened:
             sid = data.draw(st.sampled_from(sorted(h.core.calls) or sorted(w.opened)))
             w.take(h.hangup(sid, data.draw(st.sampled_from(["api-delete", "rtp-timeout"]))))
@@ -226,6 +295,8 @@ def test_random_sequences_never_raise_and_never_leak(data: st.DataObject) -> Non
     for _ in range(5):
         w.take(h.run_out())
         _settle(w)
+        for invite in w.callee_invites:  # the callee ends every INVITE it was sent
+            w.take(h.feed(w.callee.respond(invite, 487), w.callee.flow))
         for phone in phones:  # ACK whatever still waits for one
             for i, p in enumerate(phones):
                 if p is phone and i in w.last:

@@ -90,3 +90,70 @@ def test_parse_authorization() -> None:
         parse_authorization('Digest username="a')
     with pytest.raises(DigestParseError):
         parse_authorization('Digest username="a"')
+
+
+# -- the client side: answering a far end's challenge (dial-out) ----------------------------
+
+
+def test_client_answer_matches_the_rfc2617_vector() -> None:
+    from confstream.sip.digest import Challenge, authorization_header
+
+    challenge = Challenge(
+        realm="testrealm@host.com",
+        nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
+        qop="auth",
+        opaque="5ccc069c403ebaf9f0171e9517f40e41",
+    )
+    header = authorization_header(
+        challenge,
+        username="Mufasa",
+        password="Circle Of Life",
+        method="GET",
+        uri="/dir/index.html",
+        cnonce="0a4f113b",
+    )
+    creds = parse_authorization(header)
+    assert creds.response == "6629fae49393a05397450978507c4ef1"
+    assert (creds.nc, creds.qop, creds.cnonce) == ("00000001", "auth", "0a4f113b")
+    assert creds.opaque == "5ccc069c403ebaf9f0171e9517f40e41"
+
+
+@pytest.mark.parametrize("alg", ["MD5", "SHA-256"])
+def test_client_answers_are_accepted_by_our_own_server_side(alg: str) -> None:
+    from confstream.sip.digest import answer_challenges
+
+    auth = DigestAuthenticator("realm", secret=b"k" * 32, algorithms=(alg,))
+    found = answer_challenges(
+        auth.challenges(1000.0), username="ACx", password="pw", method="INVITE", uri=URI
+    )
+    assert found is not None
+    header, challenge = found
+    assert challenge.algorithm == alg
+    creds = parse_authorization(header)
+    outcome = auth.verify(creds, method="INVITE", request_uri=URI, password="pw", now=1001.0)
+    assert outcome is DigestOutcome.OK
+
+
+def test_client_prefers_sha256_and_skips_what_it_cannot_answer() -> None:
+    from confstream.sip.digest import answer_challenges, parse_challenge
+
+    offered = [
+        'Basic realm="x"',
+        'Digest realm="x", nonce="n", algorithm=SHA-512-256',
+        'Digest realm="x", nonce="n", qop="auth-int"',
+        'Digest realm="x", nonce="n", algorithm=MD5',
+        'Digest realm="x", nonce="n", algorithm=SHA-256, qop="auth-int,auth", stale=TRUE',
+        "Digest realm=",
+    ]
+    assert [parse_challenge(h) is not None for h in offered] == [
+        False,
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
+    found = answer_challenges(offered, username="u", password="p", method="INVITE", uri=URI)
+    assert found is not None
+    assert found[1].algorithm == "SHA-256" and found[1].stale and found[1].qop == "auth"
+    assert answer_challenges(offered[:3], username="u", password="p", method="X", uri=URI) is None

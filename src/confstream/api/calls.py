@@ -6,8 +6,8 @@ Routes (under both base paths, ``.json`` optional like every route):
   envelope. Filters: ``Status`` (one of Twilio's call statuses, 20001), ``From``, ``To``,
   ``ParentCallSid`` (exact), ``StartTime``/``StartTime<``/``StartTime>`` and the same for
   ``EndTime`` (``YYYY-MM-DD``, the UTC day; ``<`` means on or before, ``>`` on or after, as
-  Twilio does; anything else 20001). ``POST /Calls`` (making calls) is not offered yet: 405
-  (20004).
+  Twilio does; anything else 20001). ``POST /Calls`` places a call
+  (:mod:`confstream.api.dialout`).
 * ``GET /Calls/{CallSid}``: one call (404, 20404, also for another account's).
 * ``POST /Calls/{CallSid}``: ``Status=completed`` or ``canceled`` hangs a live call up (an
   ended call is returned as it is); ``Url`` (absolute http(s), 21205) with ``Method`` (GET or
@@ -41,6 +41,7 @@ from confstream.api.common import (
     parse_date,
     parse_paging,
 )
+from confstream.api.dialout import create_call
 from confstream.api.errors import invalid, unsupported
 from confstream.api.render import call_json, stream_json
 from confstream.api.streams import parse_stream_request
@@ -80,6 +81,8 @@ def call_filter(request: Request) -> CallFilter:
 
 
 async def list_calls(request: Request) -> Response:
+    if request.method == "POST":
+        return await create_call(request)
     account = await authenticate(request)
     paging = parse_paging(request)
     filters = call_filter(request)
@@ -175,7 +178,7 @@ def call_routes() -> list[Route]:
     calls = "/Accounts/{account_sid}/Calls"
     call = f"{calls}/{{call_sid}}"
     return [
-        Route(calls, list_calls, methods=["GET"]),
+        Route(calls, list_calls, methods=["GET", "POST"]),
         Route(call, call_instance, methods=["GET", "POST"]),
         Route(f"{call}/Streams", call_streams, methods=["GET", "POST"]),
         Route(f"{call}/Streams/{{stream_sid}}", call_stream_instance, methods=["GET", "POST"]),

@@ -22,8 +22,18 @@ code   HTTP    meaning
                when no voice runtime runs); nothing was changed
 20503  503     Service unavailable: in cluster mode, the node that owns the conference or call
                could not be reached (docs/cluster.md); nothing was changed, retry
+20429  429     Too many outbound calls: the account has ``CONFSTREAM_DIAL_MAX_CALLS_PER_ACCOUNT``
+               calls being placed or in progress, or places them faster than
+               ``CONFSTREAM_DIAL_CALLS_PER_SECOND`` (docs/sip.md, "Calling out"); nothing was
+               dialled, retry later
+21201  422     ``To`` is missing (``POST /Calls``, ``POST /Participants``)
 21205  422     ``Url``/``AnnounceUrl`` is not a valid URL (or a relative Url without a base URL)
 21209  422     ``StatusCallbackMethod``/``AnnounceMethod`` is not GET or POST
+21211  422     ``To`` is not ``sip:user@host[:port][;transport=udp]``
+21212  422     ``From`` is missing or not a caller ID confstream can send
+21215  403     The SIP target is refused: its address is refused by the outbound policy
+               (``allowed_networks``), or it is one of this server's own SIP listeners (a
+               call loop)
 21220  409     The conference, or the call, is not in progress
 21609  422     ``StatusCallback`` is not a valid http(s) URL, or its host is refused by the
                outbound policy (docs/operations.md)
@@ -65,8 +75,13 @@ ERROR_CODES: dict[int, ErrorCode] = {
         ErrorCode(20500, 500, "Internal server error"),
         ErrorCode(20501, 400, "Parameter not supported yet (extension)"),
         ErrorCode(20503, 503, "Service unavailable"),
+        ErrorCode(20429, 429, "Too many outbound calls"),
+        ErrorCode(21201, 422, "No 'To' number is specified"),
         ErrorCode(21205, 422, "Url is not a valid URL"),
         ErrorCode(21209, 422, "Invalid method: use GET or POST"),
+        ErrorCode(21211, 422, "Invalid 'To' SIP address"),
+        ErrorCode(21212, 422, "Invalid 'From' caller ID"),
+        ErrorCode(21215, 403, "Call not permitted to this destination"),
         ErrorCode(21220, 409, "Conference or call is not in progress"),
         ErrorCode(21609, 422, "Invalid StatusCallback URL"),
         ErrorCode(31922, 400, "Stream - Invalid URL: only wss:// is supported"),

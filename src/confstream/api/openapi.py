@@ -280,6 +280,15 @@ def _schemas() -> JSONDict:
                 "queue_time": {"type": "string"},
                 "stir_verstat": {"type": "null"},
                 "trunk_sid": {"type": "null"},
+                "sip_response_code": _nullable(
+                    {
+                        "type": "integer",
+                        "description": (
+                            "extension: the final SIP status of an outbound call that was not "
+                            "answered (486 busy, 487 cancelled, 408 no answer at all...)"
+                        ),
+                    }
+                ),
                 "uri": _URI,
                 "subresource_uris": _obj({"streams": _URI}),
             }
@@ -319,12 +328,20 @@ _ERROR_WHEN = {
     ),
     401: "Authentication failed, or the path names another account (20003)",
     404: "No such resource in this account (20404)",
+    403: (
+        "The SIP target of a call to place is refused: the outbound address policy, or this "
+        "server's own SIP listener (21215)"
+    ),
     409: (
         "The conference or the call is not in progress (21220), or the stream Name is in use "
         "(20409)"
     ),
     413: "The body is over the size limit or has too many parameters (20413)",
     422: "A parameter has an invalid value; `errors` lists every problem (docs/errors.md)",
+    429: (
+        "Too many outbound calls: the account's limit of calls being placed or in progress, or "
+        "of new calls per second (20429); nothing was dialled"
+    ),
     502: "The `AnnounceUrl` audio could not be fetched (11200)",
     503: (
         "Cluster mode only: the node that owns this conference or call could not be reached; "
@@ -406,6 +423,11 @@ def _parameters() -> JSONDict:
             {"type": "string", "minLength": 1},
         ),
         "RecordingSid": _path("Sid", "A recording's SID", {"type": "string", "minLength": 1}),
+        "ConferenceSidOrName": _path(
+            "ConferenceSid",
+            "The conference's SID, or its FriendlyName (its live conference; created when none)",
+            {"type": "string", "minLength": 1},
+        ),
         "Page": _query(
             "Page",
             f"Page number from 0; Page x PageSize at most {MAX_OFFSET} (422 beyond)",
@@ -639,6 +661,122 @@ def _call_update_body() -> JSONDict:
     )
 
 
+_DIAL_EVENTS = "initiated, ringing, answered, completed"
+
+
+def _dial_properties() -> JSONDict:
+    """The parameters shared by POST /Calls and POST /Participants (docs/api.md)."""
+    method: JSONDict = {
+        "type": "string",
+        "pattern": ANNOUNCE_METHOD_PATTERN,
+        "description": "GET or POST (default), any case (422, 21209 otherwise)",
+    }
+    boolean = {"type": "string", "pattern": BOOLEAN_PATTERN}
+    return {
+        "To": {
+            "type": "string",
+            "minLength": 1,
+            "description": (
+                "sip:user@host[:port][;transport=udp] (422: 21201 missing, 21211 otherwise); "
+                "the host's address must be allowed by the outbound policy and not be this "
+                "server's SIP listener (403, 21215)"
+            ),
+        },
+        "From": {
+            "type": "string",
+            "minLength": 1,
+            "description": (
+                "A sip: URI, or a caller ID of letters, digits and +-_. (sent as "
+                "sip:<it>@<server>) (422, 21212 otherwise)"
+            ),
+        },
+        "StatusCallback": {
+            "type": "string",
+            "description": "http(s) URL for call progress events (422, 21609 when refused)",
+        },
+        "StatusCallbackMethod": method,
+        "StatusCallbackEvent": {
+            "type": "string",
+            "description": (
+                f"Space-separated (or repeated) among {_DIAL_EVENTS}; default completed "
+                "(422, 20001 otherwise)"
+            ),
+        },
+        "Timeout": {
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": "Seconds of ringing before no-answer, 1-600, default 60 (422)",
+        },
+        "TimeLimit": {
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": "Seconds an answered call may last, 1-86400 (422)",
+        },
+        "SipAuthUsername": {
+            "type": "string",
+            "description": "Username for the callee's digest challenge (401/407)",
+        },
+        "SipAuthPassword": {"type": "string", "description": "Its password"},
+        "EarlyMedia": {**boolean, "description": "Use a 183's media (default false)"},
+    }
+
+
+def _create_call_body() -> JSONDict:
+    return _form(
+        {
+            **_dial_properties(),
+            "Url": {
+                "type": "string",
+                "description": (
+                    "Absolute http(s) URL of the cXML document the answered call runs "
+                    "(422, 21205: neither Url nor Twiml, or a bad URL); not with Twiml"
+                ),
+            },
+            "Method": {
+                "type": "string",
+                "pattern": ANNOUNCE_METHOD_PATTERN,
+                "description": "GET or POST (default) for Url (422, 21209 otherwise)",
+            },
+            "Twiml": {
+                "type": "string",
+                "maxLength": MAX_TWIML_CHARS,
+                "description": "The cXML document the answered call runs (as Url)",
+            },
+        },
+        ["To", "From"],
+    )
+
+
+def _create_participant_body() -> JSONDict:
+    boolean = {"type": "string", "pattern": BOOLEAN_PATTERN}
+    method: JSONDict = {"type": "string", "pattern": ANNOUNCE_METHOD_PATTERN}
+    return _form(
+        {
+            **_dial_properties(),
+            "Label": {"type": "string", "maxLength": 255},
+            "Muted": boolean,
+            "Beep": {"type": "string", "enum": ["true", "false", "onEnter", "onExit"]},
+            "StartConferenceOnEnter": boolean,
+            "EndConferenceOnExit": boolean,
+            "MaxParticipants": {"type": "string", "pattern": "^[0-9]+$"},
+            "WaitUrl": {"type": "string", "description": "Absolute http(s) WAV URL (422)"},
+            "WaitMethod": method,
+            "ConferenceStatusCallback": {
+                "type": "string",
+                "description": "The conference's status callback, when this creates it",
+            },
+            "ConferenceStatusCallbackMethod": method,
+            "ConferenceStatusCallbackEvent": {
+                "type": "string",
+                "description": "start end join leave mute hold modify speaker announcement",
+            },
+            "Coaching": {**boolean, "description": "true answers 400 (20501)"},
+            "CallSidToCoach": {"type": "string", "description": "Not supported (400, 20501)"},
+        },
+        ["To", "From"],
+    )
+
+
 def _call_paths(acc: str) -> JSONDict:
     """The Calls resource and call streams (docs/api.md, Calls)."""
     call = f"{acc}/Calls/{{CallSid}}"
@@ -657,7 +795,7 @@ def _call_paths(acc: str) -> JSONDict:
             "parameters": _p("AccountSid"),
             "get": {
                 "operationId": "listCalls",
-                "summary": "List calls, newest first (POST, making calls, is not offered: 405)",
+                "summary": "List calls, newest first",
                 "parameters": _p(
                     "CallStatus",
                     "From",
@@ -684,6 +822,24 @@ def _call_paths(acc: str) -> JSONDict:
                         },
                     ),
                     **_errors(401, 422),
+                },
+            },
+            "post": {
+                "operationId": "createCall",
+                "summary": (
+                    "Place a call to a SIP address; answered, it runs Url or Twiml "
+                    "(docs/api.md, Making calls)"
+                ),
+                "requestBody": _create_call_body(),
+                "responses": {
+                    "201": _ok(
+                        "Call",
+                        "The call, queued",
+                        {
+                            "GetCall": {"operationId": "fetchCall", "parameters": call_link},
+                        },
+                    ),
+                    **_errors(401, 403, 413, 422, 429),
                 },
             },
         },
@@ -947,6 +1103,28 @@ def _paths() -> JSONDict:
                         },
                     ),
                     **_errors(401, 404, 422),
+                },
+            },
+            "post": {
+                "operationId": "createParticipant",
+                "summary": (
+                    "Dial a SIP address and join the callee to the conference (by SID, or by "
+                    "FriendlyName: created when it has no live conference)"
+                ),
+                "parameters": _p("ConferenceSidOrName"),
+                "requestBody": _create_participant_body(),
+                "responses": {
+                    "201": _ok(
+                        "Participant",
+                        "The participant, queued",
+                        {
+                            "GetParticipant": {
+                                "operationId": "fetchParticipant",
+                                "parameters": participant_link,
+                            }
+                        },
+                    ),
+                    **_errors(400, 401, 403, 409, 413, 422, 429),
                 },
             },
         },

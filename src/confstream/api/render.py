@@ -141,6 +141,8 @@ def call_json(base: str, call: Call) -> dict[str, Any]:
         "queue_time": "0",
         "stir_verstat": None,
         "trunk_sid": None,
+        # extension: the final SIP status of an outbound call that was not answered
+        "sip_response_code": call.sip_response_code,
         "uri": f"{uri}.json",
         "subresource_uris": {"streams": f"{uri}/Streams.json"},
     }

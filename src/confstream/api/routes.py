@@ -22,7 +22,10 @@ Twilio does not document are ignored, as Twilio does. Request bodies are bounded
 
 Choices where the contract is silent (as Twilio does): conferences list newest first;
 participants list and fetch show the participants in the conference now (``in-progress``),
-a participant that left answers 404; streams list oldest first and include stopped ones.
+a participant that left answers 404 (a fetch by CallSid also finds a callee being dialled, or
+that never answered: ``queued``/``connecting``/``ringing``/``failed``); ``POST
+…/Participants`` dials a callee (:mod:`confstream.api.dialout`); streams list oldest first
+and include stopped ones.
 ``AnnounceUrl`` audio is fetched (through the outbound policy) before the answer is sent, so a
 bad URL or file is reported to the caller (11200, 12300, 21205).
 
@@ -60,6 +63,7 @@ from confstream.api.common import (
     parse_paging,
 )
 from confstream.api.dashboard import dashboard_routes
+from confstream.api.dialout import create_participant
 from confstream.api.errors import (
     ApiError,
     from_domain,
@@ -73,6 +77,7 @@ from confstream.api.openapi import openapi_json
 from confstream.api.render import account_json, conference_json, participant_json, stream_json
 from confstream.api.streams import parse_stream_request
 from confstream.calls.webhook import check_webhook_url
+from confstream.dialout import Dialout
 from confstream.errors import ConfstreamError
 from confstream.services import Services
 from confstream.store import Account, Conference, ConferenceFilter, DateFilter
@@ -217,6 +222,8 @@ async def conference_instance(request: Request) -> Response:
 
 # ----------------------------------------------------------------------- participants
 async def list_participants(request: Request) -> Response:
+    if request.method == "POST":
+        return await create_participant(request)
     account = await _authenticate(request)
     conference = await _conference(request, account)
     paging = parse_paging(request)
@@ -406,7 +413,7 @@ def _resource_routes() -> list[Route]:
         Route("/Accounts/{account_sid}", account_instance, methods=["GET", "POST"]),
         Route("/Accounts/{account_sid}/Conferences", list_conferences, methods=["GET"]),
         Route(conf, conference_instance, methods=["GET", "POST"]),
-        Route(f"{conf}/Participants", list_participants, methods=["GET"]),
+        Route(f"{conf}/Participants", list_participants, methods=["GET", "POST"]),
         Route(
             f"{conf}/Participants/{{call_sid}}",
             participant_instance,
@@ -442,7 +449,7 @@ class StripJsonSuffix:
         await self.app(scope, receive, send)
 
 
-def create_api(services: Services) -> Starlette:
+def create_api(services: Services, dialout: Dialout | None = None) -> Starlette:
     """The ASGI application. Set ``app.state.ready = True`` once every listener is up."""
     routes = _resource_routes()
     app = Starlette(
@@ -465,6 +472,7 @@ def create_api(services: Services) -> Starlette:
     # added last, so outermost: bodies are bounded before anything else runs
     app.add_middleware(BodyLimit, max_bytes=services.settings.api_max_body_bytes)
     app.state.services = services
+    app.state.dialout = dialout
     app.state.max_form_fields = services.settings.api_max_form_fields
     app.state.ready = False
     return app

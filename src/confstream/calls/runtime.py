@@ -321,6 +321,37 @@ class VoiceRuntime:
             self._run(call), name=f"voice-{call.call_sid}"
         )
 
+    def outbound_call(
+        self,
+        account: Account,
+        context: CallContext,
+        participant: Participant,
+        *,
+        url: str | None = None,
+        method: str = "POST",
+        twiml: str | None = None,
+    ) -> None:
+        """Run the cXML of an answered outbound call (``POST /Calls``, docs/api.md): ``twiml``,
+        or the document at ``url`` fetched with ``method`` and ``CallStatus=in-progress``
+        (like a ``<Redirect>``, so a failed fetch is reported and ends the call the same
+        way). The call is answered already: nothing here can refuse it."""
+        if twiml is not None:
+            script = CallScript(twiml)
+        else:
+            if url is None:
+                raise ValueError("an outbound call needs a url or twiml")
+            verb = "GET" if method.upper() == "GET" else "POST"
+            script = CallScript(
+                f'<Response><Redirect method="{verb}">{escape(url)}</Redirect></Response>'
+            )
+        call = _Call(account, context, participant, script, status=STATUS_IN_PROGRESS)
+        self._calls[call.call_sid] = call
+        self.services.set_digit_listener(call.call_sid, lambda key: self._on_digit(call, key))
+        metrics.VOICE_CALLS_ACTIVE.inc()
+        call.task = asyncio.get_running_loop().create_task(
+            self._run(call), name=f"voice-{call.call_sid}"
+        )
+
     async def _first_script(self, account: Account, context: CallContext) -> CallScript:
         """The script of the voice URL, else of the fallback URL (module docstring, step 1)."""
         assert account.voice_url is not None

@@ -19,9 +19,12 @@ __all__ = [
     "AccountNotActive",
     "AlreadyJoined",
     "ConferenceGateway",
+    "DialListener",
+    "Dialer",
     "IncomingCall",
     "JoinOptions",
     "JoinRefused",
+    "OutboundCall",
 ]
 
 
@@ -95,4 +98,59 @@ class ConferenceGateway(Protocol):
 
     def dtmf_received(self, call_sid: str, digit: str, duration_ms: int) -> None:
         """An RFC 4733 end event arrived from the participant (duplicates already removed)."""
+        ...
+
+
+@dataclass(frozen=True)
+class OutboundCall:
+    """A call to place (docs/api.md, "Making calls"), as the SIP edge needs it: the
+    Request-URI ``to_uri`` (``sip:user@host[:port]``) and the IP address and port it goes to,
+    already checked against the outbound policy by the application."""
+
+    call_sid: str
+    account_sid: str
+    to_uri: str
+    address: tuple[str, int]
+    from_uri: str
+    from_display: str | None = None
+    ring_timeout: float = 60.0
+    time_limit: float | None = None
+    auth_username: str | None = None
+    auth_password: str | None = None
+    early_media: bool = False
+
+
+class DialListener(Protocol):
+    """How an outbound call's progress reaches the application, in this order: ``dialing``
+    (the INVITE went), ``ringing`` (first 180/183), then either ``answered`` and later
+    ``ended``, or ``failed``. Each is called at most once."""
+
+    def dialing(self) -> None: ...
+
+    def ringing(self) -> None: ...
+
+    async def answered(self, participant: Participant) -> None:
+        """The callee answered: put ``participant`` where it goes (a conference, a cXML
+        document). Raising :class:`JoinRefused` hangs the call up."""
+        ...
+
+    def failed(self, sip_status: int | None, outcome: str) -> None:
+        """Never answered: ``outcome`` is ``busy``, ``no-answer``, ``canceled`` or
+        ``failed``; ``sip_status`` the far end's final status (None: no INVITE went)."""
+        ...
+
+    async def ended(self, reason: str) -> None:
+        """The answered call is over (either side hung up)."""
+        ...
+
+
+class Dialer(Protocol):
+    def is_own_listener(self, host: str, port: int) -> bool:
+        """True when ``host:port`` (an IP address) reaches one of our own SIP listeners."""
+        ...
+
+    def dial(self, call: OutboundCall, listener: DialListener) -> Participant:
+        """Start placing ``call``; returns its participant (whose ``hangup`` cancels or ends
+        it). Raises :class:`confstream.errors.DialRefused` for a target that is one of our
+        own SIP listeners."""
         ...

@@ -26,23 +26,24 @@ Inbound (UAS, docs/sip.md "Joining a conference")::
     CONFIRMED      --hangup-->        ENDED           BYE
     CONFIRMED      --bye_in-->        ENDED           200 to the BYE
 
-Outbound (UAC, dial-out; the core drives it in a later step)::
+Outbound (UAC, dial-out, docs/sip.md "Calling out")::
 
-    OPENING        --rtp_opened-->    CALLING         INVITE with our offer sent
-    OPENING        --rtp_failed-->    ENDED
+    OPENING        --rtp_opened-->    CALLING         INVITE with our offer sent, ring timer armed
+    OPENING        --rtp_failed-->    ENDED           failed
     OPENING        --hangup-->        ABORT_OPENING
-    ABORT_OPENING  --rtp_opened|rtp_failed--> ENDED
-    CALLING        --challenged-->    CALLING         401/407: INVITE again with credentials
-    CALLING        --provisional-->   EARLY           100/180/183 (183 may bring early media)
-    EARLY          --provisional-->   EARLY
+    ABORT_OPENING  --rtp_opened|rtp_failed--> ENDED   canceled
+    CALLING|EARLY  --challenged-->    CALLING         401/407: INVITE again with credentials
+    CALLING|EARLY  --provisional-->   EARLY           100/180/183 (183 may bring early media)
     CALLING|EARLY  --answered-->      CONFIRMED       2xx: ACK (answer applied)
-    CALLING|EARLY  --rejected-->      ENDED           3xx-6xx, or Timer B
-    CALLING|EARLY  --hangup|timeout--> CANCELLING     CANCEL (after a provisional, RFC 3261 §9.1)
-    CANCELLING     --provisional-->   CANCELLING
+    CALLING|EARLY  --rejected-->      ENDED           3xx-6xx, or Timer B (408)
+    CALLING|EARLY  --hangup|timeout--> CANCELLING     CANCEL (once a provisional came, RFC 3261
+                                                      §9.1; until then it waits for one)
+    CANCELLING     --provisional|hangup|timeout--> CANCELLING
     CANCELLING     --answered-->      ENDED           the 2xx crossed our CANCEL: ACK then BYE
-    CANCELLING     --rejected-->      ENDED           487 (or any final)
+    CANCELLING     --rejected-->      ENDED           487 (or any final), or no final 64·T1
+                                                      after the CANCEL
     CONFIRMED      --reinvite_ok-->   WAIT_ACK        the far end's re-INVITE (hold), as inbound
-    CONFIRMED      --hangup-->        ENDED           BYE
+    CONFIRMED      --hangup-->        ENDED           BYE (REST, conference end, TimeLimit)
     CONFIRMED      --bye_in-->        ENDED
     WAIT_ACK, BYE_PENDING                             as inbound
 
@@ -52,13 +53,13 @@ Hangups of a call already ending (ABORT_*, BYE_PENDING) are absorbed: the first 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confstream.sip.dialog import Dialog
 from confstream.sip.flow import Flow
 from confstream.sip.message import SipRequest
 from confstream.sip.sdp import LocalSdp, Negotiated, SessionDescription
-from confstream.sip.transaction import ServerInviteTransaction
+from confstream.sip.transaction import ClientInviteTransaction, ServerInviteTransaction
 
 
 class CallState(enum.Enum):
@@ -148,6 +149,7 @@ OUTBOUND: dict[tuple[CallState, CallEvent], CallState] = {
     (C.ABORT_OPENING, V.RTP_FAILED): C.ENDED,
     (C.ABORT_OPENING, V.HANGUP): C.ABORT_OPENING,
     (C.CALLING, V.CHALLENGED): C.CALLING,
+    (C.EARLY, V.CHALLENGED): C.CALLING,
     (C.CALLING, V.PROVISIONAL): C.EARLY,
     (C.EARLY, V.PROVISIONAL): C.EARLY,
     (C.CALLING, V.ANSWERED): C.CONFIRMED,
@@ -177,16 +179,40 @@ SETUP_STATES = frozenset({C.OPENING, C.ABORT_OPENING, C.JOINING, C.ABORT_JOINING
 DIALOG_STATES = frozenset({C.WAIT_ACK, C.BYE_PENDING, C.CONFIRMED})
 
 
+@dataclass(frozen=True)
+class Dial:
+    """An outbound call the owner asks the core to place (:meth:`SipCore.dial`).
+
+    ``to_uri`` is the Request-URI (``sip:user@host[:port]``); ``flow`` is where the INVITE
+    goes, an address the owner has checked against the outbound policy (docs/sip.md, "Calling
+    out"). ``ring_timeout``: seconds before an unanswered call is cancelled (``no-answer``);
+    ``time_limit``: seconds an answered call may last (None: no limit). ``early_media``: a 183
+    with SDP starts the media before the answer."""
+
+    call_sid: str
+    account_sid: str
+    to_uri: str
+    flow: Flow
+    from_uri: str
+    from_display: str | None = None
+    ring_timeout: float = 60.0
+    time_limit: float | None = None
+    auth_username: str | None = None
+    auth_password: str | None = None
+    early_media: bool = False
+
+
 @dataclass(eq=False)
 class Call:
-    """One call as the core keeps it. ``invite_txn`` is the INVITE transaction whose 2xx the
-    dialog waits to see ACKed: the initial one, then each re-INVITE answered 200."""
+    """One call as the core keeps it. ``invite_txn`` is the server INVITE transaction whose
+    2xx the dialog waits to see ACKed: the initial one (inbound), then each re-INVITE answered
+    200; None for an outbound call until the far end re-INVITEs."""
 
     call_sid: str
     direction: Direction
     flow: Flow
     invite: SipRequest
-    invite_txn: ServerInviteTransaction
+    invite_txn: ServerInviteTransaction | None
     account_sid: str
     request_user: str
     #: The dialog, built from the INVITE; registered (reachable) only from our 2xx on.
@@ -207,6 +233,23 @@ class Call:
     end_reason: str | None = None
     #: The caller's address (the flow's, or what a trusted proxy recorded: docs/sip.md).
     source: tuple[str, int] = ("", 0)
+    # -- outbound only ---------------------------------------------------------------------
+    dial: Dial | None = None
+    #: The client transaction of our current INVITE (a new one after each challenge).
+    client_txn: ClientInviteTransaction | None = None
+    #: A provisional response came: a CANCEL may be sent (RFC 3261 §9.1).
+    provisional: bool = False
+    cancel_sent: bool = False
+    #: ``Ringing`` was reported (the first 180/183).
+    ringing: bool = False
+    #: Our ACK of the 2xx, sent again for each retransmission of it.
+    ack: SipRequest | None = None
+    #: Credentials sent with the INVITE, by header name (answers to 401 and 407 add up).
+    credentials: dict[str, str] = field(default_factory=dict)
+    auth_tries: int = 0
+    #: How an unanswered call that we cancel is reported: ``no-answer`` (ring timeout) or
+    #: ``canceled`` (hung up before the answer).
+    cancel_outcome: str | None = None
 
     def move(self, event: CallEvent) -> CallState:
         new = TABLES[self.direction].get((self.state, event))

@@ -8,6 +8,7 @@ Events go in, :data:`Action` lists come out (the style of h11 and python-websock
 * :meth:`SipCore.auth_result` / :meth:`SipCore.auth_error` — the answer to :class:`LookupToken`;
 * :meth:`SipCore.rtp_opened` / :meth:`SipCore.rtp_failed` — the answer to :class:`OpenRtp`;
 * :meth:`SipCore.incoming_call_done` — the answer to :class:`CallIncoming`;
+* :meth:`SipCore.dial` — place an outbound call (UAC, docs/sip.md "Calling out");
 * :meth:`SipCore.hangup` — the server ends a call (REST delete, conference end, RTP timeout);
 * :meth:`SipCore.shutdown` — hang up everything.
 
@@ -39,6 +40,18 @@ Behaviour (docs/sip.md):
   is not ACKed, another re-INVITE gets 500 with ``Retry-After: 1`` (RFC 3261 §14.2).
 * ``ACK`` for our 2xx; without one within Timer L (64·T1) the call gets a BYE. A hangup before
   the ACK closes the media at once and sends the BYE when the ACK (or Timer L) comes.
+* Outbound calls (:meth:`SipCore.dial`): an RTP port (:class:`OpenRtp`), then an INVITE with
+  our offer (PCMU, PCMA, telephone-event) to the address the owner checked; Timer A resends it
+  over UDP, Timer B (64·T1) without any answer fails it (408). Provisionals report
+  :class:`Ringing` (the first 180/183); a 183 with SDP starts the media early only when the
+  dial asks for early media. A 401/407 is answered once with digest credentials (MD5 or
+  SHA-256; again for ``stale=true``); a 2xx is ACKed (a new request, sent again for each
+  retransmission of the 2xx), its SDP answer applied and :class:`Answered` emitted; a 3xx-6xx
+  (ACKed by the transaction) ends the call with :class:`DialFailed`. The ring timeout (and a
+  hang-up before the answer) sends CANCEL once a provisional has come; a 2xx crossing the
+  CANCEL is ACKed and BYEd. Record-Route of the 2xx becomes the route set (loose routing,
+  strict routers handled). An INVITE arriving with the Call-ID of one of our own outbound
+  calls (a dial-out looped back to us) is answered 482.
 * ``BYE`` both ways; ``OPTIONS`` 200; requests in an unknown dialog 481; other known methods
   405 with ``Allow``; unknown methods 501; malformed requests 400 when a Via can be read,
   otherwise dropped. Every parse failure counts in ``confstream_sip_parse_errors_total``.
@@ -63,7 +76,7 @@ from dataclasses import dataclass
 
 from confstream import metrics
 from confstream.conference.gateway import IncomingCall
-from confstream.sip.call import Call, CallEvent, CallState, Direction
+from confstream.sip.call import Call, CallEvent, CallState, Dial, Direction
 from confstream.sip.dialog import Dialog, DialogState, new_branch, new_tag
 from confstream.sip.digest import (
     DigestAuthenticator,
@@ -71,14 +84,17 @@ from confstream.sip.digest import (
     DigestOutcome,
     DigestParseError,
     FailureThrottle,
+    answer_challenges,
     parse_authorization,
 )
 from confstream.sip.flow import Address, Flow
 from confstream.sip.message import (
     Headers,
+    NameAddr,
     SipParseError,
     SipRequest,
     SipResponse,
+    SipUri,
     Via,
     build_response,
     format_host,
@@ -95,6 +111,7 @@ from confstream.sip.sdp import (
     negotiate,
 )
 from confstream.sip.transaction import (
+    ClientInviteTransaction,
     ClientNonInviteTransaction,
     Deliver,
     Event,
@@ -255,6 +272,42 @@ class CallEnded:
 
 
 @dataclass(frozen=True)
+class Dialing:
+    """An outbound call's INVITE went out (the call is ``initiated``/``connecting``)."""
+
+    call_sid: str
+
+
+@dataclass(frozen=True)
+class Ringing:
+    """The far end rings: the first 180 or 183 of an outbound call (``status``)."""
+
+    call_sid: str
+    status: int
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The far end answered an outbound call and our ACK went out: hand the call over (join
+    its conference, or run its cXML). Its end comes later as :class:`CallEnded` with
+    ``joined`` true."""
+
+    call_sid: str
+
+
+@dataclass(frozen=True)
+class DialFailed:
+    """An outbound call ended without being answered (a :class:`CallEnded` follows).
+    ``sip_status``: the far end's final status (408 for no answer at all, None when no INVITE
+    went out); ``outcome``: ``busy`` (486, 600), ``no-answer`` (ring timeout, 408, 480),
+    ``canceled`` (hung up before the answer) or ``failed``."""
+
+    call_sid: str
+    sip_status: int | None
+    outcome: str
+
+
+@dataclass(frozen=True)
 class Discarded:
     """The input was not a valid SIP message (the transport counts these per TCP connection)."""
 
@@ -270,8 +323,37 @@ Action = (
     | ApplyMedia
     | CallIncoming
     | CallEnded
+    | Dialing
+    | Ringing
+    | Answered
+    | DialFailed
     | Discarded
 )
+
+ClientTxn = ClientInviteTransaction | ClientNonInviteTransaction
+
+#: Final statuses reported as ``busy`` and as ``no-answer`` (the rest: ``failed``).
+BUSY_STATUSES = frozenset({486, 600})
+NO_ANSWER_STATUSES = frozenset({408, 480})
+#: How many times one outbound INVITE is sent with credentials (a second challenge that is
+#: not ``stale`` means the credentials are wrong).
+MAX_AUTH_TRIES = 3
+
+
+def dial_outcome(status: int) -> str:
+    """The Twilio call status of an outbound call refused with SIP ``status``."""
+    if status in BUSY_STATUSES:
+        return "busy"
+    if status in NO_ANSWER_STATUSES:
+        return "no-answer"
+    return "failed"
+
+
+#: Per-call timers of outbound calls: ring timeout, time limit, wait after our CANCEL.
+RING_TIMER = "ring"
+LIMIT_TIMER = "limit"
+CANCEL_TIMER = "cancel"
+CALL_TIMERS = (RING_TIMER, LIMIT_TIMER, CANCEL_TIMER)
 
 
 def _txn_key(branch: str, sent_by: str, method: str) -> tuple[str, str, str]:
@@ -305,6 +387,7 @@ class SipCore:
         port: int = 5060,
         new_call_sid: Callable[[], str] | None = None,
         trusted_proxies: Sequence[Network] = (),
+        target_allowed: Callable[[str], bool] | None = None,
     ) -> None:
         self.auth = auth
         self.trusted_proxies = tuple(trusted_proxies)
@@ -313,11 +396,19 @@ class SipCore:
         self.advertised_host = advertised_host
         self.port = port
         self._new_call_sid = new_call_sid or (lambda: str(uuid.uuid4()))
+        #: May an in-dialog request of an outbound call go to this IP (the far end's Contact
+        #: or first route)? Otherwise it goes where the INVITE went. Default: never.
+        self.target_allowed = target_allowed or (lambda ip: False)
         #: Live calls by CallSid (answered or being set up).
         self.calls: dict[str, Call] = {}
         self._dialogs: dict[tuple[str, str], Call] = {}
         self._server_txns: dict[tuple[str, str, str], ServerTxn] = {}
-        self._client_txns: dict[tuple[str, str], ClientNonInviteTransaction] = {}
+        self._client_txns: dict[tuple[str, str], ClientTxn] = {}
+        #: The outbound call of each client INVITE transaction (kept until the transaction
+        #: ends: retransmitted 2xx are ACKed after the call is gone).
+        self._invite_calls: dict[Transaction, Call] = {}
+        #: Call-IDs of our outbound calls (an INVITE with one of them looped back: 482).
+        self._outbound_call_ids: dict[str, str] = {}
         self._txn_flow: dict[Transaction, Flow] = {}
         self._server_keys: dict[Transaction, tuple[str, str, str]] = {}
         self._client_keys: dict[Transaction, tuple[str, str]] = {}
@@ -361,6 +452,10 @@ class SipCore:
         txn = self._timer_txn.get(key)
         if txn is not None:
             self._run(txn, txn.on_timer(now))
+        elif key.kind in CALL_TIMERS:
+            call = self.calls.get(key.ident)
+            if call is not None:
+                self._call_timer(call, key.kind)
         return self._take()
 
     def auth_result(self, lookup: int, password: str | None, now: float) -> list[Action]:
@@ -384,7 +479,12 @@ class SipCore:
         call = self.calls.get(call_sid)
         if call is not None and call.can(CallEvent.RTP_OPENED):
             call.local_sdp = LocalSdp(self.advertised_host, port)
-            if call.move(CallEvent.RTP_OPENED) is CallState.ENDED:
+            if call.direction is Direction.OUTBOUND:
+                if call.move(CallEvent.RTP_OPENED) is CallState.ENDED:
+                    self._dial_failed(call, None, call.cancel_outcome or "canceled")
+                else:
+                    self._start_dial(call)
+            elif call.move(CallEvent.RTP_OPENED) is CallState.ENDED:
                 self._end_setup(call, 480)
             else:
                 self._start_join(call)
@@ -396,7 +496,12 @@ class SipCore:
         if call is not None and call.can(CallEvent.RTP_FAILED):
             aborted = call.state is CallState.ABORT_OPENING
             call.move(CallEvent.RTP_FAILED)
-            self._end_setup(call, 480 if aborted else 503)
+            if call.direction is Direction.OUTBOUND:
+                self._dial_failed(
+                    call, None, call.cancel_outcome or "canceled" if aborted else "failed"
+                )
+            else:
+                self._end_setup(call, 480 if aborted else 503)
         return self._take()
 
     def incoming_call_done(self, call_sid: str, refused: int | None, now: float) -> list[Action]:
@@ -427,6 +532,39 @@ class SipCore:
             self._hangup(call, reason)
         return self._take()
 
+    def dial(self, dial: Dial, now: float) -> list[Action]:
+        """Place an outbound call (docs/sip.md, "Calling out"): :class:`OpenRtp` first; the
+        INVITE goes when :meth:`rtp_opened` reports the port."""
+        self._now = now
+        to = SipUri.parse(dial.to_uri)
+        local = NameAddr(SipUri.parse(dial.from_uri), dial.from_display)
+        call_id = f"{uuid.uuid4().hex}@{format_host(self.advertised_host)}"
+        dialog = Dialog(
+            call_id=call_id,
+            local_tag=new_tag(),
+            remote_tag="",
+            local_uri=str(local),
+            remote_uri=str(NameAddr(to)),
+            remote_target=dial.to_uri,
+            local_cseq=1,
+        )
+        placeholder = SipRequest(Headers(), b"", "INVITE", dial.to_uri)
+        call = Call(
+            call_sid=dial.call_sid,
+            direction=Direction.OUTBOUND,
+            flow=dial.flow,
+            invite=placeholder,
+            invite_txn=None,
+            account_sid=dial.account_sid,
+            request_user=to.user_unescaped,
+            dialog=dialog,
+            dial=dial,
+        )
+        self.calls[call.call_sid] = call
+        self._outbound_call_ids[call_id] = call.call_sid
+        self._emit(OpenRtp(call.call_sid, dial.flow.remote[0]))
+        return self._take()
+
     def shutdown(self, now: float) -> list[Action]:
         """Hang up every call (``server-shutdown``)."""
         self._now = now
@@ -444,6 +582,7 @@ class SipCore:
         self._txn_flow.clear()
         self._server_keys.clear()
         self._client_keys.clear()
+        self._invite_calls.clear()
         self._txn_timer.clear()
         self._timer_txn.clear()
         self._muted.clear()
@@ -470,7 +609,7 @@ class SipCore:
             elif isinstance(out, TimedOut):
                 self._on_txn_timeout(txn, out.timer)
             elif isinstance(out, Deliver):
-                pass  # BYE responses need no action: the call is already torn down
+                self._on_delivered(txn, out.response)  # BYE/CANCEL answers need nothing
         self._arm(txn)
 
     def _arm(self, txn: Transaction) -> None:
@@ -501,6 +640,7 @@ class SipCore:
         ckey = self._client_keys.pop(txn, None)
         if ckey is not None:
             self._client_txns.pop(ckey, None)
+        self._invite_calls.pop(txn, None)
 
     def _track(self, txn: Transaction, flow: Flow) -> None:
         self._txn_flow[txn] = flow
@@ -621,6 +761,10 @@ class SipCore:
                     return
             itxn = ServerInviteTransaction(request, flow.reliable, self.timers)
             self._register(itxn, key, flow)
+            if not request.to.tag and request.call_id in self._outbound_call_ids:
+                # one of our own dial-outs came back to us (docs/sip.md "Calling out")
+                self._respond(itxn, request, 482, retransmit=False)
+                return
             if request.to.tag:
                 self._on_reinvite(request, itxn, flow)
             else:
@@ -827,6 +971,7 @@ class SipCore:
 
     def _answer(self, call: Call) -> None:
         """Joined: register the dialog and send 200 with the SDP."""
+        assert call.invite_txn is not None
         self._dialogs[call.dialog.key] = call
         self._respond(
             call.invite_txn,
@@ -849,7 +994,7 @@ class SipCore:
 
     def _end_setup(self, call: Call, status: int | None, reason: str = "setup-failed") -> None:
         """A setup that ends before the 200: ``status`` unless a final went out already."""
-        if status is not None:
+        if status is not None and call.invite_txn is not None:
             self._respond(call.invite_txn, call.invite, status)
         self._teardown(call, reason)
 
@@ -910,7 +1055,7 @@ class SipCore:
         if call is None:
             return
         txn = call.invite_txn
-        if request.cseq.number != txn.request.cseq.number:
+        if txn is None or request.cseq.number != txn.request.cseq.number:
             return
         if txn.state is State.ACCEPTED and not txn.ack_received:
             self._run(txn, txn.on_ack(self._now))
@@ -957,12 +1102,283 @@ class SipCore:
             return
         self._respond(txn, request, 200)
         call.move(CallEvent.BYE_IN)
-        self._teardown(call, "caller-bye")
+        self._teardown(call, "caller-bye" if call.direction is Direction.INBOUND else "callee-bye")
+
+    # -- outbound calls (UAC) -------------------------------------------------------------------
+
+    def _via(self, flow: Flow) -> str:
+        return (
+            f"SIP/2.0/{flow.transport} {format_host(self.advertised_host)}:{self.port}"
+            f";branch={new_branch()};rport"
+        )
+
+    def _dialog_flow(self, call: Call) -> Flow:
+        """Where in-dialog requests go: an inbound call's requests go back where the INVITE
+        came from; an outbound call's to the first route or the far end's Contact when that is
+        an IP address the owner allows, else where the INVITE went."""
+        if call.direction is Direction.INBOUND:
+            return call.flow
+        try:
+            hop = call.dialog.next_hop()
+            ipaddress.ip_address(hop.host)
+        except (SipParseError, ValueError):
+            return call.flow
+        port = hop.port or 5060
+        if (hop.host, port) == call.flow.remote or self.target_allowed(hop.host):
+            return Flow(call.flow.transport, (hop.host, port))
+        return call.flow
+
+    def _arm_call_timer(self, call: Call, kind: str, at: float) -> None:
+        key = TimerKey(kind, call.call_sid)
+        self.armed[key] = at
+        self._emit(ArmTimer(key, at))
+
+    def _cancel_call_timer(self, call: Call, kind: str) -> None:
+        key = TimerKey(kind, call.call_sid)
+        if self.armed.pop(key, None) is not None:
+            self._emit(CancelTimer(key))
+
+    def _start_dial(self, call: Call) -> None:
+        """RTP is open: the INVITE with our offer goes; the ring timeout starts."""
+        assert call.local_sdp is not None and call.dial is not None
+        self._send_invite(call)
+        self._emit(Dialing(call.call_sid))
+        self._arm_call_timer(call, RING_TIMER, self._now + call.dial.ring_timeout)
+
+    def _send_invite(self, call: Call) -> None:
+        assert call.local_sdp is not None and call.dial is not None
+        dialog, flow = call.dialog, call.flow
+        h = Headers()
+        h.add("via", self._via(flow))
+        h.add("max-forwards", "70")
+        h.add("from", f"{dialog.local_uri};tag={dialog.local_tag}")
+        h.add("to", dialog.remote_uri)
+        h.add("call-id", dialog.call_id)
+        h.add("cseq", f"{dialog.local_cseq} INVITE")
+        h.add("contact", self._contact(flow))
+        h.add("allow", ALLOW)
+        h.add("user-agent", USER_AGENT)
+        for name, value in call.credentials.items():
+            h.add(name, value)
+        h.add("content-type", "application/sdp")
+        body = call.invite.body or call.local_sdp.offer()
+        invite = SipRequest(h, body, "INVITE", call.dial.to_uri)
+        call.invite = invite
+        txn = ClientInviteTransaction(invite, flow.reliable, self.timers)
+        key = (invite.top_via.branch or "", "INVITE")
+        self._client_txns[key] = txn
+        self._client_keys[txn] = key
+        self._invite_calls[txn] = call
+        call.client_txn = txn
+        self._track(txn, flow)
+        self._run(txn, txn.start(self._now))
+
+    def _on_delivered(self, txn: Transaction, response: SipResponse) -> None:
+        call = self._invite_calls.get(txn)
+        if call is None:
+            return
+        status = response.status
+        if status >= 300:
+            if call.client_txn is txn:
+                self._on_refused(call, response)
+        elif status >= 200:
+            self._on_2xx(call, response)
+        elif call.client_txn is txn:
+            self._on_provisional(call, response)
+
+    def _on_provisional(self, call: Call, response: SipResponse) -> None:
+        call.provisional = True
+        if not call.can(CallEvent.PROVISIONAL):
+            return
+        call.move(CallEvent.PROVISIONAL)
+        if call.state is CallState.CANCELLING:
+            self._maybe_cancel(call)
+            return
+        if response.status in (180, 183) and not call.ringing:
+            call.ringing = True
+            self._emit(Ringing(call.call_sid, response.status))
+        assert call.dial is not None
+        if call.dial.early_media and response.body.strip():
+            try:
+                neg = negotiate(SessionDescription.parse(response.body))
+            except SdpError:
+                return
+            self._emit(ApplyMedia(call.call_sid, neg, True, False, False))
+
+    def _on_2xx(self, call: Call, response: SipResponse) -> None:
+        state = call.state
+        if state in (CallState.CALLING, CallState.EARLY, CallState.CANCELLING):
+            try:
+                dialog = Dialog.from_response(call.invite, response)
+            except SipParseError as exc:
+                log.info("call %s: unusable 2xx (%s)", call.call_sid, exc)
+                if call.can(CallEvent.REJECTED):
+                    call.move(CallEvent.REJECTED)
+                    self._dial_failed(call, 502, "failed")
+                return
+            call.dialog = dialog
+            self._dialogs[dialog.key] = call
+            self._send_ack(call)
+            if call.move(CallEvent.ANSWERED) is CallState.ENDED:
+                # the 2xx crossed our CANCEL: the call is over all the same
+                self._emit(
+                    DialFailed(call.call_sid, response.status, call.cancel_outcome or "canceled")
+                )
+                self._send_bye(call, call.end_reason or call.cancel_outcome or "canceled")
+                return
+            self._answered(call, response)
+        elif call.ack is not None and response.to.tag == call.dialog.remote_tag:
+            self._emit(Send(call.ack, self._dialog_flow(call)))  # a retransmitted 2xx
+        else:
+            # another fork answered: ACK it and hang that one up at once
+            try:
+                fork = Dialog.from_response(call.invite, response)
+            except SipParseError:
+                return
+            flow = self._dialog_flow(call)
+            self._emit(Send(fork.make_request("ACK", self._via(flow), cseq=fork.local_cseq), flow))
+            self._emit(Send(fork.make_request("BYE", self._via(flow)), flow))
+
+    def _send_ack(self, call: Call) -> None:
+        """The ACK of the 2xx (RFC 3261 §13.2.2.4): in the dialog, the INVITE's CSeq number,
+        its credentials, a new branch."""
+        flow = self._dialog_flow(call)
+        ack = call.dialog.make_request("ACK", self._via(flow), cseq=call.dialog.local_cseq)
+        for name, value in call.credentials.items():
+            ack.headers.add(name, value)
+        call.ack = ack
+        self._emit(Send(ack, flow))
+
+    def _answered(self, call: Call, response: SipResponse) -> None:
+        """Confirmed: apply the answer, hand the call over, start the time limit."""
+        assert call.dial is not None
+        try:
+            neg = negotiate(SessionDescription.parse(response.body))
+        except SdpError as exc:
+            log.info("call %s: no usable SDP answer in the 2xx (%s)", call.call_sid, exc)
+            self._emit(DialFailed(call.call_sid, 488, "failed"))
+            call.move(CallEvent.HANGUP)
+            self._send_bye(call, "bad-sdp-answer")
+            return
+        self._cancel_call_timer(call, RING_TIMER)
+        self._emit(ApplyMedia(call.call_sid, neg, True, neg.hold, False))
+        call.joined = True
+        self._emit(Answered(call.call_sid))
+        if call.dial.time_limit is not None:
+            self._arm_call_timer(call, LIMIT_TIMER, self._now + call.dial.time_limit)
+
+    def _on_refused(self, call: Call, response: SipResponse) -> None:
+        status = response.status
+        if status in (401, 407) and self._answer_challenge(call, response):
+            return
+        if not call.can(CallEvent.REJECTED):
+            return
+        cancelling = call.state is CallState.CANCELLING
+        call.move(CallEvent.REJECTED)
+        if cancelling and status == 487:
+            outcome = call.cancel_outcome or "canceled"
+        else:
+            outcome = dial_outcome(status)
+        self._dial_failed(call, status, outcome)
+
+    def _answer_challenge(self, call: Call, response: SipResponse) -> bool:
+        """INVITE again with credentials for a 401/407 (docs/sip.md "Calling out")."""
+        dial = call.dial
+        assert dial is not None
+        if not call.can(CallEvent.CHALLENGED) or not dial.auth_username:
+            return False
+        proxy = response.status == 407
+        found = answer_challenges(
+            response.headers.get_all("proxy-authenticate" if proxy else "www-authenticate"),
+            username=dial.auth_username,
+            password=dial.auth_password or "",
+            method="INVITE",
+            uri=dial.to_uri,
+        )
+        if found is None:
+            return False
+        header, challenge = found
+        name = "proxy-authorization" if proxy else "authorization"
+        if call.auth_tries >= MAX_AUTH_TRIES or (name in call.credentials and not challenge.stale):
+            return False  # the credentials were refused
+        call.auth_tries += 1
+        call.credentials[name] = header
+        call.move(CallEvent.CHALLENGED)
+        call.provisional = False
+        call.dialog.local_cseq += 1
+        self._send_invite(call)
+        return True
+
+    def _maybe_cancel(self, call: Call) -> None:
+        """CANCEL our INVITE, once a provisional has come (RFC 3261 §9.1); a final must follow
+        within 64·T1, or the call ends anyway."""
+        txn = call.client_txn
+        if call.cancel_sent or not call.provisional or txn is None:
+            return
+        if txn.state is not State.PROCEEDING:
+            return
+        call.cancel_sent = True
+        invite = txn.request
+        h = Headers()
+        h.add("via", invite.headers.get("via") or "")
+        h.add("max-forwards", "70")
+        for name in ("from", "to", "call-id"):
+            h.add(name, invite.headers.get(name) or "")
+        h.add("cseq", f"{invite.cseq.number} CANCEL")
+        for route in invite.headers.get_all("route"):
+            h.add("route", route)
+        h.add("user-agent", USER_AGENT)
+        cancel = SipRequest(h, b"", "CANCEL", invite.uri)
+        ctxn = ClientNonInviteTransaction(cancel, call.flow.reliable, self.timers)
+        key = (invite.top_via.branch or "", "CANCEL")
+        self._client_txns[key] = ctxn
+        self._client_keys[ctxn] = key
+        self._track(ctxn, call.flow)
+        self._run(ctxn, ctxn.start(self._now))
+        self._arm_call_timer(call, CANCEL_TIMER, self._now + 64 * self.timers.t1)
+
+    def _call_timer(self, call: Call, kind: str) -> None:
+        if kind == RING_TIMER:
+            if call.can(CallEvent.TIMEOUT):
+                log.info("call %s: no answer, cancelling", call.call_sid)
+                call.cancel_outcome = call.cancel_outcome or "no-answer"
+                call.move(CallEvent.TIMEOUT)
+                self._maybe_cancel(call)
+        elif kind == LIMIT_TIMER:
+            self._hangup(call, "time-limit")
+        elif kind == CANCEL_TIMER and call.can(CallEvent.REJECTED):
+            # no final response to our cancelled INVITE (RFC 3261 §9.1): give up on it
+            call.move(CallEvent.REJECTED)
+            txn = call.client_txn
+            if txn is not None:
+                self._forget_client(txn)
+            self._dial_failed(call, 408, call.cancel_outcome or "no-answer")
+
+    def _forget_client(self, txn: Transaction) -> None:
+        key = self._txn_timer.get(txn)
+        if key is not None and self.armed.pop(key, None) is not None:
+            self._emit(CancelTimer(key))
+        self._forget(txn)
+
+    def _dial_failed(self, call: Call, status: int | None, outcome: str) -> None:
+        self._emit(DialFailed(call.call_sid, status, outcome))
+        self._teardown(call, outcome)
 
     # -- hanging up ----------------------------------------------------------------------------
 
     def _hangup(self, call: Call, reason: str) -> None:
         state = call.state
+        if call.direction is Direction.OUTBOUND and state in (
+            CallState.OPENING,
+            CallState.CALLING,
+            CallState.EARLY,
+        ):
+            call.end_reason = reason
+            call.cancel_outcome = call.cancel_outcome or "canceled"
+            call.move(CallEvent.HANGUP)
+            if state is not CallState.OPENING:
+                self._maybe_cancel(call)
+            return
         if state in (CallState.OPENING, CallState.JOINING):
             call.end_reason = reason  # the step under way ends the setup when it reports back
             call.move(CallEvent.HANGUP)
@@ -979,12 +1395,8 @@ class SipCore:
     def _send_bye(self, call: Call, reason: str) -> None:
         dialog = call.dialog
         if dialog.state is not DialogState.TERMINATED:
-            flow = call.flow
-            via = (
-                f"SIP/2.0/{flow.transport} {format_host(self.advertised_host)}:{self.port}"
-                f";branch={new_branch()};rport"
-            )
-            bye = dialog.make_request("BYE", via)
+            flow = self._dialog_flow(call)
+            bye = dialog.make_request("BYE", self._via(flow))
             bye.headers.add("reason", f'SIP;cause=200;text="{reason}"')
             bye.headers.add("user-agent", USER_AGENT)
             txn = ClientNonInviteTransaction(bye, flow.reliable, self.timers)
@@ -996,7 +1408,14 @@ class SipCore:
         self._teardown(call, reason)
 
     def _on_txn_timeout(self, txn: Transaction, timer: Event) -> None:
-        """Timer L without an ACK for our 2xx: BYE (Timer H only ends a non-2xx's wait)."""
+        """Timer L without an ACK for our 2xx: BYE (Timer H only ends a non-2xx's wait).
+        Timer B: our INVITE got no answer at all (408)."""
+        if timer is Event.TIMER_B:
+            call = self._invite_calls.get(txn)
+            if call is not None and call.client_txn is txn and call.can(CallEvent.REJECTED):
+                call.move(CallEvent.REJECTED)
+                self._dial_failed(call, 408, call.cancel_outcome or "no-answer")
+            return
         if timer is not Event.TIMER_L or not isinstance(txn, ServerInviteTransaction):
             return
         for call in list(self.calls.values()):
@@ -1014,6 +1433,10 @@ class SipCore:
     def _teardown(self, call: Call, reason: str) -> None:
         """Close RTP, leave the conference, forget the dialog. Idempotent."""
         call.state = CallState.ENDED
+        if call.direction is Direction.OUTBOUND:
+            self._outbound_call_ids.pop(call.dialog.call_id, None)
+            for kind in CALL_TIMERS:
+                self._cancel_call_timer(call, kind)
         call.dialog.state = DialogState.TERMINATED
         if self._dialogs.get(call.dialog.key) is call:
             del self._dialogs[call.dialog.key]
@@ -1025,15 +1448,21 @@ __all__ = [
     "ALLOW",
     "AMPLIFICATION_LIMIT",
     "Action",
+    "Answered",
     "ApplyMedia",
     "ArmTimer",
     "CallEnded",
     "CallIncoming",
     "CancelTimer",
+    "Dial",
+    "DialFailed",
+    "Dialing",
     "Discarded",
     "LookupToken",
     "OpenRtp",
+    "Ringing",
     "Send",
     "SipCore",
     "TimerKey",
+    "dial_outcome",
 ]

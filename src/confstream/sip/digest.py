@@ -1,4 +1,6 @@
-"""SIP Digest authentication, server side (RFC 3261 §22.4, RFC 8760, RFC 7616 for the hashes).
+"""SIP Digest authentication (RFC 3261 §22.4, RFC 8760, RFC 7616 for the hashes): the server
+side (:class:`DigestAuthenticator`, checking our callers) and the client side
+(:func:`answer_challenges`, answering the far end's 401/407 when we dial out).
 
 Sans-I/O: the caller passes the current time and the account's password; nothing here waits.
 
@@ -168,6 +170,108 @@ def _same_target(digest_uri: str, request_uri: str) -> bool:
         return scheme, rest.rpartition("@")[2]
 
     return target(digest_uri) == target(request_uri)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One ``WWW-Authenticate``/``Proxy-Authenticate`` Digest challenge."""
+
+    realm: str
+    nonce: str
+    algorithm: str = "MD5"
+    qop: str | None = None
+    opaque: str | None = None
+    stale: bool = False
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    """A Digest challenge we can answer (MD5 or SHA-256, ``qop`` absent or offering
+    ``auth``), or None (another scheme, another algorithm, ``auth-int`` only, malformed)."""
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() != "digest":
+        return None
+    try:
+        p = parse_auth_params(rest)
+    except DigestParseError:
+        return None
+    algorithm = p.get("algorithm", "MD5").upper()
+    if algorithm not in ALGORITHMS or "realm" not in p or "nonce" not in p:
+        return None
+    qop: str | None = None
+    if "qop" in p:
+        offered = [q.strip().lower() for q in p["qop"].split(",")]
+        if "auth" not in offered:
+            return None
+        qop = "auth"
+    return Challenge(
+        realm=p["realm"],
+        nonce=p["nonce"],
+        algorithm=algorithm,
+        qop=qop,
+        opaque=p.get("opaque"),
+        stale=p.get("stale", "").lower() == "true",
+    )
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def authorization_header(
+    challenge: Challenge,
+    *,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    cnonce: str | None = None,
+    nc: int = 1,
+) -> str:
+    """The ``Authorization``/``Proxy-Authorization`` value answering ``challenge`` for a
+    request (RFC 2617 §3.2.2 with RFC 7616's hashes; ``qop=auth`` when offered)."""
+    nc_text = f"{nc:08x}"
+    cnonce = cnonce if cnonce is not None else os.urandom(8).hex()
+    response = compute_response(
+        algorithm=challenge.algorithm,
+        username=username,
+        realm=challenge.realm,
+        password=password,
+        method=method,
+        uri=uri,
+        nonce=challenge.nonce,
+        nc=nc_text if challenge.qop else None,
+        cnonce=cnonce if challenge.qop else None,
+        qop=challenge.qop,
+    )
+    parts = [
+        f"username={_quote(username)}",
+        f"realm={_quote(challenge.realm)}",
+        f"nonce={_quote(challenge.nonce)}",
+        f"uri={_quote(uri)}",
+        f'response="{response}"',
+        f"algorithm={challenge.algorithm}",
+    ]
+    if challenge.qop:
+        parts += [f'cnonce="{cnonce}"', f"nc={nc_text}", "qop=auth"]
+    if challenge.opaque is not None:
+        parts.append(f"opaque={_quote(challenge.opaque)}")
+    return "Digest " + ", ".join(parts)
+
+
+def answer_challenges(
+    headers: list[str], *, username: str, password: str, method: str, uri: str
+) -> tuple[str, Challenge] | None:
+    """The credential answering the best of ``headers`` (the values of every
+    ``WWW-Authenticate`` or ``Proxy-Authenticate`` of one response): SHA-256 is preferred
+    over MD5 when both are offered (RFC 8760 §2.4). None when none can be answered."""
+    usable = [c for c in (parse_challenge(h) for h in headers) if c is not None]
+    if not usable:
+        return None
+    best = max(usable, key=lambda c: c.algorithm == "SHA-256")
+    header = authorization_header(
+        best, username=username, password=password, method=method, uri=uri
+    )
+    return header, best
 
 
 class DigestAuthenticator:

@@ -18,6 +18,14 @@ executes the actions it returns:
 
 Hang-ups from the rest of the server (:meth:`SipParticipant.hangup`: REST delete, conference
 end) and RTP inactivity go to ``SipCore.hangup``.
+
+Outbound calls (:meth:`SipServer.dial`, docs/sip.md "Calling out"): a target that is one of
+our own listeners is refused (:class:`~confstream.errors.DialRefused`); otherwise the RTP
+session and participant are made at once and the core places the call. Its progress goes to the
+call's :class:`~confstream.conference.gateway.DialListener`: ``Dialing`` -> ``dialing``,
+``Ringing`` -> ``ringing``, ``Answered`` -> ``answered`` in a task (a refusal hangs up),
+``DialFailed`` -> ``failed``; the end of an answered call -> ``ended`` (instead of
+``gateway.leave``).
 """
 
 from __future__ import annotations
@@ -30,22 +38,34 @@ from typing import Any
 
 from confstream import metrics
 from confstream.conference.base import Frame
-from confstream.conference.gateway import ConferenceGateway, IncomingCall, JoinRefused
+from confstream.conference.gateway import (
+    ConferenceGateway,
+    DialListener,
+    IncomingCall,
+    JoinRefused,
+    OutboundCall,
+)
+from confstream.errors import DialRefused
+from confstream.netpolicy import PolicyError, check_address
 from confstream.rtp.ports import RtpPortPool, RtpPortsExhausted
 from confstream.rtp.session import RtpSession
 from confstream.settings import Settings
-from confstream.sip.call import Call
+from confstream.sip.call import Call, Dial
 from confstream.sip.core import (
     AMPLIFICATION_LIMIT,
     Action,
+    Answered,
     ApplyMedia,
     ArmTimer,
     CallEnded,
     CallIncoming,
     CancelTimer,
+    DialFailed,
+    Dialing,
     Discarded,
     LookupToken,
     OpenRtp,
+    Ringing,
     Send,
     SipCore,
     TimerKey,
@@ -135,6 +155,7 @@ class SipServer:
             throttle=self.throttle,
             timers=self.timers,
             trusted_proxies=settings.sip_trusted_proxy_networks,
+            target_allowed=self._target_allowed,
         )
         self.transport = SipTransport(
             self._on_message,
@@ -149,6 +170,8 @@ class SipServer:
         self.port = 0
         self.host = ""
         self._media: dict[str, _Media] = {}
+        #: Outbound calls: who hears about their progress.
+        self._listeners: dict[str, DialListener] = {}
         self._timer_handles: dict[TimerKey, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -223,6 +246,66 @@ class SipServer:
     def _hangup(self, call_sid: str, reason: str) -> None:
         self._execute(self.core.hangup(call_sid, reason, self._now()))
 
+    # -- outbound calls -----------------------------------------------------------------------
+
+    def is_own_listener(self, host: str, port: int) -> bool:
+        """True when ``host:port`` reaches our SIP listener (a dial-out there would loop)."""
+        if port != self.port:
+            return False
+        if host == self.host or host == self.advertised_host:
+            return True
+        if self.host in ("", "0.0.0.0", "::"):
+            try:
+                check_address(host)
+            except PolicyError:
+                return True  # a local or private address of a wildcard listener: maybe us
+        return False
+
+    def _target_allowed(self, ip: str) -> bool:
+        """May an in-dialog request go to ``ip`` (the far end's Contact or first route)?"""
+        try:
+            check_address(ip, self.settings.allowed_network_objects)
+        except PolicyError:
+            return False
+        return True
+
+    def dial(self, call: OutboundCall, listener: DialListener) -> SipParticipant:
+        """Place ``call`` (see the module docstring); returns its participant."""
+        host, port = call.address
+        if self.is_own_listener(host, port):
+            raise DialRefused(f"{host}:{port} is this server's own SIP listener (a call loop)")
+        self._listeners[call.call_sid] = listener
+        dial = Dial(
+            call_sid=call.call_sid,
+            account_sid=call.account_sid,
+            to_uri=call.to_uri,
+            flow=Flow("UDP", (host, port)),
+            from_uri=call.from_uri,
+            from_display=call.from_display,
+            ring_timeout=call.ring_timeout,
+            time_limit=call.time_limit,
+            auth_username=call.auth_username,
+            auth_password=call.auth_password,
+            early_media=call.early_media,
+        )
+        self._execute(self.core.dial(dial, self._now()))
+        media = self._media.get(call.call_sid)
+        assert media is not None  # OpenRtp made it
+        return media.participant
+
+    async def _answered(self, call_sid: str, listener: DialListener) -> None:
+        media = self._media.get(call_sid)
+        if media is None:
+            return
+        try:
+            await listener.answered(media.participant)
+        except JoinRefused as exc:
+            log.info("outbound call %s answered but refused: %s", call_sid, exc.message)
+            self._hangup(call_sid, "refused")
+        except Exception:
+            log.exception("outbound call %s: handing the answered call over failed", call_sid)
+            self._hangup(call_sid, "application-error")
+
     # -- actions out --------------------------------------------------------------------------
 
     def _execute(self, actions: list[Action]) -> None:
@@ -245,6 +328,25 @@ class SipServer:
                 self._spawn(self._incoming_call(action))
             elif isinstance(action, CallEnded):
                 self._call_ended(action)
+            elif isinstance(action, Dialing | Ringing | Answered | DialFailed):
+                self._progress(action)
+
+    def _progress(self, action: Dialing | Ringing | Answered | DialFailed) -> None:
+        listener = self._listeners.get(action.call_sid)
+        if listener is None:
+            return
+        try:
+            if isinstance(action, Dialing):
+                listener.dialing()
+            elif isinstance(action, Ringing):
+                listener.ringing()
+            elif isinstance(action, Answered):
+                self._spawn(self._answered(action.call_sid, listener))
+            else:
+                self._listeners.pop(action.call_sid, None)
+                listener.failed(action.sip_status, action.outcome)
+        except Exception:
+            log.exception("dial listener of %s failed", action.call_sid)
 
     def _send(self, flow: Flow, message: SipRequest | SipResponse) -> None:
         if isinstance(message, SipResponse):
@@ -334,7 +436,11 @@ class SipServer:
         media = self._media.pop(action.call_sid, None)
         if media is not None:
             media.session.close()
-        if action.joined:
+        listener = self._listeners.pop(action.call_sid, None)
+        if listener is not None:
+            if action.joined:
+                self._spawn(listener.ended(action.reason))
+        elif action.joined:
             self._spawn(self._leave(action.call_sid, action.reason))
 
     async def _leave(self, call_sid: str, reason: str) -> None:

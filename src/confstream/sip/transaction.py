@@ -34,7 +34,18 @@ Server non-INVITE (§17.2.2)::
     Trying --send 1xx--> Proceeding --send final--> Completed --Timer J--> Terminated
     Timer J = 64·T1 [unreliable] or 0; request retransmissions resend the last response.
 
-Client non-INVITE (§17.1.2), used for the BYE we send::
+Client INVITE (§17.1.1 + RFC 6026 §7.2), used for the INVITEs we send (dial-out)::
+
+    Calling --Timer A--> Calling (resend; A = T1·2ⁿ, no cap) [unreliable]
+    Calling --Timer B (64·T1)--> Terminated + TimedOut
+    Calling/Proceeding --1xx--> Proceeding (Deliver; Timer A stops)
+    Calling/Proceeding --2xx--> Accepted (Deliver); Timer M = 64·T1. Accepted passes every
+                                2xx (retransmissions, forks) to the owner, which ACKs them
+    Calling/Proceeding --3xx-6xx--> Completed (Deliver; ACK sent with the INVITE's branch)
+    Completed --3xx-6xx--> Completed (ACK again);  Timer D = 32 s [unreliable] or 0
+    Accepted --Timer M--> Terminated;  Completed --Timer D--> Terminated
+
+Client non-INVITE (§17.1.2), used for the BYE and CANCEL we send::
 
     Trying --Timer E--> Trying (resend; E = T1·2ⁿ capped at T2) [unreliable]
     Trying/Proceeding --1xx--> Proceeding (E now fires every T2)
@@ -47,7 +58,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from confstream.sip.message import SipRequest, SipResponse
+from confstream.sip.message import Headers, SipRequest, SipResponse
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class TimerConfig:
 
 
 class State(enum.Enum):
+    CALLING = "calling"
     TRYING = "trying"
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
@@ -76,6 +88,7 @@ class Event(enum.Enum):
     SEND_FINAL = "send_final"  # 3xx-6xx (or any final for non-INVITE)
     RECV_1XX = "recv_1xx"
     RECV_FINAL = "recv_final"
+    RECV_2XX = "recv_2xx"  # client INVITE only (a 2xx is not final for the transaction)
     TIMER_E = "timer_e"
     TIMER_F = "timer_f"
     TIMER_G = "timer_g"
@@ -84,6 +97,10 @@ class Event(enum.Enum):
     TIMER_J = "timer_j"
     TIMER_K = "timer_k"
     TIMER_L = "timer_l"
+    TIMER_A = "timer_a"
+    TIMER_B = "timer_b"
+    TIMER_D = "timer_d"
+    TIMER_M = "timer_m"
 
 
 S, E = State, Event
@@ -122,6 +139,23 @@ SERVER_NON_INVITE: dict[tuple[State, Event], State] = {
     (S.COMPLETED, E.TIMER_J): S.TERMINATED,
 }
 
+CLIENT_INVITE: dict[tuple[State, Event], State] = {
+    (S.CALLING, E.TIMER_A): S.CALLING,
+    (S.CALLING, E.TIMER_B): S.TERMINATED,
+    (S.CALLING, E.RECV_1XX): S.PROCEEDING,
+    (S.PROCEEDING, E.RECV_1XX): S.PROCEEDING,
+    (S.CALLING, E.RECV_2XX): S.ACCEPTED,
+    (S.PROCEEDING, E.RECV_2XX): S.ACCEPTED,
+    (S.ACCEPTED, E.RECV_2XX): S.ACCEPTED,
+    (S.ACCEPTED, E.RECV_1XX): S.ACCEPTED,
+    (S.ACCEPTED, E.TIMER_M): S.TERMINATED,
+    (S.CALLING, E.RECV_FINAL): S.COMPLETED,
+    (S.PROCEEDING, E.RECV_FINAL): S.COMPLETED,
+    (S.COMPLETED, E.RECV_FINAL): S.COMPLETED,
+    (S.COMPLETED, E.RECV_1XX): S.COMPLETED,
+    (S.COMPLETED, E.TIMER_D): S.TERMINATED,
+}
+
 CLIENT_NON_INVITE: dict[tuple[State, Event], State] = {
     (S.TRYING, E.TIMER_E): S.TRYING,
     (S.TRYING, E.TIMER_F): S.TERMINATED,
@@ -153,7 +187,7 @@ class Deliver:
 
 @dataclass(frozen=True)
 class TimedOut:
-    """Timer H/L/F fired: no ACK (server INVITE) or no final response (client)."""
+    """Timer H/L/F/B fired: no ACK (server INVITE) or no final response (client)."""
 
     timer: Event
 
@@ -342,5 +376,81 @@ class ClientNonInviteTransaction(Transaction):
             self._deadlines[E.TIMER_E] = now + self._interval
             return [Transmit(self.request)]
         if event is E.TIMER_F:
+            return [TimedOut(event)]
+        return []
+
+
+#: How long a client INVITE transaction absorbs retransmitted non-2xx finals over UDP.
+TIMER_D_UNRELIABLE = 32.0
+
+
+def ack_for_non_2xx(invite: SipRequest, response: SipResponse) -> SipRequest:
+    """The ACK of a 3xx-6xx (RFC 3261 §17.1.1.3): the INVITE's Request-URI, top Via, From,
+    Call-ID and Route, the response's To, CSeq number with method ACK."""
+    h = Headers()
+    h.add("via", invite.headers.get("via") or "")
+    h.add("max-forwards", "70")
+    h.add("from", invite.headers.get("from") or "")
+    h.add("to", response.headers.get("to") or "")
+    h.add("call-id", invite.headers.get("call-id") or "")
+    h.add("cseq", f"{invite.cseq.number} ACK")
+    for route in invite.headers.get_all("route"):
+        h.add("route", route)
+    return SipRequest(h, b"", "ACK", invite.uri)
+
+
+class ClientInviteTransaction(Transaction):
+    table = CLIENT_INVITE
+    initial = S.CALLING
+
+    def __init__(self, request: SipRequest, reliable: bool, timers: TimerConfig) -> None:
+        super().__init__(request, reliable, timers)
+        self.ack: SipRequest | None = None
+
+    def start(self, now: float) -> list[Output]:
+        """Send the INVITE for the first time and arm Timers A and B."""
+        self._deadlines[E.TIMER_B] = now + 64 * self.timers.t1
+        if not self.reliable:
+            self._interval = self.timers.t1
+            self._deadlines[E.TIMER_A] = now + self._interval
+        return [Transmit(self.request)]
+
+    def on_response(self, response: SipResponse, now: float) -> list[Output]:
+        status = response.status
+        if status < 200:
+            event = E.RECV_1XX
+        elif status < 300:
+            event = E.RECV_2XX
+        else:
+            event = E.RECV_FINAL
+        previous = self.state
+        if not self._move(event, from_owner=False):
+            return []
+        if event is E.RECV_1XX:
+            if previous is S.COMPLETED:
+                return []
+            self._deadlines.pop(E.TIMER_A, None)
+            # no Timer B once the far end answered: the owner's ring timeout CANCELs
+            self._deadlines.pop(E.TIMER_B, None)
+            return [Deliver(response)]
+        if event is E.RECV_2XX:
+            if previous is not S.ACCEPTED:
+                self._deadlines.clear()
+                self._deadlines[E.TIMER_M] = now + 64 * self.timers.t1
+            return [Deliver(response)]
+        # 3xx-6xx: ACK it ourselves (same branch); only the first one reaches the owner
+        if previous is S.COMPLETED:
+            return [Transmit(self.ack)] if self.ack is not None else []
+        self._deadlines.clear()
+        self._deadlines[E.TIMER_D] = now + (0.0 if self.reliable else TIMER_D_UNRELIABLE)
+        self.ack = ack_for_non_2xx(self.request, response)
+        return [Transmit(self.ack), Deliver(response)]
+
+    def _after_timer(self, event: Event, now: float) -> list[Output]:
+        if event is E.TIMER_A:
+            self._interval *= 2
+            self._deadlines[E.TIMER_A] = now + self._interval
+            return [Transmit(self.request)]
+        if event is E.TIMER_B:
             return [TimedOut(event)]
         return []

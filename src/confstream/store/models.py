@@ -71,10 +71,24 @@ def split_end_reason(stored: str | None) -> tuple[str | None, str | None]:
 #: (:data:`PARTICIPANT_API_STATUS`).
 PARTICIPANT_IN_PROGRESS = "in-progress"
 PARTICIPANT_COMPLETED = "completed"
+#: A participant being dialled (``POST …/Participants``, docs/api.md): ``queued`` until the
+#: INVITE goes, ``connecting``, ``ringing`` from the first 180/183, then ``in-progress`` once
+#: answered and joined, or ``failed`` when the callee never answered.
+PARTICIPANT_QUEUED = "queued"
+PARTICIPANT_CONNECTING = "connecting"
+PARTICIPANT_RINGING = "ringing"
+PARTICIPANT_FAILED = "failed"
+PARTICIPANT_DIALING = (PARTICIPANT_QUEUED, PARTICIPANT_CONNECTING, PARTICIPANT_RINGING)
 #: Stored participant status -> Twilio's (``queued``, ``connecting``, ``ringing``,
-#: ``connected``, ``complete``, ``failed``; only the two below ever occur: a participant is a
-#: SIP caller whose call is already answered).
-PARTICIPANT_API_STATUS = {PARTICIPANT_IN_PROGRESS: "connected", PARTICIPANT_COMPLETED: "complete"}
+#: ``connected``, ``complete``, ``failed``).
+PARTICIPANT_API_STATUS = {
+    PARTICIPANT_IN_PROGRESS: "connected",
+    PARTICIPANT_COMPLETED: "complete",
+    PARTICIPANT_QUEUED: "queued",
+    PARTICIPANT_CONNECTING: "connecting",
+    PARTICIPANT_RINGING: "ringing",
+    PARTICIPANT_FAILED: "failed",
+}
 
 #: Stream statuses: queued -> in-progress -> stopped.
 STREAM_QUEUED = "queued"

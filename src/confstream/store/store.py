@@ -53,6 +53,8 @@ from confstream.store.models import (
     CONFERENCE_IN_PROGRESS,
     CONFERENCE_INIT,
     PARTICIPANT_COMPLETED,
+    PARTICIPANT_DIALING,
+    PARTICIPANT_FAILED,
     PARTICIPANT_IN_PROGRESS,
     STREAM_ACTIVE_STATUSES,
     STREAM_QUEUED,
@@ -432,17 +434,20 @@ class Store:
         label: str | None = None,
         start_conference_on_enter: bool = True,
         end_conference_on_exit: bool = False,
+        status: str = PARTICIPANT_IN_PROGRESS,
     ) -> Participant:
-        """Insert the participant ``in-progress``. A call has one participant record (the
-        CallSid is the key): when the call was in an earlier conference (it left it and goes
-        on, docs/voice.md), that completed record is replaced, as Twilio's Participants keep
-        no history. A record still in progress raises ``IntegrityError``."""
+        """Insert the participant ``in-progress`` (or ``status``: ``queued`` for a callee
+        being dialled). A call has one participant record (the CallSid is the key): when the
+        call was in an earlier conference (it left it and goes on, docs/voice.md), that
+        completed record is replaced, as Twilio's Participants keep no history; so is the
+        record of the callee being dialled, once it answers. A record still in progress raises
+        ``IntegrityError``."""
         row = _new(
             Participant,
             call_sid=call_sid,
             conference_sid=conference_sid,
             account_sid=account_sid,
-            status=PARTICIPANT_IN_PROGRESS,
+            status=status,
             muted=muted,
             hold=hold,
             coaching=False,
@@ -453,7 +458,7 @@ class Store:
         )
         async with self.session() as session, session.begin():
             earlier = await session.get(Participant, call_sid)
-            if earlier is not None and earlier.status == PARTICIPANT_COMPLETED:
+            if earlier is not None and earlier.status != PARTICIPANT_IN_PROGRESS:
                 await session.delete(earlier)
                 await session.flush()
             session.add(row)
@@ -531,6 +536,17 @@ class Store:
         changes = _given(muted=muted, hold=hold, end_conference_on_exit=end_conference_on_exit)
         return await self._change(Participant, call_sid, lambda row: row.update(changes))
 
+    async def set_dialing_status(self, call_sid: str, status: str) -> Participant | None:
+        """Move a participant being dialled to ``status`` (``connecting``, ``ringing``,
+        ``failed``); a participant that has answered, or ended, is left as it is."""
+
+        def change(row: Participant) -> None:
+            if row.status in PARTICIPANT_DIALING and row.status != status:
+                row.status = status
+                row.touch()
+
+        return await self._change(Participant, call_sid, change)
+
     async def complete_participant(self, call_sid: str, reason: str) -> Participant | None:
         """Mark the participant completed (idempotent; the first reason is kept)."""
         return await self._change(
@@ -551,6 +567,9 @@ class Store:
         url: str | None = None,
         method: str = "POST",
         sid: str | None = None,
+        status_callback: str | None = None,
+        status_callback_method: str = "POST",
+        status_callback_event: str | None = None,
     ) -> Call:
         """Insert a call record (``ringing`` by default: an INVITE not answered yet). ``sid``
         is the CallSid the SIP edge chose (a new one when None). ValueError for a status that
@@ -572,9 +591,9 @@ class Store:
             parent_call_sid=parent_call_sid,
             url=url,
             method=method,
-            status_callback=None,
-            status_callback_method="POST",
-            status_callback_event=None,
+            status_callback=status_callback,
+            status_callback_method=status_callback_method,
+            status_callback_event=status_callback_event,
             sip_response_code=None,
         )
         _call_status(row, status, row.date_created)
@@ -807,7 +826,7 @@ class Store:
                 )
             participants = await session.execute(
                 update(Participant)
-                .where(Participant.status != PARTICIPANT_COMPLETED)
+                .where(Participant.status.not_in((PARTICIPANT_COMPLETED, PARTICIPANT_FAILED)))
                 .values(status=PARTICIPANT_COMPLETED, reason_ended=reason, date_updated=now)
             )
             conferences = await session.execute(

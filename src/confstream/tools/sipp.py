@@ -168,3 +168,130 @@ def caller_command(
         "-m", "1", "-i", "127.0.0.1", "-p", str(sip_port), "-mp", str(media_port),
         "-timeout", str(timeout_s), "-timeout_error", "-nostdin",
     ]  # fmt: skip
+
+
+# -- callees: sipp as a UAS that confstream dials (docs/sip.md, "Calling out") ----------------
+
+_CALLEE_SDP = """
+v=0
+o=callee 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-15
+a=sendrecv"""
+_TAG = ";tag=[pid]SIPpTag01[call_number]"
+
+
+def _response(
+    status: str, *, tag: bool = True, cseq: str = "[last_CSeq:]", extra: str = "", sdp: bool = False
+) -> str:
+    """A response to the last request received (``cseq`` overrides its CSeq line)."""
+    lines = [
+        f"SIP/2.0 {status}",
+        "[last_Via:]",
+        "[last_From:]",
+        "[last_To:]" + (_TAG if tag else ""),
+        "[last_Call-ID:]",
+        cseq,
+        "Contact: <sip:callee@[local_ip]:[local_port]>",
+        *([extra] if extra else []),
+        *(["Content-Type: application/sdp"] if sdp else []),
+        "Content-Length: [len]" if sdp else "Content-Length: 0",
+        "",
+    ]
+    return "\n".join(lines) + (_CALLEE_SDP if sdp else "") + "\n"
+
+
+def _send(message: str, retrans: bool = False) -> str:
+    attr = ' retrans="500"' if retrans else ""
+    return f"  <send{attr}><![CDATA[\n{message}]]></send>\n"
+
+
+def callee_scenario(
+    path: Path,
+    kind: str,
+    *,
+    wav: Path | None = None,
+    auth: tuple[str, str] | None = None,
+) -> Path:
+    """A sipp UAS scenario for one call confstream places (``sipp -sf`` without a target):
+
+    * ``answer``: 100, 180, 200 with SDP (PCMU, telephone-event); after the ACK it plays
+      ``wav`` (µ-law) as RTP until confstream's BYE, which it answers. With ``auth``
+      (username, password) the first INVITE is challenged (401, MD5) and the second one's
+      credentials are checked (a wrong answer gets 403).
+    * ``busy``: 100, 486.
+    * ``no-answer``: 100, 180, then the CANCEL is answered 200 and the INVITE 487.
+    * ``cancel-race``: 100, 180; the CANCEL is answered 200, and the INVITE 200 too (the
+      answer crossed the CANCEL); it expects the ACK and the BYE that follow.
+    """
+    head = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<!DOCTYPE scenario SYSTEM "sipp.dtd">\n'
+    body = ""
+    if kind == "answer" and auth is not None:
+        user, password = auth
+        body += '  <recv request="INVITE"/>\n'
+        body += _send(
+            _response(
+                "401 Unauthorized",
+                extra='WWW-Authenticate: Digest realm="callee.test", nonce="n0nce42", '
+                "algorithm=MD5",
+            )
+        )
+        body += '  <recv request="ACK"/>\n'
+        body += (
+            '  <recv request="INVITE" rrs="true"><action>'
+            f'<verifyauth assign_to="authvalid" username="{user}" password="{password}"/>'
+            "</action></recv>\n"
+            '  <nop hide="true" test="authvalid" next="authok"/>\n'
+        )
+        body += _send(_response("403 Forbidden"))
+        body += '  <recv request="ACK" next="end"/>\n  <label id="authok"/>\n'
+    else:
+        body += '  <recv request="INVITE" rrs="true"/>\n'
+    body += _send(_response("100 Trying", tag=False))
+    if kind == "busy":
+        body += _send(_response("486 Busy Here"))
+        body += '  <recv request="ACK"/>\n'
+    elif kind == "answer":
+        body += _send(_response("180 Ringing"))
+        body += _send(_response("200 OK", sdp=True), retrans=True)
+        body += '  <recv request="ACK"/>\n'
+        if wav is not None:
+            body += f'  <nop><action><exec rtp_stream="{wav},-1,0"/></action></nop>\n'
+        body += '  <recv request="BYE"/>\n'
+        body += _send(_response("200 OK"))
+    elif kind == "no-answer":
+        body += _send(_response("180 Ringing"))
+        body += '  <recv request="CANCEL"/>\n'
+        body += _send(_response("200 OK"))
+        body += _send(_response("487 Request Terminated", cseq="CSeq: 1 INVITE"))
+        body += '  <recv request="ACK"/>\n'
+    elif kind == "cancel-race":
+        body += _send(_response("180 Ringing"))
+        body += '  <recv request="CANCEL"/>\n'
+        body += _send(_response("200 OK"))
+        body += _send(_response("200 OK", cseq="CSeq: 1 INVITE", sdp=True))
+        body += '  <recv request="ACK"/>\n  <recv request="BYE"/>\n'
+        body += _send(_response("200 OK"))
+    else:
+        raise ValueError(f"unknown callee kind {kind!r}")
+    path.write_text(
+        head + f'<scenario name="confstream callee {kind}">\n{body}  <label id="end"/>\n'
+        "</scenario>\n"
+    )
+    return path
+
+
+def callee_command(
+    scenario: Path, *, sip_port: int, media_port: int, timeout_s: int = 60
+) -> list[str]:
+    """The sipp command line of a callee on 127.0.0.1:``sip_port`` (one call, then exit)."""
+    return [
+        "sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(sip_port),
+        "-mp", str(media_port), "-m", "1",
+        "-timeout", str(timeout_s), "-timeout_error", "-nostdin",
+    ]  # fmt: skip
