@@ -720,14 +720,17 @@ class Engine:
                     outbound16 = _to_int16(outbound.copy())
                 assert outbound16 is not None
                 ts = conf.timestamp_ms
+                # one view per conference: every tap gets the very same arrays (streams encode
+                # a frame once for all of them, confstream.streams.shared)
+                in_c, out_c = inbound16[ci], outbound16[ci]
                 for t in list(conf.taps):
                     try:
-                        out_t = outbound16[ci]
+                        out_t = out_c
                         own = t.own_source
                         if own is not None and id(own) in source_frames:
                             own_mix = outbound[ci] - source_frames[id(own)]
                             out_t = _to_int16(own_mix[np.newaxis, :])[0]
-                        t.on_frame(inbound16[ci], out_t, ts)
+                        t.on_frame(in_c, out_t, ts)
                     except Exception:
                         conf.remove_tap(t)
                         log_error("on_frame", t, f"tap of conference {conf.sid} (dropped)")
@@ -741,9 +744,10 @@ class Engine:
                 if r is None:
                     continue
                 said = self._said(r, frames, unmixed)
+                heard_r = heard[r]
                 for t in list(taps):
                     try:
-                        out_t = own_removed.get(id(t), heard[r])
+                        out_t = own_removed.get(id(t), heard_r)
                         t.on_frame(said, out_t, ts)
                     except Exception:
                         self.remove_call_tap(call_sid, t)
