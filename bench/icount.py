@@ -220,7 +220,14 @@ async def _stream(iterations: int, streams: int, codec: str) -> None:
                 env=bench_env(),
             )  # fmt: skip
             port = (await asyncio.to_thread(sink.wait_for, "listening", 120))["port"]
-            settings = Settings(allowed_networks=["127.0.0.0/8"], stream_ca_file=tls.ca_file)
+            # generous timeouts: under callgrind everything runs ~50x slower
+            settings = Settings(
+                allowed_networks=["127.0.0.0/8"],
+                stream_ca_file=tls.ca_file,
+                stream_connect_timeout=600.0,
+                stream_ping_interval=3600.0,
+                stream_close_timeout=60.0,
+            )
             started = asyncio.Event()
             count = [0]
 
@@ -243,7 +250,11 @@ async def _stream(iterations: int, streams: int, codec: str) -> None:
                 session = StreamSession(spec, settings, confs[k % len(confs)])
                 sessions.append(session)
                 tasks.append(asyncio.ensure_future(session.run(on_started)))
-            await asyncio.wait_for(started.wait(), 300)
+            waiter = asyncio.ensure_future(started.wait())
+            await asyncio.wait([waiter, *tasks], timeout=1200, return_when="FIRST_COMPLETED")
+            if not started.is_set():
+                ended = [t.result() for t in tasks if t.done()]
+                raise RuntimeError(f"streams did not start: {ended[:3]}")
 
         async def drain() -> None:
             for _ in range(1000):

@@ -140,7 +140,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from confstream import metrics
+from confstream import gcpolicy, metrics
 from confstream.conference.base import FRAME_MS, FRAME_SAMPLES, AudioSource, Participant, Tap
 from confstream.conference.sources import BufferSource, beep
 from confstream.media.g711 import ULAW_DECODE, ULAW_ENCODE, ULAW_SILENCE
@@ -395,6 +395,9 @@ class Engine:
         self._codes_in_view = self._codes_in.data.cast("B")
         #: Ticks run by the clock task (for tests and the benchmark).
         self.clock_ticks = 0
+        #: When set (the server does), the clock asks it after every tick whether to run a
+        #: garbage collection in the time left before the next (confstream.gcpolicy).
+        self.gc_policy: gcpolicy.GcPolicy | None = None
         #: How many readers want participant levels; none: levels are not measured.
         self.level_watchers = 0
         self._level_countdown = 0
@@ -853,6 +856,9 @@ class Engine:
             metrics.TICK_DURATION.observe(time.perf_counter() - t0)
             self.clock_ticks += 1
             n += 1
+            policy = self.gc_policy
+            if policy is not None:  # collect between ticks, in the time left (gcpolicy)
+                gcpolicy.after_tick(policy, start + n * TICK_SECONDS - loop.time())
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"<Engine conferences={len(self._conferences)} running={self.running}>"
