@@ -66,7 +66,7 @@ def _results() -> BenchResults:
 
 def test_report_renders_typed_results_in_the_established_format(tmp_path: Path) -> None:
     md = tmp_path / "report.md"
-    write_report(_results(), md, tmp_path / "report.png")
+    write_report(_results(), md, tmp_path / "report.png", history=None)
     assert md.read_text() == (DATA / "report.md").read_text()
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -76,7 +76,9 @@ def test_render_command_rewrites_the_report_from_json(tmp_path: Path) -> None:
 
     md = tmp_path / "report.md"
     assert main(["--render", str(DATA / "results.json"), "--output", str(md)]) == 0
-    assert md.read_text() == (DATA / "report.md").read_text()
+    report, history = md.read_text().split("\n## History\n", 1)  # bench/history.md follows
+    assert report == (DATA / "report.md").read_text()
+    assert history.strip()
 
 
 def test_results_survive_the_json_round_trip() -> None:
