@@ -15,6 +15,11 @@ RSS growth as a cross-check:
   *steady* (the sender keeps up: the queue is emptied every tick) and *backlog* (the receiver
   stalls: the send queue full at its 50-tick bound, the worst case), per codec.
 
+* **full collection** (``--gc``): in a fresh process that imports what ``confstream serve``
+  runs and builds the app object, then 1000 RTP endpoints, the objects a full garbage
+  collection walks and its time (best of 5), without and with :func:`confstream.gcpolicy.
+  freeze_startup` after the imports (what the server does once it is up).
+
 Results are KiB per participant or stream; compare before/after a change (docs/benchmarks.md,
 "History").
 """
@@ -162,12 +167,50 @@ def streams(k: int, codec: str, per_conference: int = 5) -> tuple[float, float]:
     return steady / k / 1024, (steady + extra) / k / 1024
 
 
+def _full_collection(freeze: bool) -> str:
+    """(child process) The full collection of a server-like heap, see the module docstring."""
+    import time
+
+    import alembic  # noqa: F401  (what the server imports)
+    import httpx  # noqa: F401
+    import sqlalchemy  # noqa: F401
+    import uvicorn  # noqa: F401
+
+    from confstream import gcpolicy
+    from confstream.app import Server
+    from confstream.rtp.endpoint import RtpEndpoint
+    from confstream.settings import Settings
+
+    server = Server(Settings())
+    if freeze:
+        gcpolicy.freeze_startup()
+    endpoints = []
+    for _ in range(1000):
+        ep = RtpEndpoint()
+        ep.set_remote(HOST, 5004, 0, 101)
+        endpoints.append(ep)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        gc.collect()
+        best = min(best, time.perf_counter() - t0)
+    walked = len(gc.get_objects())
+    del server, endpoints
+    how = "frozen after start-up" if freeze else "not frozen"
+    return f"  full collection, {how:22s}: {walked:7d} objects walked, {best * 1000:6.1f} ms"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n")[0])
     ap.add_argument("-n", "--participants", type=int, default=200)
     ap.add_argument("-k", "--streams", type=int, default=100)
     ap.add_argument("--codecs", default="PCMU,L16@16000h")
+    ap.add_argument("--gc", action="store_true", help="also time a full collection")
+    ap.add_argument("--gc-child", choices=("freeze", "plain"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.gc_child:
+        print(_full_collection(args.gc_child == "freeze"))
+        return 0
     import uvloop
 
     tracemalloc.start()
@@ -183,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             f"  stream {codec:11s}: {steady:6.2f} KiB steady, {backlog:6.2f} KiB with a full "
             f"send queue ({args.streams} both-track streams, 5 per conference)"
         )
+    if args.gc:
+        import subprocess
+
+        for mode in ("plain", "freeze"):
+            child = [sys.executable, "-m", "bench.memory", "--gc-child", mode]
+            print(subprocess.run(child, capture_output=True, text=True, check=True).stdout.rstrip())
     return 0
 
 
