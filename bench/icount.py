@@ -23,8 +23,10 @@ Scenarios (``--scenario``, several allowed; default all):
   (uvloop) delivering one packet per participant per tick, ``Engine.tick`` mixing and sending
   back; includes the harness's own ``sendto`` of the 100 packets; unit: participant-frame.
 * ``stream``: ``--streams`` (default 20) ``both_tracks`` streams in ``--codec`` (default PCMU)
-  over real TLS WebSockets to :mod:`bench.sink` (its own process, not counted), on 20
-  conferences of 10 participants that cost nothing; the same with no streams is subtracted;
+  over real TLS WebSockets to :mod:`bench.sink` (its own process, not counted), spread over
+  ``--stream-conferences`` (default 20: one stream each; 4: five streams per conference, which
+  share their payloads) of 20 conferences of 10 participants that cost nothing; the same with
+  no streams is subtracted;
   unit: stream-tick (one stream, one 20 ms tick, both tracks encoded, framed, encrypted and
   written).
 """
@@ -198,7 +200,7 @@ def child_rtp_io(iterations: int, _args: argparse.Namespace) -> None:
     uvloop.run(_rtp_io(iterations))
 
 
-async def _stream(iterations: int, streams: int, codec: str) -> None:
+async def _stream(iterations: int, streams: int, codec: str, conferences: int) -> None:
     from bench.run import LineProc, bench_env, make_sink_tls
     from confstream.settings import Settings
     from confstream.streams.session import StreamSession
@@ -240,13 +242,13 @@ async def _stream(iterations: int, streams: int, codec: str) -> None:
                     sid=f"MZ{uuid.uuid4().hex}",
                     account_sid=f"AC{uuid.uuid4().hex}",
                     auth_token="t" * 32,
-                    conference_sid=confs[k % len(confs)].sid,
+                    conference_sid=confs[k % conferences].sid,
                     url=f"wss://127.0.0.1:{port}/s{k}",
                     track=Track.BOTH,
                     codec=StreamCodec(codec),
                     parameters={"room": f"r{k}"},
                 )
-                session = StreamSession(spec, settings, confs[k % len(confs)])
+                session = StreamSession(spec, settings, confs[k % conferences])
                 sessions.append(session)
                 started.clear()
                 task = asyncio.ensure_future(session.run(on_started))
@@ -281,7 +283,7 @@ async def _stream(iterations: int, streams: int, codec: str) -> None:
 def child_stream(iterations: int, args: argparse.Namespace) -> None:
     import uvloop
 
-    uvloop.run(_stream(iterations, args.streams, args.codec))
+    uvloop.run(_stream(iterations, args.streams, args.codec, args.stream_conferences))
 
 
 CHILDREN: dict[str, Callable[[int, argparse.Namespace], None]] = {
@@ -332,7 +334,8 @@ def measure(scenario: str, args: argparse.Namespace, workdir: Path) -> float:
     plan = plan_of(scenario, args)
 
     def per_iteration(streams: int) -> float:
-        opts = [scenario, "--streams", str(streams), "--codec", args.codec]
+        opts = [scenario, "--streams", str(streams), "--codec", args.codec,
+                "--stream-conferences", str(args.stream_conferences)]  # fmt: skip
         short = callgrind_instructions([*opts, "--iterations", str(plan.short)], workdir)
         long = callgrind_instructions([*opts, "--iterations", str(plan.long)], workdir)
         return (long - short) / (plan.long - plan.short)
@@ -347,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", action="append", choices=SCENARIOS, help="default: all")
     p.add_argument("--streams", type=int, default=20, help="streams of the stream scenario")
     p.add_argument("--codec", default="PCMU", help="StreamCodec of the stream scenario")
+    p.add_argument(
+        "--stream-conferences",
+        type=int,
+        default=20,
+        choices=range(1, 21),
+        metavar="1-20",
+        help="conferences the streams are spread over",
+    )
     p.add_argument("--child", default=None, choices=SCENARIOS, help=argparse.SUPPRESS)
     p.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
     return p
@@ -367,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
             plan = plan_of(scenario, args)
             what = scenario
             if scenario == "stream":
-                what = f"stream ({args.codec}, {args.streams} streams)"
+                what = (
+                    f"stream ({args.codec}, {args.streams} streams on "
+                    f"{args.stream_conferences} conferences)"
+                )
             value = measure(scenario, args, workdir)
             print(f"  {what:32s} {value:12,.0f} instructions per {plan.unit}", flush=True)
     finally:
