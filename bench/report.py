@@ -535,14 +535,62 @@ JANUS_STATUS = [
 ]
 
 
+def _point_key(p: PointResult) -> tuple[str, int, str, int]:
+    return (p.sweep, p.callers, p.codec, p.streams)
+
+
+#: (figure, how to read it off a point, format) of the run-to-run spread table.
+SPREAD_FIGURES: list[tuple[str, Any, str]] = [
+    ("server CPU %", lambda p: p.cpu_percent, "{:.1f}"),
+    ("µs / participant-frame", lambda p: p.cpu_us_per_participant_frame, "{:.1f}"),
+    ("tick lateness p99 (ms)", lambda p: _scaled(p.tick_lateness.p99), "{:.2f}"),
+    ("e2e p50 (ms)", lambda p: _scaled(p.e2e.p50), "{:.1f}"),
+    ("e2e p99 (ms)", lambda p: _scaled(p.e2e.p99), "{:.1f}"),
+    ("stream start p50 (ms)", lambda p: _scaled(p.stream_start.p50), "{:.0f}"),
+    ("stream start p99 (ms)", lambda p: _scaled(p.stream_start.p99), "{:.0f}"),
+    ("RSS growth / participant (KiB)", lambda p: p.rss_per_participant_kib, "{:.1f}"),
+]
+
+
+def _scaled(seconds: float | None) -> float | None:
+    return None if seconds is None or math.isinf(seconds) else seconds * 1000
+
+
+def spread_lines(runs: list[BenchResults]) -> list[str]:
+    """The same figures from several runs side by side, per point, with their spread (max -
+    min): a target met in one run only is not met."""
+    lines = [
+        f"{len(runs)} runs: " + "; ".join(f"{r.date} (`{r.command}`)" for r in runs) + ".",
+        "Spread = largest - smallest value over the runs.",
+        "",
+        "| point | figure | " + " | ".join(f"run {i + 1}" for i in range(len(runs)))
+        + " | spread |",
+        "|---|---|" + "---|" * len(runs) + "---|",
+    ]  # fmt: skip
+    keys = list(dict.fromkeys(_point_key(p) for r in runs for p in r.points))
+    for key in keys:
+        points = [next((p for p in r.points if _point_key(p) == key), None) for r in runs]
+        sweep, callers, codec, streams = key
+        label = f"N={callers}, {streams} streams {codec}" + (" (sweep)" if sweep != "n" else "")
+        for name, get, fmt in SPREAD_FIGURES:
+            values = [None if p is None else get(p) for p in points]
+            known = [v for v in values if v is not None]
+            spread = fmt.format(max(known) - min(known)) if len(known) > 1 else "n/a"
+            cells = ["n/a" if v is None else fmt.format(v) for v in values]
+            lines.append(f"| {label} | {name} | " + " | ".join(cells) + f" | {spread} |")
+    return lines
+
+
 def write_report(
     results: BenchResults,
     md_path: Path,
     png_path: Path | None,
     history: Path | None = HISTORY,
+    earlier: Sequence[BenchResults] = (),
 ) -> None:
-    """Write the markdown report (and the plots when ``png_path`` is given), ending with the
-    ``history`` file's text (bench/history.md: what each performance change bought)."""
+    """Write the markdown report (and the plots when ``png_path`` is given), with the spread
+    over ``earlier`` runs of the same command when given, ending with the ``history`` file's
+    text (bench/history.md: what each performance change bought)."""
     m = results.machine
     lines = [
         "# Benchmarks",
@@ -598,6 +646,8 @@ def write_report(
         lines += ["## Where the server spends its time (py-spy)", "", "```"]
         lines += results.profile
         lines += ["```", ""]
+    if earlier:
+        lines += ["## Run to run", "", *spread_lines([*earlier, results]), ""]
     if history is not None and history.exists():
         lines += ["## History", ""]
         lines += history.read_text().splitlines()[1:]  # without its own title

@@ -811,6 +811,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the same RTP load against Janus AudioBridge (Debian package janus)",
     )
     p.add_argument(
+        "--compare",
+        default="",
+        metavar="JSON,...",
+        help="raw results (--json) of earlier runs: the report shows every figure of every run "
+        "and the spread",
+    )
+    p.add_argument(
         "--render",
         default=None,
         metavar="JSON",
@@ -882,9 +889,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.output)
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    earlier = [
+        BenchResults.from_json(json.loads(Path(x).read_text()))
+        for x in args.compare.split(",")
+        if x.strip()
+    ]
     if args.render:
         rendered = BenchResults.from_json(json.loads(Path(args.render).read_text()))
-        write_report(rendered, out, png)
+        write_report(rendered, out, png, earlier=earlier)
         log(f"wrote {out} and {png} from {args.render}")
         return 0
     if args.quick:
@@ -938,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pcmu = [cfg.callers for cfg in plan if cfg.codec == "PCMU" and cfg.sweep == "n"]
         results.janus_points = run_janus_points(pcmu, args, base, pin, results.notes)
-    write_report(results, out, png)
+    write_report(results, out, png, earlier=earlier)
     if args.json:
         Path(args.json).write_text(json.dumps(results.to_json(), indent=1, default=str))
     log(f"wrote {out} and {png} (logs in {base})")
