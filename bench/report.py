@@ -714,6 +714,14 @@ def plot(results: BenchResults, png_path: Path) -> None:
     xs = [p.callers for p in points]
     fig, (ax_cpu, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax_cpu.plot(xs, [p.cpu_percent for p in points], "o-", label="server CPU")
+    if results.janus_points:  # the side-by-side run: same RTP load, no streams
+        janus = sorted(results.janus_points, key=lambda j: j.callers)
+        ax_cpu.plot(
+            [j.callers for j in janus],
+            [j.cpu_percent for j in janus],
+            "s--",
+            label="Janus AudioBridge CPU (no streams)",
+        )
     ax_cpu.axhline(85, color="grey", linestyle=":", label="85 % target")
     ax_cpu.set_xlabel("participants (streams = participants / 10)")
     ax_cpu.set_ylabel("% of one core")
