@@ -441,6 +441,8 @@ class Steady:
     after: ServerMetrics
     #: VmHWM at the end of the window (None where /proc has none).
     rss_peak_mib: float | None
+    #: The sink's CPU over the window, % of one core (None: not measured).
+    sink_cpu_percent: float | None = None
 
 
 @dataclass
@@ -587,11 +589,16 @@ class PointRun:
         """After ``cfg.settle`` s: the window, with ``/metrics`` scraped at both ends."""
         time.sleep(self.cfg.settle)
         before = self.server.metrics()
+        assert self.sink is not None
+        sink = psutil.Process(self.sink.proc.pid)
+        s0 = sink.cpu_times()
         window = sample_window(sproc, self.cfg.duration, self._check_server)
+        s1 = sink.cpu_times()
         after = self.server.metrics()
         hwm = vm_hwm_mib(sproc.pid)
+        sink_cpu = (s1.user + s1.system - s0.user - s0.system) / window.seconds * 100
         log(f"{self.label}: window of {window.seconds:.1f} s done")
-        return Steady(window, before, after, hwm)
+        return Steady(window, before, after, hwm, sink_cpu)
 
     def profile_server(self, pid: int) -> list[str]:
         """``py-spy`` after the window when this point profiles; else nothing."""
@@ -680,6 +687,7 @@ def collect_point(
             "max_bound": histogram_max_bound(delta),
         }
     return PointResult(
+        sink_cpu_percent=steady.sink_cpu_percent,
         sweep=cfg.sweep,
         gc_pauses=gc_pauses,
         callers=cfg.callers,
