@@ -40,6 +40,17 @@ single-node targets. ``--points ""`` runs no single-node point.
 
 One more run with ``StreamCodec=L16@16000h`` follows at ``--l16-point`` (default: the
 smallest point; ``--l16-point 0`` skips it). ``--quick`` is a smoke run (N=20, 5 s).
+
+``--streams-sweep K1,K2,...`` (``make bench``: 100,250,500,1000): streams per core. At a fixed
+``--sweep-callers`` (default 200, in conferences of 10: 20 conferences) one point per K with K
+``both_tracks`` streams spread evenly over the conferences (several per conference, as
+transcription + recording + analytics consumers do), plus a K=0 point for the cost of the
+callers alone; for each codec of ``--sweep-codecs`` (default PCMU and L16@16000h). The first
+stream of each conference carries the ``room`` parameter and is analysed by the sink (burst
+onsets: end-to-end latency); the others are only counted (messages, bytes, timeline gaps), so
+the sink stays cheap at 1000 streams. The report gives per K the server CPU, the CPU per
+stream-tick above the K=0 point, drops, tick lateness and end-to-end latency, and the largest
+K inside the targets (:data:`bench.report.SWEEP_TARGETS`).
 """
 
 from __future__ import annotations
@@ -242,6 +253,8 @@ class ServerMetrics:
     ticks_skipped: float = 0.0
     participants_active: float = 0.0
     streams_active: float = 0.0
+    #: ``confstream_gc_pause_seconds`` buckets summed over generations, per ``when`` label.
+    gc_buckets: dict[str, dict[float, float]] = field(default_factory=dict)
 
 
 #: Plain (unlabelled) samples -> the :class:`ServerMetrics` field they fill.
@@ -263,6 +276,10 @@ def parse_metrics(text: str) -> ServerMetrics:
         for s in family.samples:
             if s.name == "confstream_tick_lateness_seconds_bucket":
                 out.lateness_buckets[float(s.labels["le"])] = s.value
+            elif s.name == "confstream_gc_pause_seconds_bucket":
+                per_when = out.gc_buckets.setdefault(s.labels.get("when", ""), {})
+                le = float(s.labels["le"])
+                per_when[le] = per_when.get(le, 0.0) + s.value
             elif s.name == "confstream_rtp_discarded_total":
                 discarded[s.labels.get("reason", "")] += s.value
             elif s.name in _SCALARS:
@@ -294,6 +311,9 @@ class PointConfig:
     settle: float = 2.0
     #: Seconds allowed for creating all streams (an overloaded server answers slowly).
     create_budget: float = 60.0
+    #: Which report section the point belongs to: "n" (the N sweep) or "streams" (the
+    #: streams-per-core sweep: ``streams`` may exceed the conferences).
+    sweep: str = "n"
 
     @property
     def ramp_seconds(self) -> float:
@@ -307,7 +327,10 @@ class PointConfig:
 
     @property
     def stream_count(self) -> int:
-        """Streams to create: one per conference unless ``--streams`` asks for fewer."""
+        """Streams to create: one per conference unless ``--streams`` asks for fewer; in the
+        streams sweep exactly ``streams``, spread over the conferences."""
+        if self.sweep == "streams":
+            return self.streams or 0
         return self.rooms if self.streams is None else min(self.streams, self.rooms)
 
 
@@ -423,6 +446,8 @@ class Steady:
     after: ServerMetrics
     #: VmHWM at the end of the window (None where /proc has none).
     rss_peak_mib: float | None
+    #: The sink's CPU over the window, % of one core (None: not measured).
+    sink_cpu_percent: float | None = None
 
 
 @dataclass
@@ -520,31 +545,31 @@ class PointRun:
             "/Conferences.json", params={"Status": "in-progress", "PageSize": 1000}
         ).json()
         by_name = {c["friendly_name"]: c["sid"] for c in confs.get("conferences", [])}
-        names = [f"bench-{r}" for r in range(cfg.rooms) if f"bench-{r}" in by_name][:k]
-        if len(names) < k:
-            problems.append(f"only {len(names)} of {k} conferences found in-progress")
+        rooms = [f"bench-{r}" for r in range(cfg.rooms) if f"bench-{r}" in by_name]
+        if len(rooms) < min(k, cfg.rooms):
+            problems.append(f"only {len(rooms)} of {cfg.rooms} conferences found in-progress")
+        # stream i on conference i mod rooms: the first one of each conference is analysed
+        names = [rooms[i % len(rooms)] for i in range(k)] if rooms else []
         streams = Streams()
         created = streams.created
         budget = time.monotonic() + cfg.create_budget
-        for name in names:
+        for i, name in enumerate(names):
             if time.monotonic() > budget:
                 problems.append(
                     f"stream creation stopped after {cfg.create_budget:.0f} s: "
                     f"{len(created)} of {len(names)} created"
                 )
                 break
+            data = {
+                "Url": f"wss://127.0.0.1:{sink_port}/{name}",
+                "Track": "both_tracks",
+                "StreamCodec": cfg.codec,
+            }
+            if i < len(rooms):  # the first stream of its conference: analysed by the sink
+                data.update({"Parameter1.Name": "room", "Parameter1.Value": name})
             t = time.time()
             try:
-                r = api.post(
-                    f"/Conferences/{by_name[name]}/Streams.json",
-                    data={
-                        "Url": f"wss://127.0.0.1:{sink_port}/{name}",
-                        "Track": "both_tracks",
-                        "StreamCodec": cfg.codec,
-                        "Parameter1.Name": "room",
-                        "Parameter1.Value": name,
-                    },
-                )
+                r = api.post(f"/Conferences/{by_name[name]}/Streams.json", data=data)
             except httpx.HTTPError as exc:
                 problems.append(f"stream create for {name}: {exc!r}")
                 continue
@@ -553,7 +578,7 @@ class PointRun:
                 continue
             created[r.json()["sid"]] = t
         first_media = streams.first_media
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 20 + len(created) / 50
         while len(first_media) < len(created) and time.monotonic() < deadline:
             try:
                 line = self.sink.wait_for("first_media", max(0.1, deadline - time.monotonic()))
@@ -569,11 +594,16 @@ class PointRun:
         """After ``cfg.settle`` s: the window, with ``/metrics`` scraped at both ends."""
         time.sleep(self.cfg.settle)
         before = self.server.metrics()
+        assert self.sink is not None
+        sink = psutil.Process(self.sink.proc.pid)
+        s0 = sink.cpu_times()
         window = sample_window(sproc, self.cfg.duration, self._check_server)
+        s1 = sink.cpu_times()
         after = self.server.metrics()
         hwm = vm_hwm_mib(sproc.pid)
+        sink_cpu = (s1.user + s1.system - s0.user - s0.system) / window.seconds * 100
         log(f"{self.label}: window of {window.seconds:.1f} s done")
-        return Steady(window, before, after, hwm)
+        return Steady(window, before, after, hwm, sink_cpu)
 
     def profile_server(self, pid: int) -> list[str]:
         """``py-spy`` after the window when this point profiles; else nothing."""
@@ -635,7 +665,11 @@ def collect_point(
     streamed_rooms = {s["room"] for s in sink["streams"] if s["room"]}
     # events sent in the last 0.5 s of the window may arrive after it: not expected
     lat, expected, stray = match_events(
-        stopped.events, sink["onsets"], window.t0, window.t1 - 0.5, streamed_rooms
+        stopped.events,
+        [o for o in sink["onsets"] if o["room"] in streamed_rooms],
+        window.t0,
+        window.t1 - 0.5,
+        streamed_rooms,
     )
     if stray:
         problems.append(f"{stray} burst onsets at the sink matched no event")
@@ -649,7 +683,18 @@ def collect_point(
     frames = answered * window.seconds / FRAME_S
     starts = streams.start_latencies()
     rss_steady = window.rss_max_mib
+    gc_pauses: dict[str, dict[str, float | None]] = {}
+    for when, after in m1.gc_buckets.items():
+        delta = histogram_delta(m0.gc_buckets.get(when, {}), after)
+        gc_pauses[when] = {
+            "count": max(delta.values(), default=0.0),
+            "p99": histogram_quantile(delta, 0.99),
+            "max_bound": histogram_max_bound(delta),
+        }
     return PointResult(
+        sink_cpu_percent=steady.sink_cpu_percent,
+        sweep=cfg.sweep,
+        gc_pauses=gc_pauses,
         callers=cfg.callers,
         answered=answered,
         conferences=cfg.rooms,
@@ -759,6 +804,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=20.0,
         help="py-spy the server this long after the largest point's window (0: no)",
     )
+    p.add_argument(
+        "--streams-sweep",
+        default="",
+        metavar="K,...",
+        help="streams-per-core sweep: K streams at --sweep-callers (make bench: "
+        "100,250,500,1000; a K=0 point is added)",
+    )
+    p.add_argument("--sweep-callers", type=int, default=200, help="callers of the sweep")
+    p.add_argument("--sweep-codecs", default="PCMU,L16@16000h", help="StreamCodecs of the sweep")
     p.add_argument("--quick", action="store_true", help="smoke run: N=20, 5 s, no profile")
     p.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--plot", default=None, help="PNG path (default next to --output)")
@@ -781,6 +835,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="nodes of the cluster series (default: one per core)",
     )
     p.add_argument(
+        "--compare",
+        default="",
+        metavar="JSON,...",
+        help="raw results (--json) of earlier runs: the report shows every figure of every run "
+        "and the spread",
+    )
+    p.add_argument(
         "--render",
         default=None,
         metavar="JSON",
@@ -800,6 +861,8 @@ def progress_line(
     """The stderr line ending point ``index`` of ``total`` (1-based): its headline figures, or
     that it failed (``result`` None); ``seconds`` it took, ``elapsed`` since the run began."""
     head = f"point {index}/{total} N={cfg.callers} {cfg.codec}"
+    if cfg.sweep == "streams":
+        head += f" K={cfg.stream_count}"
     took = f"in {seconds:.0f} s (run {elapsed / 60:.1f} min so far)"
     if result is None:
         return f"{head} failed {took}"
@@ -817,14 +880,24 @@ def plan_points(args: argparse.Namespace) -> list[PointConfig]:
     """The confstream points of a run, in order: the PCMU points (the largest profiled) and
     the L16 point."""
     points = [int(x) for x in args.points.split(",") if x.strip()]
-    if not points:  # --points "": only the other series (e.g. --cluster-points)
-        return []
-    l16 = min(points) if args.l16_point is None else args.l16_point
+    l16 = (min(points) if points else 0) if args.l16_point is None else args.l16_point
     plan = [PointConfig(n, "PCMU", args.duration, args.ramp, args.streams) for n in points]
-    if args.profile_seconds > 0:
+    if args.profile_seconds > 0 and points:
         plan[points.index(max(points))].profile_seconds = args.profile_seconds
     if l16:
         plan.append(PointConfig(l16, "L16@16000h", args.duration, args.ramp, args.streams))
+    ks = [k for k in (int(x) for x in args.streams_sweep.split(",") if x.strip()) if k > 0]
+    if ks:
+        n = args.sweep_callers
+        codecs = [c.strip() for c in args.sweep_codecs.split(",") if c.strip()]
+        base = PointConfig(n, codecs[0], args.duration, args.ramp, 0, sweep="streams")
+        plan.append(base)  # K=0: the callers alone
+        for codec in codecs:
+            for k in ks:
+                budget = max(60.0, 0.2 * k)  # creates go one after the other
+                cfg = PointConfig(n, codec, args.duration, args.ramp, k, create_budget=budget)
+                cfg.sweep = "streams"
+                plan.append(cfg)
     return plan
 
 
@@ -850,9 +923,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.output)
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    earlier = [
+        BenchResults.from_json(json.loads(Path(x).read_text()))
+        for x in args.compare.split(",")
+        if x.strip()
+    ]
     if args.render:
         rendered = BenchResults.from_json(json.loads(Path(args.render).read_text()))
-        write_report(rendered, out, png)
+        write_report(rendered, out, png, earlier=earlier)
         log(f"wrote {out} and {png} from {args.render}")
         return 0
     if args.quick:
@@ -875,8 +953,12 @@ def main(argv: list[str] | None = None) -> int:
     results.notes.append(f"1-minute load average when the run started: {load:.2f}")
     began = time.monotonic()
     for index, cfg in enumerate(plan, 1):
-        log(f"point {index}/{len(plan)} N={cfg.callers} codec={cfg.codec} duration={cfg.duration}s")
-        workdir = base / f"n{cfg.callers}-{cfg.codec.replace('@', '-')}"
+        log(
+            f"point {index}/{len(plan)} N={cfg.callers} codec={cfg.codec} "
+            f"streams={cfg.stream_count} duration={cfg.duration}s"
+        )
+        tag = f"-k{cfg.stream_count}" if cfg.sweep == "streams" else ""
+        workdir = base / f"n{cfg.callers}{tag}-{cfg.codec.replace('@', '-')}"
         started = time.monotonic()
         point: PointResult | None = None
         try:
@@ -900,11 +982,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.with_janus:
         from bench.janus import run_janus_points
 
-        pcmu = [cfg.callers for cfg in plan if cfg.codec == "PCMU"]
+        pcmu = [cfg.callers for cfg in plan if cfg.codec == "PCMU" and cfg.sweep == "n"]
         results.janus_points = run_janus_points(pcmu, args, base, pin, results.notes)
     if args.cluster_points:
         run_cluster(args, base, results)
-    write_report(results, out, png)
+    write_report(results, out, png, earlier=earlier)
     if args.json:
         Path(args.json).write_text(json.dumps(results.to_json(), indent=1, default=str))
     log(f"wrote {out} and {png} (logs in {base})")

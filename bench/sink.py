@@ -18,6 +18,10 @@ burst; its arrival time is recorded with the room, stream, track and the message
 
 Also counted per stream and track: media messages, bytes, and timeline gaps (a ``timestamp``
 step other than 20 ms means the server dropped frames; CONTRACT §2.2).
+
+A stream whose ``start`` has no ``room`` parameter (the extra streams of a conference in the
+streams-per-core sweep) is only *counted* after its first ``media`` message: messages and
+bytes, nothing parsed, so that 1000 streams do not need more than the sink's core.
 """
 
 from __future__ import annotations
@@ -94,6 +98,9 @@ class StreamRecord:
     first_media_at: float = 0.0
     last_media_at: float = 0.0
     stopped_at: float = 0.0
+    #: Counted only (no room): messages are not parsed after the first media message.
+    light: bool = False
+    light_bytes: int = 0
     messages: int = 0
     bad_messages: int = 0
     sequence_errors: int = 0
@@ -127,7 +134,13 @@ class Sink:
         self.streams.append(record)
         with contextlib.suppress(Exception):
             async for text in ws:
+                if record.light and record.first_media_at:
+                    record.messages += 1
+                    record.light_bytes += len(text)
+                    continue
                 self.on_message(record, text, time.time())
+                if record.start_at and not record.room:
+                    record.light = True
 
     def on_message(self, record: StreamRecord, text: str | bytes, now: float) -> None:
         """One message of one stream, received at ``now`` (pure logic, no I/O but announce)."""

@@ -4,11 +4,13 @@
 # through Playwright), espeak-ng (cXML <Say>, docs/voice.md), PostgreSQL's initdb/pg_ctl, and for
 # cluster mode (docs/cluster.md) redis-server, kamailio and its ndb_redis module
 # (kamailio-redis-modules); with --bench also
-# Janus (the AudioBridge peer the benchmark runs side by side).
+# Janus (the AudioBridge peer the benchmark runs side by side) and valgrind (bench/icount.py:
+# instruction counts of the hot paths under callgrind).
 set -euo pipefail
 need=()
 if [ "${1:-}" = "--bench" ]; then
   command -v janus >/dev/null 2>&1 || need+=(janus)
+  command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 fi
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)

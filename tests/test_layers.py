@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "settings": 0,
     "metrics": 0,
+    "gcpolicy": 0,
     "logsetup": 0,
     "dbfiles": 0,
     "media": 1,

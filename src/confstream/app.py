@@ -17,14 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import gc
 import logging
 import os
 import signal
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from confstream import gcpolicy
 from confstream.api import create_api
 from confstream.api.cluster import ForwardToOwner
 from confstream.api.limits import BodyLimit
@@ -49,7 +48,6 @@ from confstream.conference.engine import Engine
 from confstream.dbfiles import secure_sqlite_files
 from confstream.dialout import Dialout
 from confstream.logsetup import watch_account_tokens
-from confstream.metrics import GC_PAUSE
 from confstream.netpolicy import client_ssl_context
 from confstream.rtp.portstate import open_port_pool
 from confstream.services import Services
@@ -60,28 +58,6 @@ from confstream.streams.failures import Failure
 from confstream.streams.manager import RESTARTED_MESSAGE, StreamManager
 
 log = logging.getLogger("confstream")
-
-
-class _GcTimer:
-    """Measures every garbage collection into ``confstream_gc_pause_seconds``: a collection
-    stops the 20 ms clock like any other blocking work, so it must be visible."""
-
-    def __init__(self) -> None:
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            GC_PAUSE.labels(generation=str(info["generation"])).observe(
-                time.perf_counter() - self._started
-            )
-
-
-def time_gc() -> None:
-    """Install the collection timer once per process."""
-    if not any(isinstance(cb, _GcTimer) for cb in gc.callbacks):
-        gc.callbacks.append(_GcTimer())
 
 
 def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -211,7 +187,11 @@ class Server:
             if self._http_task.done():
                 self._http_task.result()
             await asyncio.sleep(0.01)
-        time_gc()
+        # Start-up is done: freeze what lives for ever and tune the thresholds; the engine
+        # runs the collections between ticks from now on (confstream.gcpolicy).
+        gcpolicy.install_timer()
+        gcpolicy.freeze_startup()
+        self.engine.gc_policy = gcpolicy.GcPolicy()
         if self.cluster is not None:
             media = settings.media_address or settings.sip_address[0]
             http, sip, media = advertised_addresses(settings, self.http_port, self.sip.port, media)

@@ -94,7 +94,7 @@ DIAL_CALLS = Counter(
 GC_PAUSE = Histogram(
     "confstream_gc_pause_seconds",
     "Time the garbage collector stopped the process, per collection",
-    ["generation"],
+    ["generation", "when"],  # when: after_tick (confstream.gcpolicy), automatic
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
 )
 

@@ -31,6 +31,7 @@ from bench.report import (
     StreamStart,
     TickLateness,
     janus_lines,
+    spread_lines,
     write_report,
 )
 from bench.run import (
@@ -66,7 +67,7 @@ def _results() -> BenchResults:
 
 def test_report_renders_typed_results_in_the_established_format(tmp_path: Path) -> None:
     md = tmp_path / "report.md"
-    write_report(_results(), md, tmp_path / "report.png")
+    write_report(_results(), md, tmp_path / "report.png", history=None)
     assert md.read_text() == (DATA / "report.md").read_text()
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -76,7 +77,18 @@ def test_render_command_rewrites_the_report_from_json(tmp_path: Path) -> None:
 
     md = tmp_path / "report.md"
     assert main(["--render", str(DATA / "results.json"), "--output", str(md)]) == 0
-    assert md.read_text() == (DATA / "report.md").read_text()
+    report, history = md.read_text().split("\n## History\n", 1)  # bench/history.md follows
+    assert report == (DATA / "report.md").read_text()
+    assert history.strip()
+
+
+def test_spread_over_runs_is_largest_minus_smallest() -> None:
+    first, second = _results(), _results()
+    second.points[0].cpu_percent = first.points[0].cpu_percent + 2.5
+    lines = spread_lines([first, second])
+    row = next(x for x in lines if x.startswith("| N=10, 1 streams PCMU | server CPU % |"))
+    cpu = first.points[0].cpu_percent
+    assert row == f"| N=10, 1 streams PCMU | server CPU % | {cpu:.1f} | {cpu + 2.5:.1f} | 2.5 |"
 
 
 def test_results_survive_the_json_round_trip() -> None:
@@ -301,6 +313,21 @@ def test_plan_profiles_the_largest_point_and_adds_the_l16_point() -> None:
         ["--points", "20", "--l16-point", "0", "--profile-seconds", "0"]
     )
     assert [(c.callers, c.profile_seconds) for c in plan_points(args)] == [(20, 0.0)]
+
+
+def test_plan_of_the_streams_sweep_has_a_base_point_and_every_k_per_codec() -> None:
+    args = build_parser().parse_args(
+        ["--points", "", "--streams-sweep", "100,250", "--sweep-callers", "200"]
+    )
+    plan = plan_points(args)
+    assert [(c.sweep, c.callers, c.codec, c.stream_count) for c in plan] == [
+        ("streams", 200, "PCMU", 0),
+        ("streams", 200, "PCMU", 100),
+        ("streams", 200, "PCMU", 250),
+        ("streams", 200, "L16@16000h", 100),
+        ("streams", 200, "L16@16000h", 250),
+    ]
+    assert plan[2].rooms == 20 and plan[2].create_budget >= 50  # 12.5 streams per conference
 
 
 def test_progress_line_per_point() -> None:

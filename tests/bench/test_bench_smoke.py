@@ -42,20 +42,29 @@ sink_mod = _load("sink")
 loadgen = _load("loadgen")
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 def test_smoke_run_gives_sane_numbers(tmp_path: Path) -> None:
+    """One N point and a tiny streams-per-core sweep (K=0 and K=3 on 10 callers in one
+    conference: 3 streams on the same conference share their payloads)."""
     out = tmp_path / "bench.md"
     raw = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--points", "10", "--streams", "1",
          "--duration", "5", "--ramp", "1", "--l16-point", "0", "--profile-seconds", "0",
+         "--streams-sweep", "3", "--sweep-callers", "10", "--sweep-codecs", "PCMU",
          "--output", str(out), "--json", str(raw), "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=80,
+        cwd=ROOT, capture_output=True, text=True, timeout=230,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "point 1/1 N=10 PCMU done in " in proc.stderr  # the progress line per point
+    assert "point 1/3 N=10 PCMU done in " in proc.stderr  # the progress line per point
+    assert "point 3/3 N=10 PCMU K=3 done in " in proc.stderr
     results = json.loads(raw.read_text())
-    (point,) = results["points"]
+    point, base, swept = results["points"]
+    assert (base["sweep"], base["streams"]) == ("streams", 0)
+    assert (swept["sweep"], swept["streams"], swept["answered"]) == ("streams", 3, 10)
+    assert swept["stream_start"]["count"] == 3  # every stream sent media
+    assert swept["e2e"]["matched"] >= swept["e2e"]["expected"] - 1  # the analysed stream
+    assert "automatic" in swept["gc_pauses"]  # the GC pause figures are read
     assert point["answered"] == 10, point["loadgen"]
     assert point["loadgen"]["rtp_sent"] > 10 * 5 * 40  # 50 packets/s each, minus ramp
     assert point["loadgen"]["rooms_receiving"] == 1  # the callers heard the server
@@ -72,6 +81,11 @@ def test_smoke_run_gives_sane_numbers(tmp_path: Path) -> None:
     text = out.read_text()
     assert "| server CPU, % of one core |" in text and "10 participants" in text
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Streams per core" in text and "Largest K inside the targets (PCMU)" in text
+    assert "| 3 | " in text  # the K=3 row
+    assert "## History" in text
+    sweep_png = out.with_name("bench-streams.png")
+    assert sweep_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_histogram_quantiles_interpolate_inside_buckets() -> None:

@@ -190,3 +190,20 @@ def test_overflow_drops_oldest_when_far_above_target() -> None:
     assert first is not None and first > 0
     assert jb.stats.overflow > 0
     assert jb.depth <= jb.target + 2
+
+
+def test_the_ring_holds_one_window_of_sequence_numbers() -> None:
+    jb = JitterBuffer(min_depth=3)
+    window = jb.ring_size
+    assert feed(jb, [10, 11]) == [PutResult.ACCEPTED] * 2
+    # a whole ring ahead of 10 and 11: they make room (overflow), it waits alone
+    assert feed(jb, [11 + window]) == [PutResult.ACCEPTED]
+    assert jb.depth == 1 and jb.stats.overflow == 2
+    assert feed(jb, [10]) == [PutResult.LATE]  # its turn has passed now
+    assert feed(jb, [12 + window]) == [PutResult.ACCEPTED]
+    # a whole ring behind a waiting packet (its slot is taken): no room for it
+    assert feed(jb, [12]) == [PutResult.OVERFLOW]
+    assert feed(jb, [13 + window]) == [PutResult.ACCEPTED]
+    assert jb.depth == 3
+    jb.min_depth = jb.max_depth = 3  # (the jumps above made the jitter estimate large)
+    assert [ident(jb.get()) for _ in range(3)] == [11 + window, 12 + window, 13 + window]

@@ -11,7 +11,7 @@ IN, OUT = MediaTrack.INBOUND, MediaTrack.OUTBOUND
 
 
 def tick(ts: int, tracks: tuple[MediaTrack, ...] = (IN, OUT)) -> MediaItem:
-    return MediaItem(ts, [(t, f"{t}-{ts}") for t in tracks])
+    return MediaItem(ts, [(t, f"{t}-{ts}".encode()) for t in tracks])
 
 
 def drain(q: SendQueue) -> list[MediaItem | ControlItem]:

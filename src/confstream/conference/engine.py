@@ -140,7 +140,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from confstream import metrics
+from confstream import gcpolicy, metrics
 from confstream.conference.base import FRAME_MS, FRAME_SAMPLES, AudioSource, Participant, Tap
 from confstream.conference.sources import BufferSource, beep
 from confstream.media.g711 import ULAW_DECODE, ULAW_ENCODE, ULAW_SILENCE
@@ -395,6 +395,9 @@ class Engine:
         self._codes_in_view = self._codes_in.data.cast("B")
         #: Ticks run by the clock task (for tests and the benchmark).
         self.clock_ticks = 0
+        #: When set (the server does), the clock asks it after every tick whether to run a
+        #: garbage collection in the time left before the next (confstream.gcpolicy).
+        self.gc_policy: gcpolicy.GcPolicy | None = None
         #: How many readers want participant levels; none: levels are not measured.
         self.level_watchers = 0
         self._level_countdown = 0
@@ -720,14 +723,17 @@ class Engine:
                     outbound16 = _to_int16(outbound.copy())
                 assert outbound16 is not None
                 ts = conf.timestamp_ms
+                # one view per conference: every tap gets the very same arrays (streams encode
+                # a frame once for all of them, confstream.streams.shared)
+                in_c, out_c = inbound16[ci], outbound16[ci]
                 for t in list(conf.taps):
                     try:
-                        out_t = outbound16[ci]
+                        out_t = out_c
                         own = t.own_source
                         if own is not None and id(own) in source_frames:
                             own_mix = outbound[ci] - source_frames[id(own)]
                             out_t = _to_int16(own_mix[np.newaxis, :])[0]
-                        t.on_frame(inbound16[ci], out_t, ts)
+                        t.on_frame(in_c, out_t, ts)
                     except Exception:
                         conf.remove_tap(t)
                         log_error("on_frame", t, f"tap of conference {conf.sid} (dropped)")
@@ -741,9 +747,10 @@ class Engine:
                 if r is None:
                     continue
                 said = self._said(r, frames, unmixed)
+                heard_r = heard[r]
                 for t in list(taps):
                     try:
-                        out_t = own_removed.get(id(t), heard[r])
+                        out_t = own_removed.get(id(t), heard_r)
                         t.on_frame(said, out_t, ts)
                     except Exception:
                         self.remove_call_tap(call_sid, t)
@@ -849,6 +856,9 @@ class Engine:
             metrics.TICK_DURATION.observe(time.perf_counter() - t0)
             self.clock_ticks += 1
             n += 1
+            policy = self.gc_policy
+            if policy is not None:  # collect between ticks, in the time left (gcpolicy)
+                gcpolicy.after_tick(policy, start + n * TICK_SECONDS - loop.time())
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"<Engine conferences={len(self._conferences)} running={self.running}>"

@@ -19,7 +19,6 @@ so the session can send it in place of the audio packet of that tick.
 from __future__ import annotations
 
 import struct
-from collections import deque
 from dataclasses import dataclass
 
 from confstream.rtp.packet import RtpError, RtpPacket
@@ -114,8 +113,15 @@ class DtmfReceiver:
     REMEMBERED = 16
 
     def __init__(self) -> None:
-        self._reported: deque[tuple[int, int]] = deque(maxlen=self.REMEMBERED)
+        # (plain lists, not deques: an empty deque takes 760 bytes, one per call)
+        self._reported: list[tuple[int, int]] = []
         self._pending: tuple[int, int, int, int] | None = None  # ssrc, ts, event, duration
+
+    def _remember(self, key: tuple[int, int]) -> None:
+        reported = self._reported
+        reported.append(key)
+        if len(reported) > self.REMEMBERED:
+            del reported[0]
 
     def feed(self, packet: RtpPacket) -> list[DtmfEvent]:
         """Feed one packet already known to carry telephone-event. Returns the events completed
@@ -132,13 +138,13 @@ class DtmfReceiver:
         if pending is not None and (pending[0], pending[1]) != key:
             # A new event began before the previous one's end packet arrived.
             self._pending = None
-            self._reported.append((pending[0], pending[1]))
+            self._remember((pending[0], pending[1]))
             done = self._make(pending[2], pending[3])
             if done is not None:
                 out.append(done)
         if te.end:
             self._pending = None
-            self._reported.append(key)
+            self._remember(key)
             done = self._make(te.event, te.duration)
             if done is not None:
                 out.append(done)
@@ -177,7 +183,7 @@ class DtmfSender:
 
     def __init__(self, volume: int = DEFAULT_VOLUME) -> None:
         self.volume = volume
-        self._queue: deque[tuple[int, int]] = deque()  # event, ticks
+        self._queue: list[tuple[int, int]] = []  # event, ticks
         self._event = 0
         self._ticks = 0
         self._step = 0
@@ -201,7 +207,7 @@ class DtmfSender:
         if not self._active:
             if not self._queue:
                 return None
-            self._event, self._ticks = self._queue.popleft()
+            self._event, self._ticks = self._queue.pop(0)
             self._step = 0
             self._start_ts = timestamp
             self._active = True

@@ -25,11 +25,23 @@ Rules:
 * A frame of ``None`` in :meth:`put` is a placeholder: a sequence number used by a packet
   that carries no audio (RFC 4733 events replace audio packets). It plays as silence and is
   not counted as loss.
+* **Window.** The buffer is a preallocated ring of :attr:`JitterBuffer.ring_size` slots (the
+  next power of two above the capacity, 32 by default) indexed by the extended sequence number,
+  so it holds packets of at most that many consecutive sequence numbers: a packet that far
+  ahead of the oldest waiting one pushes the older ones out (counted ``overflow``), one that
+  far behind the newest is dropped as ``overflow``. Duplicates of played packets are found in
+  a ring of the last :data:`PLAYED_HISTORY` played sequence numbers.
+
+Memory and cost (docs/benchmarks.md, "History"): two lists of ``ring_size`` entries and an
+``array('q')`` of :data:`PLAYED_HISTORY` integers, allocated once (about 2.6 KiB per buffer;
+the dict and set of earlier versions took about 10 KiB at steady state), and no allocation per
+packet besides the caller's payload.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar, overload
@@ -51,6 +63,11 @@ MAX_LATE_RUN = 50
 TOLERANCE = 16.0
 #: Extra packets tolerated above the target before the oldest is dropped.
 SLACK = 2
+#: Played sequence numbers remembered to tell a duplicate from a late packet.
+PLAYED_HISTORY = 64
+_PLAYED_MASK = PLAYED_HISTORY - 1
+#: Marks an empty slot (no extended sequence number is this low).
+_EMPTY = -(1 << 62)
 
 
 class PutResult:
@@ -91,10 +108,10 @@ class JitterBuffer(Generic[T]):
     at once. ``conceal`` turns the last played item into the concealment frame; the default,
     for int16 frames, halves the amplitude.
 
-    Cost: :meth:`put` and :meth:`get` are O(1) per packet (a dict keyed by extended sequence
-    number; ``min()`` over at most ``max_depth + 10`` keys only on start and overflow), and the
-    target depth is only computed when the buffer holds more than ``min_depth + 2`` packets or
-    is waiting to start.
+    Cost: :meth:`put` and :meth:`get` are O(1) per packet (a ring slot indexed by the
+    extended sequence number; a scan of the ring only on start and overflow), and the target
+    depth is only computed when the buffer holds more than ``min_depth + 2`` packets or is
+    waiting to start.
     """
 
     # Without ``conceal`` the buffer holds int16 frames (the default concealment halves them),
@@ -141,11 +158,25 @@ class JitterBuffer(Generic[T]):
             conceal if conceal is not None else _half  # type: ignore[assignment]
         )
         self._capacity = max_depth + SLACK + 8
+        #: Slots in the ring (a power of two above the capacity).
+        self.ring_size = 1 << self._capacity.bit_length()
+        self._mask = self.ring_size - 1
+        self._slots: list[T | None] = [None] * self.ring_size
+        self._seqs: list[int] = [_EMPTY] * self.ring_size  # extended seq held by each slot
+        self._played = array("q", [_EMPTY]) * PLAYED_HISTORY  # recently played extended seqs
+        self._count = 0
         self._ssrc: int | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._frames: dict[int, T | None] = {}
+        if self._count:
+            for i in range(self.ring_size):
+                self._slots[i] = None
+                self._seqs[i] = _EMPTY
+            self._count = 0
+        played = self._played
+        for i in range(PLAYED_HISTORY):
+            played[i] = _EMPTY
         self._highest: int | None = None  # highest extended seq seen
         self._base = 0  # first extended seq of this run (for loss)
         self._received_run = 0
@@ -153,7 +184,6 @@ class JitterBuffer(Generic[T]):
         self._last_out: int | None = None  # extended seq last played or skipped
         self._playing = False
         self._last_frame: T | None = None
-        self._played: set[int] = set()  # recently played extended seqs (duplicate detection)
         self._late_run = 0
         self._transit: float | None = None
 
@@ -176,7 +206,19 @@ class JitterBuffer(Generic[T]):
     @property
     def depth(self) -> int:
         """Packets waiting now."""
-        return len(self._frames)
+        return self._count
+
+    def _oldest(self) -> int:
+        """The lowest extended seq waiting (the buffer is not empty)."""
+        return min(seq for seq in self._seqs if seq != _EMPTY)
+
+    def _drop(self, ext: int) -> None:
+        """Drop the waiting packet ``ext`` as overflow; later packets play after it."""
+        idx = ext & self._mask
+        self._slots[idx] = None
+        self._seqs[idx] = _EMPTY
+        self._count -= 1
+        self.stats.overflow += 1
 
     def _extend(self, seq: int) -> int:
         highest = self._highest
@@ -238,63 +280,75 @@ class JitterBuffer(Generic[T]):
             if self._late_run >= MAX_LATE_RUN:
                 self.reset()
                 return self.put(sequence_number, timestamp, ssrc, frame, arrival, clock_rate)
-            if ext in self._played:
+            if self._played[ext & _PLAYED_MASK] == ext:
                 self.stats.duplicate += 1
                 return PutResult.DUPLICATE
             self.stats.late += 1
             return PutResult.LATE
         self._late_run = 0
-        frames = self._frames
+        seqs = self._seqs
         stats = self.stats
-        if ext in frames:
-            stats.duplicate += 1
-            return PutResult.DUPLICATE
+        idx = ext & self._mask
+        held = seqs[idx]
+        if held != _EMPTY:
+            if held == ext:
+                stats.duplicate += 1
+                return PutResult.DUPLICATE
+            if held > ext:  # a whole ring behind the newest waiting packet: no room
+                stats.overflow += 1
+                return PutResult.OVERFLOW
+            # A whole ring ahead of waiting packets: those too far behind make room.
+            limit = ext - self._mask
+            for old in sorted(x for x in seqs if x != _EMPTY and x < limit):
+                self._drop(old)
+                self._last_out = old
         if ext > highest:
             self._highest = highest = ext
-        frames[ext] = frame
+        self._slots[idx] = frame
+        seqs[idx] = ext
+        self._count += 1
         received = self._received_run = self._received_run + 1
         stats.received += 1
         lost = highest - self._base + 1 - received
         stats.lost = self._lost_before + lost if lost > 0 else self._lost_before
-        if len(frames) > self._capacity:
-            oldest = min(frames)
-            del frames[oldest]
+        if self._count > self._capacity:
+            oldest = self._oldest()
+            self._drop(oldest)
             self._last_out = oldest
-            stats.overflow += 1
             return PutResult.OVERFLOW if oldest == ext else PutResult.ACCEPTED
         return PutResult.ACCEPTED
 
     def get(self) -> T | Frame | None:
         """The next packet's item, a concealment frame, or None (silence / not started)."""
-        frames = self._frames
         if not self._playing:
-            if not frames or len(frames) < self.target:
+            if not self._count or self._count < self.target:
                 return self._conceal()
             self._playing = True
-            self._last_out = min(frames) - 1
+            self._last_out = self._oldest() - 1
         last_out = self._last_out
         assert last_out is not None
         # Latency control: drop the oldest while well above target (the target is at least
         # min_depth, so below min_depth + SLACK there is nothing to compute).
-        if len(frames) > self.min_depth + SLACK:
+        if self._count > self.min_depth + SLACK:
             limit = self.target + SLACK
-            while len(frames) > limit:
-                oldest = min(frames)
-                del frames[oldest]
-                last_out = oldest
-                self.stats.overflow += 1
+            while self._count > limit:
+                last_out = self._oldest()
+                self._drop(last_out)
         due = last_out + 1
-        if due in frames:
-            frame = frames.pop(due)
+        idx = due & self._mask
+        seqs = self._seqs
+        if seqs[idx] == due:
+            slots = self._slots
+            frame = slots[idx]
+            slots[idx] = None
+            seqs[idx] = _EMPTY
+            self._count -= 1
             self._last_out = due
-            played = self._played
-            if len(played) >= 256:
-                played.clear()
-            played.add(due)
+            self._played[due & _PLAYED_MASK] = due
             self._last_frame = frame
             return frame
         self._last_out = last_out
-        if frames:
+        if self._count:
             # The due packet is missing and later ones wait: skip it.
             self._last_out = due
             return self._conceal()

@@ -27,12 +27,12 @@ from confstream.streams.vocabulary import MediaTrack
 MAX_CONTROL_ITEMS = 1000
 
 
-@dataclass
+@dataclass(slots=True)
 class MediaItem:
-    """One tick of audio: its timestamp and one base64 payload per track."""
+    """One tick of audio: its timestamp and one base64 payload (ASCII bytes) per track."""
 
     timestamp_ms: int
-    payloads: list[tuple[MediaTrack, str]]
+    payloads: list[tuple[MediaTrack, bytes]]
 
 
 @dataclass

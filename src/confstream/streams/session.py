@@ -38,9 +38,18 @@ ticks), oldest dropped first and counted in ``metrics.STREAM_FRAMES_DROPPED``; `
 counted in ``metrics.STREAM_MARKS_DROPPED`` / ``STREAM_DTMF_DROPPED{direction="to_receiver"}``
 (rules in :mod:`confstream.streams.sendqueue`).
 
-Audio is encoded with :func:`confstream.media.codecs.get_encoder` (one encoder per track, as the
-resampling codecs keep state) and returned audio decoded with
-:func:`~confstream.media.codecs.get_decoder`.
+Audio is encoded once per tick for every stream of the same source, codec and track
+(:mod:`confstream.streams.shared`; a bidirectional stream's outbound track, which has its own
+returned audio removed, with its own :func:`~confstream.media.codecs.get_encoder`), and
+returned audio decoded with :func:`~confstream.media.codecs.get_decoder`.
+
+Sending: the sender task takes everything queued since it last ran (one tick, both tracks,
+normally) and writes it as one batch: each message is built as UTF-8 bytes
+(:meth:`~confstream.streams.protocol.StreamProtocol.media_bytes`), framed by websockets'
+sans-I/O protocol, and all the frames go to the TLS transport in one ``write`` (one TLS record
+and one ``send`` system call per stream per tick instead of one per message); the message and
+byte counters are added once per batch. Flow control is websockets': the batch waits for the
+transport to drain when its buffer is above the high-water mark.
 
 Bidirectional (``realtime``): ``media`` from the receiver is decoded to 8 kHz int16 and queued in
 a :class:`~confstream.conference.sources.QueueSource` that is this tap's ``own_source`` (so the
@@ -93,7 +102,7 @@ from websockets.protocol import State
 from confstream import metrics
 from confstream.conference.base import AudioSource, Frame, Tap
 from confstream.conference.sources import QueueSource
-from confstream.media.codecs import PCM_RATE, Decoder, get_decoder, get_encoder
+from confstream.media.codecs import PCM_RATE, Decoder, Encoder, get_decoder, get_encoder
 from confstream.netpolicy import (
     PolicyError,
     client_ssl_context,
@@ -119,6 +128,7 @@ from confstream.streams.protocol import (
     parse_inbound,
 )
 from confstream.streams.sendqueue import ControlItem, MediaItem, SendQueue
+from confstream.streams.shared import SharedPayloads, acquire, release
 from confstream.streams.spec import StreamSpec
 from confstream.streams.vocabulary import MediaTrack
 
@@ -187,6 +197,29 @@ class _NoRedirectConnect(connect):
         return exc
 
 
+class _BatchingConnection(ClientConnection):
+    """A client connection that hands every frame websockets produced since the last write to
+    the transport in one ``write`` (see the module docstring, Sending)."""
+
+    def send_data(self) -> None:
+        chunks = self.protocol.data_to_send()
+        if len(chunks) > 1 and all(chunks):
+            self.transport.write(b"".join(chunks))
+            return
+        for data in chunks:
+            if data:
+                self.transport.write(data)
+            else:  # end of data: half-close (plain TCP) or close (TLS), as websockets does
+                if self.transport.can_write_eof():
+                    with contextlib.suppress(Exception):
+                        self.transport.write_eof()
+                else:
+                    self.transport.close()
+
+
+_MEDIA_MESSAGES = metrics.STREAM_MESSAGES.labels(event="media")
+
+
 class StreamSession:
     """One stream: a :class:`~confstream.conference.base.Tap` plus the WebSocket it feeds."""
 
@@ -214,7 +247,10 @@ class StreamSession:
             call_sid=spec.call_sid,
         )
         self._ssl = ssl_context
-        self._encoders = {t: get_encoder(spec.codec) for t in self.tracks}
+        #: Per track: the shared encoder (while attached) and this stream's own encoder (for
+        #: audio that is not the source's shared frame; made when first needed).
+        self._shared: list[tuple[MediaTrack, SharedPayloads | None]] = []
+        self._encoders: dict[MediaTrack, Encoder] = {}
         self._queue = SendQueue(max(1, settings.stream_queue_ms // FRAME_MS))
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -252,12 +288,14 @@ class StreamSession:
             return
         if self._t0 is None:
             self._t0 = timestamp_ms
-        payloads: list[tuple[MediaTrack, str]] = []
+        payloads: list[tuple[MediaTrack, bytes]] = []
         try:
-            for track in self.tracks:
+            for track, shared in self._shared:
                 frame = inbound if track is MediaTrack.INBOUND else outbound
-                raw = self._encoders[track].encode(frame)
-                payloads.append((track, base64.b64encode(raw).decode("ascii")))
+                b64 = None if shared is None else shared.encode(frame, timestamp_ms)
+                if b64 is None:
+                    b64 = base64.b64encode(self._own_encoder(track).encode(frame))
+                payloads.append((track, b64))
         except Exception:  # pragma: no cover - a codec bug; lose the frame, keep the stream
             log.exception("stream %s: encoding a frame failed", self.spec.sid)
             return
@@ -265,6 +303,24 @@ class StreamSession:
         if dropped:
             metrics.STREAM_FRAMES_DROPPED.inc(dropped)
         self._wake.set()
+
+    def _own_encoder(self, track: MediaTrack) -> Encoder:
+        encoder = self._encoders.get(track)
+        if encoder is None:
+            encoder = self._encoders[track] = get_encoder(self.spec.codec)
+        return encoder
+
+    def _attach(self) -> None:
+        """Take the shared encoders and start receiving frames (a realtime stream's outbound
+        track has its own returned audio removed: never shared)."""
+        source = self.spec.source_sid
+        self._shared = [
+            (t, None if t is MediaTrack.OUTBOUND and self.own_source is not None else
+             acquire(source, self.spec.codec, t))
+            for t in self.tracks
+        ]  # fmt: skip
+        self._attached = True
+        self.media.add_tap(self)
 
     def on_dtmf(self, call_sid: str, digit: str, duration_ms: int) -> None:
         """Queue a ``dtmf`` message (only for streams carrying the inbound track)."""
@@ -358,6 +414,7 @@ class StreamSession:
                 ip = await resolve_checked(host, port, self.settings.allowed_networks)
                 return await _NoRedirectConnect(
                     self.spec.url,
+                    create_connection=_BatchingConnection,
                     host=ip,
                     port=port,
                     server_hostname=host,
@@ -422,8 +479,7 @@ class StreamSession:
             await self._send(ws, self.protocol.start(), "start")
         except ConnectionClosed as exc:
             return self._closed_outcome(ws, exc, started=False)
-        self._attached = True
-        self.media.add_tap(self)
+        self._attach()
         metrics.STREAMS_ACTIVE.inc()
         try:
             try:
@@ -523,6 +579,10 @@ class StreamSession:
             self._attached = False
             with contextlib.suppress(Exception):
                 self.media.remove_tap(self)
+            for _, shared in self._shared:
+                if shared is not None:
+                    release(shared)
+            self._shared = []
             if self.source is not None:
                 self.source.close()
 
@@ -555,25 +615,45 @@ class StreamSession:
         metrics.STREAM_BYTES.inc(len(text))
 
     async def _sender(self, ws: ClientConnection) -> None:
-        """Drain the queue into the socket. Returns when stopping and the queue is empty."""
+        """Drain the queue into the socket, everything queued in one batch (see the module
+        docstring, Sending). Returns when stopping and the queue is empty."""
         proto = self.protocol
         q = self._queue
         while True:
-            while (item := q.pop()) is not None:
-                if isinstance(item, MediaItem):
-                    for track, b64 in item.payloads:
-                        await self._send(
-                            ws, proto.media_b64(track, b64, item.timestamp_ms), "media"
-                        )
-                elif item.kind == "dtmf":
-                    call_sid, digit = item.args
-                    await self._send(ws, proto.dtmf(call_sid, digit, item.duration_ms), "dtmf")
-                else:
-                    await self._send(ws, proto.mark(item.args[0]), "mark")
+            while q:
+                await self._send_batch(ws, proto, q)
             if not self._attached and self._stop.is_set():
                 return
             self._wake.clear()
             await self._wake.wait()
+
+    async def _send_batch(self, ws: ClientConnection, proto: StreamProtocol, q: SendQueue) -> None:
+        """Build every queued message and write them with one flush. Messages are numbered as
+        they are built, so a batch that fails leaves no gap for later ones to notice."""
+        media = size = 0
+        async with ws.send_context():
+            send_text = ws.protocol.send_text
+            while (item := q.pop()) is not None:
+                if isinstance(item, MediaItem):
+                    ts = item.timestamp_ms
+                    for track, b64 in item.payloads:
+                        data = proto.media_bytes(track, b64, ts)
+                        send_text(data)
+                        size += len(data)
+                        media += 1
+                    continue
+                if item.kind == "dtmf":
+                    call_sid, digit = item.args
+                    text = proto.dtmf(call_sid, digit, item.duration_ms)
+                else:
+                    text = proto.mark(item.args[0])
+                data = text.encode()
+                send_text(data)
+                metrics.STREAM_MESSAGES.labels(event=item.kind).inc()
+                size += len(data)
+        if media:
+            _MEDIA_MESSAGES.inc(media)
+        metrics.STREAM_BYTES.inc(size)
 
     async def _receiver(self, ws: ClientConnection) -> None:
         """Handle the receiver's messages one at a time, yielding to the event loop after each
