@@ -322,7 +322,7 @@ class Dialout:
             self._calls.pop(record.sid, None)
             await outbound.not_placed()
             raise
-        services.open_outbound_call(record.sid, account.sid, participant)
+        await services.open_outbound_call(record.sid, account.sid, participant)
         return record, participant_row
 
     def _done(self, outbound: _Outbound) -> None:
@@ -449,7 +449,7 @@ class _Outbound:
         sid = self.record.sid
 
         async def step() -> None:
-            self.services.forget_call(sid)
+            await self.services.forget_call(sid)
             await self.services.store.update_call(sid, status=outcome, sip_response_code=sip_status)
             if self.conference_sid is not None:
                 await self.services.store.set_dialing_status(sid, PARTICIPANT_FAILED)
@@ -471,7 +471,7 @@ class _Outbound:
 
     async def not_placed(self) -> None:
         """The SIP edge refused the call before dialling (a loop): record it failed."""
-        self.services.forget_call(self.record.sid)
+        await self.services.forget_call(self.record.sid)
         await self.services.store.update_call(self.record.sid, status="failed")
         if self.conference_sid is not None:
             await self.services.store.set_dialing_status(self.record.sid, PARTICIPANT_FAILED)

@@ -486,14 +486,21 @@ class Services:
         except Exception:
             log.exception("recording the refusal of call %s failed", call_sid)
 
-    def open_outbound_call(self, call_sid: str, account_sid: str, participant: Participant) -> None:
+    async def open_outbound_call(
+        self, call_sid: str, account_sid: str, participant: Participant
+    ) -> None:
         """Know an outbound call being placed as live (docs/api.md, "Making calls"): a REST
-        hang-up cancels it."""
+        hang-up cancels it; in cluster mode it is published as this node's, so requests about
+        it are forwarded here and a survivor ends it if this node dies (docs/cluster.md)."""
         self._calls[call_sid] = LiveCall(participant, account_sid)
+        if self.placement is not None:
+            await self.placement.call_started(call_sid)
 
-    def forget_call(self, call_sid: str) -> None:
+    async def forget_call(self, call_sid: str) -> None:
         """An outbound call that was never answered is over (no ``leave`` follows)."""
         self._calls.pop(call_sid, None)
+        if self.placement is not None:
+            await self.placement.call_ended(call_sid)
 
     def callbacks(self) -> CallbackSender:
         """The server's status callback sender (one ordered queue per key)."""
