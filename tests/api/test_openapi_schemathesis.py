@@ -39,7 +39,7 @@ SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 #: whole run near a minute on the 2-core machine.
 MAX_EXAMPLES = 12
 #: The run's time budget (schemathesis stops the phases when it is spent).
-MAX_TIME_S = 60
+MAX_TIME_S = 40
 #: Operations whose validity depends on the world, not only on the request: a URL whose host
 #: does not resolve or is refused by the outbound policy (422: 21205, 21609), announcement
 #: audio that cannot be fetched (502: 11200) or is not a WAV file (422: 12300), a stream Url

@@ -181,12 +181,13 @@ class RawUac:
 
 def _never_acked(port: int) -> tuple[bytes, list[bytes], bytes, list[bytes]]:
     """A typical INVITE and a 60 KB one, each sent once and never ACKed; everything that comes
-    back within 64*T1 (T1 = 0.5 s) plus a margin."""
+    back within 9 s: a transaction that retransmitted its final answer (Timer G, T1 = 0.5 s)
+    would have sent it again at 0.5, 1.5, 3.5 and 7.5 s."""
     small, big = RawUac(port), RawUac(port)
     try:
         small_invite = small.invite("quiet")
         big_invite = big.invite("quiet", pad=60_000)
-        small_replies = small.replies(64 * 0.5 + 1.5)
+        small_replies = small.replies(9.0)
         big_replies = big.replies(0.1)  # by now, everything has arrived on both sockets
         return small_invite, small_replies, big_invite, big_replies
     finally:
