@@ -46,30 +46,19 @@ def _request(
     return "\n".join(lines) + body + "\n"
 
 
-def caller_scenario(path: Path, wav: Path, seconds: float, dtmf_digit: str | None = None) -> Path:
-    """A sipp UAC: INVITE, answers the 401 challenge, plays ``wav`` (µ-law) as RTP for
-    ``seconds`` (sending ``dtmf_digit`` first when given), then BYE.
-
-    The ACK of the 401 carries the INVITE's branch ([branch-3]: INVITE, 100, 401, ACK).
-    """
+def _joined(name: str, wav: Path) -> str:
+    """The start of a caller scenario: XML prologue, INVITE, the 401 challenge answered (its
+    ACK carries the INVITE's branch, [branch-3]: INVITE, 100, 401, ACK), the 200 ACKed along
+    its route set (a proxy's Record-Route, RFC 3261 §12.2.1.1; sipp drops the [routes] line
+    when there is none), then ``wav`` (µ-law) played as RTP for ever."""
     target = "sip:[service]@[remote_ip]:[remote_port]"
-    dtmf = (
-        f'<nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_{dtmf_digit}.pcap"/>'
-        '</action></nop>\n  <pause milliseconds="1000"/>\n  '
-        if dtmf_digit is not None
-        else ""
-    )
     invite = _request("INVITE", target, 1, "[branch]", sdp=True)
     ack_401 = _request("ACK", target, 1, "[branch-3]")
     invite_auth = _request("INVITE", target, 2, "[branch]", extra="[authentication]", sdp=True)
-    # in-dialog requests follow the route set of the 200 (a proxy's Record-Route, RFC 3261
-    # §12.2.1.1); sipp drops the [routes] line when there is none
     ack = _request("ACK", "[next_url]", 2, "[branch]", extra="[routes]")
-    bye = _request("BYE", "[next_url]", 3, "[branch]", extra="[routes]")
-    path.write_text(
-        f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="confstream caller">
+<scenario name="{name}">
   <send retrans="500"><![CDATA[
 {invite}]]></send>
   <recv response="100" optional="true"/>
@@ -84,7 +73,25 @@ def caller_scenario(path: Path, wav: Path, seconds: float, dtmf_digit: str | Non
   <send><![CDATA[
 {ack}]]></send>
   <nop><action><exec rtp_stream="{wav},-1,0"/></action></nop>
-  {dtmf}<pause milliseconds="{int(seconds * 1000)}"/>
+"""
+
+
+def caller_scenario(path: Path, wav: Path, seconds: float, dtmf_digit: str | None = None) -> Path:
+    """A sipp UAC: INVITE, answers the 401 challenge, plays ``wav`` (µ-law) as RTP for
+    ``seconds`` (sending ``dtmf_digit`` first when given), then BYE.
+
+    The ACK of the 401 carries the INVITE's branch ([branch-3]: INVITE, 100, 401, ACK).
+    """
+    dtmf = (
+        f'<nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_{dtmf_digit}.pcap"/>'
+        '</action></nop>\n  <pause milliseconds="1000"/>\n  '
+        if dtmf_digit is not None
+        else ""
+    )
+    bye = _request("BYE", "[next_url]", 3, "[branch]", extra="[routes]")
+    path.write_text(
+        _joined("confstream caller", wav)
+        + f"""  {dtmf}<pause milliseconds="{int(seconds * 1000)}"/>
   <send retrans="500"><![CDATA[
 {bye}]]></send>
   <recv response="200" crlf="true"/>
@@ -99,11 +106,6 @@ def hung_up_caller_scenario(path: Path, wav: Path, within: float, bye_via: str) 
     ``within`` seconds for the server to hang up: a BYE whose top Via matches the regular
     expression ``bye_via`` (the proxy it must come through), answered 200. Anything else fails
     the call (sipp exits non-zero)."""
-    target = "sip:[service]@[remote_ip]:[remote_port]"
-    invite = _request("INVITE", target, 1, "[branch]", sdp=True)
-    ack_401 = _request("ACK", target, 1, "[branch-3]")
-    invite_auth = _request("INVITE", target, 2, "[branch]", extra="[authentication]", sdp=True)
-    ack = _request("ACK", "[next_url]", 2, "[branch]", extra="[routes]")
     ok = "\n".join(
         [
             "SIP/2.0 200 OK",
@@ -119,24 +121,8 @@ def hung_up_caller_scenario(path: Path, wav: Path, within: float, bye_via: str) 
         ]
     )
     path.write_text(
-        f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="confstream caller hung up by the server">
-  <send retrans="500"><![CDATA[
-{invite}]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="401" auth="true"/>
-  <send><![CDATA[
-{ack_401}]]></send>
-  <send retrans="500"><![CDATA[
-{invite_auth}]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send><![CDATA[
-{ack}]]></send>
-  <nop><action><exec rtp_stream="{wav},-1,0"/></action></nop>
-  <recv request="BYE" timeout="{int(within * 1000)}">
+        _joined("confstream caller hung up by the server", wav)
+        + f"""  <recv request="BYE" timeout="{int(within * 1000)}">
     <action>
       <ereg regexp="{bye_via}" search_in="hdr" header="Via:" check_it="true" assign_to="via"/>
       <log message="BYE through [$via]"/>
