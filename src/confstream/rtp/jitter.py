@@ -241,6 +241,45 @@ class JitterBuffer(Generic[T]):
         """Add one packet; ``arrival`` in seconds (any monotonic origin). A ``timestamp`` of
         None leaves the jitter estimate alone (for placeholders: RFC 4733 packets carry the
         event's start timestamp, not the audio clock). Returns a :class:`PutResult` constant."""
+        highest = self._highest
+        if (
+            ssrc == self._ssrc
+            and highest is not None
+            and sequence_number == (highest + 1) & 0xFFFF
+            and timestamp is not None
+        ):
+            # The common case, in order: the next sequence number of the same source. It cannot
+            # be late (nothing after ``highest`` was played) nor a restart; its slot is free
+            # unless a packet a whole ring older still waits (then the general path below).
+            ext = highest + 1
+            idx = ext & self._mask
+            seqs = self._seqs
+            if seqs[idx] == _EMPTY:
+                transit = arrival * clock_rate - timestamp
+                last_transit = self._transit
+                if last_transit is not None:
+                    d = transit - last_transit
+                    if d < 0:
+                        d = -d
+                    if d < 2147483648.0:
+                        self.jitter += (d - self.jitter) / 16.0
+                self._transit = transit
+                self._late_run = 0
+                self._highest = ext
+                self._slots[idx] = frame
+                seqs[idx] = ext
+                count = self._count = self._count + 1
+                received = self._received_run = self._received_run + 1
+                stats = self.stats
+                stats.received += 1
+                lost = ext - self._base + 1 - received
+                stats.lost = self._lost_before + lost if lost > 0 else self._lost_before
+                if count > self._capacity:
+                    oldest = self._oldest()
+                    self._drop(oldest)
+                    self._last_out = oldest
+                    return PutResult.OVERFLOW if oldest == ext else PutResult.ACCEPTED
+                return PutResult.ACCEPTED
         if ssrc != self._ssrc:
             if self._ssrc is not None:
                 self.reset()
