@@ -168,6 +168,8 @@ Frame = npt.NDArray[np.int16]
 #: µ-law decode table widened to the mixer's int32, for ``np.take(..., out=frames)``.
 _ULAW_DECODE_I32 = ULAW_DECODE.astype(np.int32)
 assert _ULAW_DECODE_I32[ULAW_SILENCE] == 0
+#: One row of µ-law silence (a row that contributes nothing to the mix).
+_SILENCE_CODES = bytes((ULAW_SILENCE,)) * FRAME_SAMPLES
 
 
 class UlawMedia(Protocol):
@@ -390,9 +392,7 @@ class Engine:
         self._inbound: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._platform: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._outbound: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
-        self._codes_in: UInt8Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.uint8)
         self._codes_out: UInt8Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.uint8)
-        self._codes_in_view = self._codes_in.data.cast("B")
         #: Ticks run by the clock task (for tests and the benchmark).
         self.clock_ticks = 0
         #: When set (the server does), the clock asks it after every tick whether to run a
@@ -540,10 +540,7 @@ class Engine:
         self._inbound = _grow(self._inbound, n_c)
         self._platform = _grow(self._platform, n_c)
         self._outbound = _grow(self._outbound, n_c)
-        if self._codes_in.shape[0] < n_p:
-            self._codes_in = _grow_u8(self._codes_in, n_p)
-            self._codes_out = _grow_u8(self._codes_out, n_p)
-            self._codes_in_view = self._codes_in.data.cast("B")
+        self._codes_out = _grow_u8(self._codes_out, n_p)
         self._dirty = False
 
     # ----------------------------------------------------------------- mixing
@@ -561,34 +558,39 @@ class Engine:
         # 1. participants' frames: µ-law codes into one matrix (decoded at once), other frames
         #    kept aside and copied in after the decode.
         frames = self._frames[:n_p]
-        codes = self._codes_in[:n_p]
-        codes.fill(ULAW_SILENCE)
-        codes_view = self._codes_in_view
         hold_rows: list[int] = []
         pcm_rows: list[tuple[int, Participant, Frame]] = []
         # rows muted or on hold: what they sent, for call taps (not mixed)
         unmixed: dict[int, bytes | Frame | None] = {}
+        # every row's 160 µ-law codes (silence for a row that contributes none), joined into
+        # one bytes object and decoded at once: list.append per row, one copy for all
+        parts: list[bytes] = []
+        add = parts.append
         i = 0
         for p, read in zip(members, self._reads, strict=True):
+            frame: bytes | Frame | None = None
             try:
                 frame = read()
                 if p.hold:
                     hold_rows.append(i)
                     unmixed[i] = frame
+                    frame = None
                 elif frame is None:
                     pass
                 elif p.muted:
                     unmixed[i] = frame
-                elif type(frame) is bytes:
-                    start = i * FRAME_SAMPLES
-                    codes_view[start : start + FRAME_SAMPLES] = frame
-                else:
+                    frame = None
+                elif type(frame) is not bytes or len(frame) != FRAME_SAMPLES:
                     # ``type(frame) is bytes`` (faster than isinstance on this per-frame path)
-                    # does not narrow the else branch for mypy: here frame is the int16 Frame.
+                    # does not narrow for mypy: here frame is the int16 Frame.
                     pcm_rows.append((i, p, frame))  # type: ignore[arg-type]
+                    frame = None
             except Exception:
+                frame = None
                 log_error("read_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
+            add(_SILENCE_CODES if frame is None else frame)
             i += 1
+        codes = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(n_p, FRAME_SAMPLES)
         np.take(_ULAW_DECODE_I32, codes, out=frames, mode="wrap")
         for i, p, frame in pcm_rows:
             row = frames[i]
@@ -704,14 +706,16 @@ class Engine:
                 encoded = self._codes_out[:n_p]
                 np.take(ULAW_ENCODE, heard.view(np.uint16), out=encoded, mode="wrap")
                 blob = encoded.tobytes()
-            start = 0
-            for i, (p, write_ulaw) in enumerate(zip(members, self._writes, strict=True)):
+            i = 0
+            starts = range(0, n_p * FRAME_SAMPLES, FRAME_SAMPLES)
+            for write_ulaw, start in zip(self._writes, starts, strict=True):
                 try:
                     if write_ulaw is None or not write_ulaw(blob[start : start + FRAME_SAMPLES]):
-                        p.write_frame(heard[i])
+                        members[i].write_frame(heard[i])
                 except Exception:
+                    p = members[i]
                     log_error("write_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
-                start += FRAME_SAMPLES
+                i += 1
 
         # 5. taps
         inbound16: npt.NDArray[np.int16] | None = None
