@@ -189,6 +189,9 @@ class DtmfSender:
         self._step = 0
         self._start_ts = 0
         self._active = False
+        #: True while a digit is playing or queued (a plain attribute: the RTP endpoint reads
+        #: it for every packet it sends). Read it, never set it.
+        self.busy = False
 
     def queue(self, digit: str, duration_ms: int) -> None:
         """Queue a digit; ValueError for anything but 0-9, *, #, A-D."""
@@ -196,11 +199,7 @@ class DtmfSender:
         duration_ms = min(max(duration_ms, MIN_DURATION_MS), MAX_DURATION_MS)
         ticks = max(1, round(duration_ms / 20))
         self._queue.append((event, ticks))
-
-    @property
-    def busy(self) -> bool:
-        """True while a digit is playing or queued."""
-        return self._active or bool(self._queue)
+        self.busy = True
 
     def next_step(self, timestamp: int) -> DtmfStep | None:
         """The packet for the tick whose audio timestamp is ``timestamp``, or None (send audio)."""
@@ -218,6 +217,7 @@ class DtmfSender:
         duration = min(step + 1, self._ticks) * SAMPLES_PER_TICK
         if step >= last_update + END_REPEATS - 1:
             self._active = False
+            self.busy = bool(self._queue)
         payload = TelephoneEvent(self._event, end, self.volume, duration).serialize()
         return DtmfStep(payload=payload, marker=step == 0, timestamp=self._start_ts)
 
