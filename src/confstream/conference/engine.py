@@ -79,11 +79,13 @@ protocol (which stays the contract for every kind), the optional pair of :class:
 ``read_ulaw()`` returns its next frame either as 160 µ-law codes (``bytes``) or as
 ``read_frame`` would, and ``write_ulaw(codes)`` takes its mix-minus already encoded as µ-law,
 returning False when it cannot (then ``write_frame`` gets the samples as usual). The engine
-puts every participant's codes in one ``(P, 160)`` uint8 matrix and decodes it with one
-``np.take`` from the 256-entry table, and encodes every mix-minus with one ``np.take`` from the
-65,536-entry table (about 0.1 µs per participant each, against about 1 µs for a per-frame
-lookup). The decoded and encoded values are those of :mod:`confstream.media.g711`, so what is
-mixed and sent is bit-identical to the per-participant path. The bound methods are looked up
+joins every participant's codes (the ``bytes`` objects as read, a shared row of µ-law silence
+for a row that contributes nothing) into one ``(P, 160)`` uint8 matrix with one ``b"".join``
+and decodes it with one ``np.take`` from the 256-entry table, and encodes every mix-minus with
+one ``np.take`` from the 65,536-entry table (about 0.1 µs per participant each, against about
+1 µs for a per-frame lookup). The decoded and encoded values are those of
+:mod:`confstream.media.g711`, so what is mixed and sent is bit-identical to the
+per-participant path. The bound methods are looked up
 once per membership change.
 
 Levels (the dashboard, docs/operations.md)
