@@ -51,10 +51,14 @@ def setup_text(nodes: int, pinned: bool) -> str:
     where = "each pinned to its own core (taskset)" if pinned else "not pinned (no taskset)"
     return (
         f"{nodes} confstream nodes, {where}, on one Redis, one PostgreSQL and Kamailio, started "
-        "by `confstream.tools.cluster` (what `make cluster` runs). The load generator runs on "
-        "the same machine, not pinned (it shares the cores with the nodes), and dials each "
-        "node's SIP port directly, not through Kamailio; rooms of 10, no streams. Each "
-        "participant count is first put on one node alone, then on every node, in the same run."
+        "by `confstream.tools.cluster` (what `make cluster` runs). The load generator (one "
+        "process per loaded node) runs on the same machine, not pinned (it shares the cores "
+        "with the nodes), and dials each node's SIP port directly, not through Kamailio; rooms "
+        "of 10, no streams. It sends each conference's packets of a frame with one `sendmmsg` "
+        "and does not read the audio the nodes send back (`--discard-returned-rtp`: a small "
+        "receive buffer, the kernel drops it; the nodes' sending is unchanged). Each "
+        "participant count is first put on one node alone, then on every node, in the same run. "
+        "CPU is % of one core over the window: each node, and each load generator process."
     )
 
 
@@ -96,7 +100,8 @@ def run_cluster_series(
                     continue
                 log(
                     f"{label}: {load.answered}/{load.total} answered, p99 "
-                    f"{load.lateness_p99}, drops {load.drops}, at targets: {load.at_targets}"
+                    f"{load.lateness_p99}, drops {load.drops}, node CPU {load.cpu_percent}, "
+                    f"loadgen CPU {load.loadgen_cpu_percent}, at targets: {load.at_targets}"
                 )
                 loads.append(load)
     finally:
@@ -128,13 +133,17 @@ def run_load(
             workdir.mkdir(parents=True, exist_ok=True)
             target = ["--sip", f"127.0.0.1:{node.sip_port}", "--account", account.sid,
                       "--token", account.token]  # fmt: skip
-            prefix = ["--room-prefix", f"{node.node_id}-{count}x{per_node}"]
-            gens.append(start_loadgen(cfg, workdir, Pinning(), target, prefix))
+            # the cluster loads do not analyse the returned audio: the kernel drops it
+            room = f"{node.node_id}-{count}x{per_node}"
+            extra = ["--room-prefix", room, "--discard-returned-rtp"]
+            gens.append(start_loadgen(cfg, workdir, Pinning(), target, extra))
         answered = sum(wait_answered(gen, cfg).answered for gen in gens)
         time.sleep(cfg.settle)
         procs = [psutil.Process(node.proc.pid) for node in members if node.proc is not None]
+        gen_procs = [psutil.Process(gen.proc.pid) for gen in gens]
         before = [_scrape(node) for node in members]
         cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
+        gen0 = [sum(p.cpu_times()[:2]) for p in gen_procs]
         t0 = time.monotonic()
         while time.monotonic() - t0 < duration:
             time.sleep(0.5)
@@ -143,6 +152,7 @@ def run_load(
                     raise RuntimeError(f"{node.node_id} died:\n{node.log_tail()}")
         window = time.monotonic() - t0
         cpu1 = [sum(p.cpu_times()[:2]) for p in procs]
+        gen1 = [sum(p.cpu_times()[:2]) for p in gen_procs]
         after = [_scrape(node) for node in members]
     finally:
         for gen in gens:
@@ -166,6 +176,7 @@ def run_load(
         lateness_p99=p99,
         drops=drops,
         cpu_percent=[100.0 * (b - a) / window for a, b in zip(cpu0, cpu1, strict=True)],
+        loadgen_cpu_percent=[100.0 * (b - a) / window for a, b in zip(gen0, gen1, strict=True)],
     )
 
 
