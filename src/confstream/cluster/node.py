@@ -360,3 +360,13 @@ class ClusterNode:
         if orphans:
             log.warning("ending %d live conference(s) no node owns", len(orphans))
             await self.recovery.end_conferences(orphans, "unknown")
+        calls = []
+        for sid in await self.recovery.live_calls(older_than=2 * self.lease):
+            key = keys.call_key(sid)
+            if key in self._unbound:  # this node holds it; publishing it failed
+                continue
+            if not await self.redis.exists(key):
+                calls.append(sid)
+        if calls:
+            log.warning("ending %d live call(s) no node holds", len(calls))
+            await self.recovery.end_calls(calls, "unknown")
