@@ -46,7 +46,7 @@ demo: $(STAMP) sysdeps
 # machine; prints the SIP and REST addresses; Ctrl-C stops everything (docs/cluster.md).
 NODES ?= $(shell nproc)
 cluster: $(STAMP) sysdeps
-	$(PY) -m confstream.tools.cluster --nodes $(NODES)
+	$(PY) -m confstream.tools.cluster --nodes $(NODES) $(if $(REALTIME),--realtime)
 
 bench: $(STAMP)
 	@bash scripts/ensure-sysdeps.sh --bench

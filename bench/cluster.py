@@ -43,12 +43,17 @@ from bench.run import (
     stop_loadgen,
     wait_answered,
 )
-from confstream.tools.cluster import LocalCluster, NodeProcess
+from confstream.tools.cluster import REALTIME_PREFIX, LocalCluster, NodeProcess
 from confstream.tools.server import Account
 
 
-def setup_text(nodes: int, pinned: bool) -> str:
+def setup_text(nodes: int, pinned: bool, realtime: bool = False) -> str:
     where = "each pinned to its own core (taskset)" if pinned else "not pinned (no taskset)"
+    if realtime:
+        where += (
+            ", with real-time scheduling (`chrt -f 10`, SCHED_FIFO, for both loads: the "
+            "opt-in setting of docs/operations.md)"
+        )
     return (
         f"{nodes} confstream nodes, {where}, on one Redis, one PostgreSQL and Kamailio, started "
         "by `confstream.tools.cluster` (what `make cluster` runs). The load generator (one "
@@ -69,20 +74,24 @@ def run_cluster_series(
     ramp: float | None,
     base: Path,
     notes: list[str],
+    realtime: bool = False,
 ) -> tuple[list[ClusterLoadResult], str]:
-    """Every load of the series (a load that fails is noted and skipped) and the setup text."""
+    """Every load of the series (a load that fails is noted and skipped) and the setup text;
+    ``realtime``: the nodes run under SCHED_FIFO (:data:`REALTIME_PREFIX`)."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     pinned = bool(cores) and shutil.which("taskset") is not None
-    prefixes = (
-        [["taskset", "-c", str(cores[k % len(cores)])] for k in range(nodes)] if pinned else []
-    )
+    rt = list(REALTIME_PREFIX) if realtime else []
+    prefixes = [
+        [*rt, *(["taskset", "-c", str(cores[k % len(cores)])] if pinned else [])]
+        for k in range(nodes)
+    ]
     cluster = LocalCluster(
         base / "cluster",
         nodes=nodes,
         heartbeat=1.0,
         lease=5.0,
         env={"CONFSTREAM_LOG_LEVEL": "warning"},
-        node_prefixes=prefixes if pinned else [],
+        node_prefixes=prefixes,
     )
     loads: list[ClusterLoadResult] = []
     try:
@@ -106,7 +115,7 @@ def run_cluster_series(
                 loads.append(load)
     finally:
         cluster.stop()
-    return loads, setup_text(nodes, pinned)
+    return loads, setup_text(nodes, pinned, realtime)
 
 
 def _scrape(node: NodeProcess) -> ServerMetrics:
