@@ -46,13 +46,18 @@ from bench.run import (
 from confstream.tools.cluster import REALTIME_PREFIX, LocalCluster, NodeProcess
 from confstream.tools.server import Account
 
+#: With ``--cluster-realtime``: the load generators' real-time priority, below the nodes'.
+LOADGEN_REALTIME_PREFIX = ["chrt", "-f", "5"]
+
 
 def setup_text(nodes: int, pinned: bool, realtime: bool = False) -> str:
     where = "each pinned to its own core (taskset)" if pinned else "not pinned (no taskset)"
     if realtime:
         where += (
             ", with real-time scheduling (`chrt -f 10`, SCHED_FIFO, for both loads: the "
-            "opt-in setting of docs/operations.md)"
+            "opt-in setting of docs/operations.md); the load generators run at the lower "
+            "real-time priority 5 (`chrt -f 5`: a node always preempts them, other work on the "
+            "machine never delays their packets)"
         )
     return (
         f"{nodes} confstream nodes, {where}, on one Redis, one PostgreSQL and Kamailio, started "
@@ -102,7 +107,10 @@ def run_cluster_series(
                 label = f"cluster {count} node(s) x {per_node}"
                 log(f"{label}: starting")
                 try:
-                    load = run_load(cluster, account, per_node, count, duration, ramp, base)
+                    load = run_load(
+                        cluster, account, per_node, count, duration, ramp, base,
+                        LOADGEN_REALTIME_PREFIX if realtime else [],
+                    )  # fmt: skip
                 except Exception as exc:
                     log(f"{label} failed: {exc}")
                     notes.append(f"{label}: the load failed ({str(exc)[:300]!r})")
@@ -130,9 +138,12 @@ def run_load(
     duration: float,
     ramp: float | None,
     base: Path,
+    loadgen_prefix: list[str] | None = None,
 ) -> ClusterLoadResult:
     """``per_node`` callers on each of the first ``count`` nodes; the window; everyone hangs
-    up and the nodes are idle again before it returns."""
+    up and the nodes are idle again before it returns. ``loadgen_prefix`` goes before each
+    load generator's command (:data:`LOADGEN_REALTIME_PREFIX`)."""
+    loadgen_prefix = loadgen_prefix or []
     members = cluster.members[:count]
     cfg = PointConfig(per_node, duration=duration, ramp=ramp)
     gens: list[LineProc] = []
@@ -145,7 +156,7 @@ def run_load(
             # the cluster loads do not analyse the returned audio: the kernel drops it
             room = f"{node.node_id}-{count}x{per_node}"
             extra = ["--room-prefix", room, "--discard-returned-rtp"]
-            gens.append(start_loadgen(cfg, workdir, Pinning(), target, extra))
+            gens.append(start_loadgen(cfg, workdir, Pinning(load=loadgen_prefix), target, extra))
         answered = sum(wait_answered(gen, cfg).answered for gen in gens)
         time.sleep(cfg.settle)
         procs = [psutil.Process(node.proc.pid) for node in members if node.proc is not None]
