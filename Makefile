@@ -46,11 +46,11 @@ demo: $(STAMP) sysdeps
 # machine; prints the SIP and REST addresses; Ctrl-C stops everything (docs/cluster.md).
 NODES ?= $(shell nproc)
 cluster: $(STAMP) sysdeps
-	$(PY) -m confstream.tools.cluster --nodes $(NODES)
+	$(PY) -m confstream.tools.cluster --nodes $(NODES) $(if $(REALTIME),--realtime)
 
 bench: $(STAMP)
 	@bash scripts/ensure-sysdeps.sh --bench
-	$(PY) -m bench.run --with-janus --streams-sweep 100,250,500,1000 --cluster-points 300,600,900,1200
+	$(PY) -m bench.run --with-janus --streams-sweep 100,250,500,1000 --cluster-points 450,525,600,675,750 --cluster-realtime
 
 # 30 minutes of 200 callers and 20 streams whose receivers stall, disconnect and return audio;
 # writes docs/soak.md and docs/soak.png (override e.g. SOAK_ARGS="--duration 180").

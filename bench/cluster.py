@@ -43,18 +43,32 @@ from bench.run import (
     stop_loadgen,
     wait_answered,
 )
-from confstream.tools.cluster import LocalCluster, NodeProcess
+from confstream.tools.cluster import REALTIME_PREFIX, LocalCluster, NodeProcess
 from confstream.tools.server import Account
 
+#: With ``--cluster-realtime``: the load generators' real-time priority, below the nodes'.
+LOADGEN_REALTIME_PREFIX = ["chrt", "-f", "5"]
 
-def setup_text(nodes: int, pinned: bool) -> str:
+
+def setup_text(nodes: int, pinned: bool, realtime: bool = False) -> str:
     where = "each pinned to its own core (taskset)" if pinned else "not pinned (no taskset)"
+    if realtime:
+        where += (
+            ", with real-time scheduling (`chrt -f 10`, SCHED_FIFO, for both loads: the "
+            "opt-in setting of docs/operations.md); the load generators run at the lower "
+            "real-time priority 5 (`chrt -f 5`: a node always preempts them, other work on the "
+            "machine never delays their packets)"
+        )
     return (
         f"{nodes} confstream nodes, {where}, on one Redis, one PostgreSQL and Kamailio, started "
-        "by `confstream.tools.cluster` (what `make cluster` runs). The load generator runs on "
-        "the same machine, not pinned (it shares the cores with the nodes), and dials each "
-        "node's SIP port directly, not through Kamailio; rooms of 10, no streams. Each "
-        "participant count is first put on one node alone, then on every node, in the same run."
+        "by `confstream.tools.cluster` (what `make cluster` runs). The load generator (one "
+        "process per loaded node) runs on the same machine, not pinned (it shares the cores "
+        "with the nodes), and dials each node's SIP port directly, not through Kamailio; rooms "
+        "of 10, no streams. It sends each conference's packets of a frame with one `sendmmsg` "
+        "and does not read the audio the nodes send back (`--discard-returned-rtp`: a small "
+        "receive buffer, the kernel drops it; the nodes' sending is unchanged). Each "
+        "participant count is first put on one node alone, then on every node, in the same run. "
+        "CPU is % of one core over the window: each node, and each load generator process."
     )
 
 
@@ -65,20 +79,24 @@ def run_cluster_series(
     ramp: float | None,
     base: Path,
     notes: list[str],
+    realtime: bool = False,
 ) -> tuple[list[ClusterLoadResult], str]:
-    """Every load of the series (a load that fails is noted and skipped) and the setup text."""
+    """Every load of the series (a load that fails is noted and skipped) and the setup text;
+    ``realtime``: the nodes run under SCHED_FIFO (:data:`REALTIME_PREFIX`)."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     pinned = bool(cores) and shutil.which("taskset") is not None
-    prefixes = (
-        [["taskset", "-c", str(cores[k % len(cores)])] for k in range(nodes)] if pinned else []
-    )
+    rt = list(REALTIME_PREFIX) if realtime else []
+    prefixes = [
+        [*rt, *(["taskset", "-c", str(cores[k % len(cores)])] if pinned else [])]
+        for k in range(nodes)
+    ]
     cluster = LocalCluster(
         base / "cluster",
         nodes=nodes,
         heartbeat=1.0,
         lease=5.0,
         env={"CONFSTREAM_LOG_LEVEL": "warning"},
-        node_prefixes=prefixes if pinned else [],
+        node_prefixes=prefixes,
     )
     loads: list[ClusterLoadResult] = []
     try:
@@ -89,19 +107,23 @@ def run_cluster_series(
                 label = f"cluster {count} node(s) x {per_node}"
                 log(f"{label}: starting")
                 try:
-                    load = run_load(cluster, account, per_node, count, duration, ramp, base)
+                    load = run_load(
+                        cluster, account, per_node, count, duration, ramp, base,
+                        LOADGEN_REALTIME_PREFIX if realtime else [],
+                    )  # fmt: skip
                 except Exception as exc:
                     log(f"{label} failed: {exc}")
                     notes.append(f"{label}: the load failed ({str(exc)[:300]!r})")
                     continue
                 log(
                     f"{label}: {load.answered}/{load.total} answered, p99 "
-                    f"{load.lateness_p99}, drops {load.drops}, at targets: {load.at_targets}"
+                    f"{load.lateness_p99}, drops {load.drops}, node CPU {load.cpu_percent}, "
+                    f"loadgen CPU {load.loadgen_cpu_percent}, at targets: {load.at_targets}"
                 )
                 loads.append(load)
     finally:
         cluster.stop()
-    return loads, setup_text(nodes, pinned)
+    return loads, setup_text(nodes, pinned, realtime)
 
 
 def _scrape(node: NodeProcess) -> ServerMetrics:
@@ -116,9 +138,12 @@ def run_load(
     duration: float,
     ramp: float | None,
     base: Path,
+    loadgen_prefix: list[str] | None = None,
 ) -> ClusterLoadResult:
     """``per_node`` callers on each of the first ``count`` nodes; the window; everyone hangs
-    up and the nodes are idle again before it returns."""
+    up and the nodes are idle again before it returns. ``loadgen_prefix`` goes before each
+    load generator's command (:data:`LOADGEN_REALTIME_PREFIX`)."""
+    loadgen_prefix = loadgen_prefix or []
     members = cluster.members[:count]
     cfg = PointConfig(per_node, duration=duration, ramp=ramp)
     gens: list[LineProc] = []
@@ -128,13 +153,17 @@ def run_load(
             workdir.mkdir(parents=True, exist_ok=True)
             target = ["--sip", f"127.0.0.1:{node.sip_port}", "--account", account.sid,
                       "--token", account.token]  # fmt: skip
-            prefix = ["--room-prefix", f"{node.node_id}-{count}x{per_node}"]
-            gens.append(start_loadgen(cfg, workdir, Pinning(), target, prefix))
+            # the cluster loads do not analyse the returned audio: the kernel drops it
+            room = f"{node.node_id}-{count}x{per_node}"
+            extra = ["--room-prefix", room, "--discard-returned-rtp"]
+            gens.append(start_loadgen(cfg, workdir, Pinning(load=loadgen_prefix), target, extra))
         answered = sum(wait_answered(gen, cfg).answered for gen in gens)
         time.sleep(cfg.settle)
         procs = [psutil.Process(node.proc.pid) for node in members if node.proc is not None]
+        gen_procs = [psutil.Process(gen.proc.pid) for gen in gens]
         before = [_scrape(node) for node in members]
         cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
+        gen0 = [sum(p.cpu_times()[:2]) for p in gen_procs]
         t0 = time.monotonic()
         while time.monotonic() - t0 < duration:
             time.sleep(0.5)
@@ -143,6 +172,7 @@ def run_load(
                     raise RuntimeError(f"{node.node_id} died:\n{node.log_tail()}")
         window = time.monotonic() - t0
         cpu1 = [sum(p.cpu_times()[:2]) for p in procs]
+        gen1 = [sum(p.cpu_times()[:2]) for p in gen_procs]
         after = [_scrape(node) for node in members]
     finally:
         for gen in gens:
@@ -166,6 +196,7 @@ def run_load(
         lateness_p99=p99,
         drops=drops,
         cpu_percent=[100.0 * (b - a) / window for a, b in zip(cpu0, cpu1, strict=True)],
+        loadgen_cpu_percent=[100.0 * (b - a) / window for a, b in zip(gen0, gen1, strict=True)],
     )
 
 

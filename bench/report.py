@@ -151,6 +151,8 @@ class ClusterLoadResult:
     lateness_p99: list[float | None]
     drops: list[float]
     cpu_percent: list[float]
+    #: CPU of each load generator process (one per loaded node), % of one core.
+    loadgen_cpu_percent: list[float] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -199,16 +201,17 @@ def cluster_lines(loads: Sequence[ClusterLoadResult], setup: str) -> list[str]:
         setup,
         "",
         "| Nodes | Participants (per node) | Answered | Tick lateness p99 per node (ms) | "
-        "Drops per node | CPU per node | At targets |",
-        "|---|---|---|---|---|---|---|",
+        "Drops per node | CPU per node | CPU per load generator | At targets |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for x in loads:
         p99 = ", ".join(_ms(p, 2) for p in x.lateness_p99)
         drops = ", ".join(f"{d:.0f}" for d in x.drops)
         cpu = ", ".join(f"{c:.0f}%" for c in x.cpu_percent)
+        gen = ", ".join(f"{c:.0f}%" for c in x.loadgen_cpu_percent) or "n/a"
         lines.append(
             f"| {x.nodes} | {x.total} ({x.per_node}) | {x.answered} | {p99} | {drops} | {cpu} "
-            f"| {'yes' if x.at_targets else 'no'} |"
+            f"| {gen} | {'yes' if x.at_targets else 'no'} |"
         )
     one, many = carried(loads, 1), carried(loads, nodes)
     lines.append("")

@@ -835,6 +835,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="nodes of the cluster series (default: one per core)",
     )
     p.add_argument(
+        "--cluster-realtime",
+        action="store_true",
+        help="run the cluster series' nodes with real-time scheduling (chrt -f 10)",
+    )
+    p.add_argument(
         "--compare",
         default="",
         metavar="JSON,...",
@@ -907,8 +912,9 @@ def run_cluster(args: argparse.Namespace, base: Path, results: BenchResults) -> 
 
     points = [int(x) for x in args.cluster_points.split(",") if x.strip()]
     results.cluster_loads, results.cluster_setup = run_cluster_series(
-        points, args.cluster_nodes, args.duration, args.ramp, base, results.notes
-    )
+        points, args.cluster_nodes, args.duration, args.ramp, base, results.notes,
+        args.cluster_realtime,
+    )  # fmt: skip
 
 
 LATENESS_METHOD = (

@@ -512,12 +512,20 @@ class Services:
         """The account's live conference ``friendly_name``, created ``init`` when there is
         none (a callee being dialled for it, ``POST …/Participants``): it starts when a
         participant with ``start_conference_on_enter`` joins. The conference-level options
-        (status callback) are ``options``'."""
+        (status callback) are ``options``'. In a cluster the room is claimed and the
+        conference published as this node's at once (docs/cluster.md), so that a caller
+        dialling in meanwhile lands on this node."""
         async with self._lifecycle:
             account = await self.store.get_account(account_sid)
             if account is None or account.status != "active":
                 raise AccountNotActive()
+            if self.placement is not None:
+                await self.placement.claim(account_sid, friendly_name)
             conference = await self.store.find_live_conference(account_sid, friendly_name)
+            if conference is not None and self._stale(conference.sid):
+                assert self.placement is not None
+                await self.placement.end_stale(conference.sid)
+                conference = None
             if conference is None:
                 conference = await self.store.create_conference(
                     account_sid,
@@ -527,7 +535,18 @@ class Services:
                     status_callback_method=options.status_callback_method,
                     status_callback_event=" ".join(options.status_callback_event) or None,
                 )
+            if self.placement is not None:
+                await self.placement.hosted(conference.sid, account_sid, friendly_name)
             return conference
+
+    def _stale(self, conference_sid: str) -> bool:
+        """In a cluster: a live record of a room this node has just claimed that it neither
+        mixes nor has published (its node died)."""
+        return (
+            self.placement is not None
+            and self.engine.get(conference_sid) is None
+            and not self.placement.holds(conference_sid)
+        )
 
     async def end_unjoined_conference(self, conference_sid: str, reason: str) -> None:
         """End a live conference nobody is in (created for callees that never answered)."""
@@ -652,12 +671,9 @@ class Services:
                 # one owner per conference (docs/cluster.md): JoinRefused(503) when not us
                 await self.placement.claim(account_sid, conference_name)
             conference = await self.store.find_live_conference(account_sid, conference_name)
-            if (
-                conference is not None
-                and self.placement is not None
-                and self.engine.get(conference.sid) is None
-            ):
+            if conference is not None and self._stale(conference.sid):
                 # the live record of a node that died: end it, the caller gets a fresh one
+                assert self.placement is not None
                 await self.placement.end_stale(conference.sid)
                 conference = None
             created = conference is None

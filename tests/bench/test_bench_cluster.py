@@ -25,6 +25,7 @@ def _load(nodes: int, per_node: int, p99_ms: float, drops: float = 0.0) -> Clust
         lateness_p99=[p99_ms / 1000] * nodes,
         drops=[0.0] * (nodes - 1) + [drops],
         cpu_percent=[50.0] * nodes,
+        loadgen_cpu_percent=[12.0] * nodes,
     )
 
 
@@ -66,7 +67,7 @@ def test_the_report_states_the_ratio_and_survives_json(tmp_path: Path) -> None:
     write_report(again, out, tmp_path / "bench.png")
     text = out.read_text()
     assert "## Cluster: one node per core" in text
-    assert "| 2 | 1600 (800) | 1600 | 4.50, 4.50 | 0, 0 | 50%, 50% | yes |" in text
+    assert "| 2 | 1600 (800) | 1600 | 4.50, 4.50 | 0, 0 | 50%, 50% | 12%, 12% | yes |" in text
     assert "one node **800**, 2 nodes **1600**: **2.00x** one node (meets the 1.8x target)" in text
     assert "lower bound" not in text  # both limits were found
     assert not (tmp_path / "bench.png").exists()  # no single-node points: no plot
@@ -74,3 +75,10 @@ def test_the_report_states_the_ratio_and_survives_json(tmp_path: Path) -> None:
     write_report(BenchResults("d", "c", results.machine, "", ""), out, None)
     assert "## Cluster" not in out.read_text()
     assert "--cluster-points" in cluster_lines([], "")[0]
+
+
+def test_results_of_runs_without_the_load_generator_cpu_still_read_back() -> None:
+    old = LOADS[0].to_json()
+    del old["loadgen_cpu_percent"]
+    assert ClusterLoadResult.from_json(old).loadgen_cpu_percent == []
+    assert "| n/a |" in "\n".join(cluster_lines([ClusterLoadResult.from_json(old)], ""))

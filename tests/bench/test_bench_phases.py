@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import sys
 import textwrap
 import time
@@ -20,7 +21,14 @@ from typing import Any
 import psutil
 import pytest
 from bench.janus import janus_result
-from bench.loadgen import LoadGenerator
+from bench.loadgen import (
+    LOOP_FRAMES,
+    LoadGenerator,
+    burst_signal,
+    pcmu_frames,
+    rtp_packet,
+    voice_signal,
+)
 from bench.report import (
     JANUS_STATUS,
     BenchResults,
@@ -398,3 +406,36 @@ async def test_loadgen_ramp_spreads_callers_evenly() -> None:
     assert starts == sorted(starts)
     assert starts[-1] - starts[0] >= 0.3  # 4 gaps of 80 ms
     assert starts[-1] - starts[0] < 2.0
+
+
+def test_loadgen_batches_are_the_packets_of_one_sendto_each() -> None:
+    """A conference's packets of a frame leave in one batch (sendmmsg on Linux) over a real
+    socket: header, payload (voice, then the marked burst) and counters as rtp_packet builds
+    them, frame after frame."""
+    gen = LoadGenerator(server=("127.0.0.1", 9), account="a", token="t", callers=3, room_size=3)
+    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for caller, rx in zip(gen.callers, receivers, strict=True):
+            rx.bind(("127.0.0.1", 0))
+            rx.settimeout(5)
+            caller.remote_rtp = rx.getsockname()
+            caller.state = "answered"
+        room = gen.rooms[0]
+        voices = [pcmu_frames(voice_signal(i)) for i in range(3)]
+        burst = pcmu_frames(burst_signal())
+        firsts = [(int(gen._seq[i]), int(gen._ts[i])) for i in range(3)]
+        for frame in range(2):
+            gen._start_frame(frame)  # room 0's marked event starts at frame 0: caller 0
+            gen._send_room(room)
+            for i, rx in enumerate(receivers):
+                seq, ts = firsts[i]
+                payload = burst[frame] if i == 0 else voices[i][(frame + i * 37) % LOOP_FRAMES]
+                want = rtp_packet(
+                    seq + frame, ts + 160 * frame, gen.callers[i].ssrc, payload, frame == 0
+                )
+                assert rx.recv(2048) == want
+        assert gen.rtp_sent == 6 and gen.events_sent == 1 and not gen.unexpected
+        assert json.loads(gen._pending_events[0])["caller"] == 0
+    finally:
+        for sock in [*receivers, *(r.sock for r in gen.rooms)]:
+            sock.close()

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import socket
 from pathlib import Path
 
 import numpy as np
 
+from confstream.cluster import keys
 from confstream.media.analysis import tone_levels
 from confstream.media.g711 import ulaw_decode
 from confstream.tools.cluster import LocalCluster
@@ -18,7 +20,15 @@ from confstream.tools.tls import Tls
 
 from ..integration.peers import BaresipCaller, await_for, start_sipp_caller
 from ..streams.peers import Conn, ws_receiver
-from .helpers import apis, conference, live_conferences, owner_of, participants, redis_of
+from .helpers import (
+    apis,
+    conference,
+    end_live_conferences,
+    live_conferences,
+    owner_of,
+    participants,
+    redis_of,
+)
 
 FREQS = (440.0, 660.0)
 
@@ -177,3 +187,51 @@ async def test_a_stream_and_changes_made_through_the_other_node_act_on_the_owner
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
             await proc.wait()
+
+
+async def test_a_dial_out_into_a_named_conference_owns_it_before_anyone_joins(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """POST …/Conferences/{FriendlyName}/Participants creates the conference and claims it on
+    the node that serves the request; a caller dialling in through Kamailio meanwhile lands
+    in that same conference on that node."""
+    account = cluster.create_account()
+    clients = apis(cluster, account)
+    callee = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # rings forever: never answers
+    callee.bind(("127.0.0.1", 0))
+    caller = None
+    try:
+        host, port = callee.getsockname()
+        placed = await asyncio.to_thread(
+            clients["node-2"].post,
+            "/Conferences/dial-race/Participants.json",
+            data={"From": "sip:bot@example.com", "To": f"sip:callee@{host}:{port}"},
+        )
+        assert placed.status_code == 201, placed.text
+        with redis_of(cluster) as r:
+            assert r.get(keys.room_key(account.sid, "dial-race")) == "node-2"
+        await asyncio.to_thread((tmp_path / "in").mkdir)
+        caller = await start_sipp_caller(
+            tmp_path / "in", cluster.sip_port, account, "dial-race", 440.0, 6.0
+        )
+        conf = await await_for(lambda: conference(clients["node-1"], "dial-race"), within=20)
+        assert conf["sid"] == placed.json()["conference_sid"]
+        assert owner_of(cluster, conf["sid"]) == "node-2"
+        # the caller is in it (the callee, still ringing, is not listed yet)
+        joined = await await_for(lambda: participants(clients["node-1"], conf["sid"]), within=20)
+        assert [p["call_sid"] != placed.json()["call_sid"] for p in joined] == [True]
+        hung_up = await asyncio.to_thread(
+            clients["node-1"].post,
+            f"/Calls/{placed.json()['call_sid']}.json",
+            data={"Status": "canceled"},
+        )
+        assert hung_up.status_code == 200, hung_up.text
+    finally:
+        callee.close()
+        if caller is not None:
+            with contextlib.suppress(ProcessLookupError):
+                caller.kill()
+            await caller.wait()
+        end_live_conferences(clients["node-1"])
+        for client in clients.values():
+            client.close()

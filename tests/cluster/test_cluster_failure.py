@@ -154,7 +154,8 @@ async def test_killing_a_node_ends_its_conferences_with_callbacks_and_nothing_el
             procs.append(proc)
             fresh = await await_for(lambda: conference(api, lost["friendly_name"]), within=20)
             assert fresh["sid"] != lost["sid"]
-            assert owner_of(cluster, fresh["sid"]) == survivor
+            # published at the end of the first join, just after the record appears
+            await await_for(lambda: owner_of(cluster, fresh["sid"]) == survivor, within=10)
             await await_for(lambda: len(participants(api, fresh["sid"])) == 1, within=10)
     finally:
         await _stop(procs)

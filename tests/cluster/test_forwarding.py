@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from confstream.api.cluster import FORWARDED_BY, SERVED_BY, ForwardToOwner, routing_key
+from confstream.api.cluster import FORWARDED_BY, SERVED_BY, ForwardToOwner, routing_keys
 from confstream.cluster import keys
 from confstream.cluster.membership import Load
 from confstream.cluster.node import ClusterNode
@@ -74,15 +74,17 @@ async def api(
 
 
 def test_routing_keys() -> None:
-    assert routing_key(f"{BASE}/Conferences/CF1.json") == keys.conference_key("CF1")
-    assert routing_key(f"{BASE}/Conferences/CF1/Participants/CA1") == keys.conference_key("CF1")
-    assert routing_key("/2010-04-01/Accounts/AC1/Conferences/CF1/Streams") == keys.conference_key(
-        "CF1"
+    conf = [keys.conference_key("CF1"), keys.room_key("AC1", "CF1")]
+    assert routing_keys(f"{BASE}/Conferences/CF1.json") == conf
+    assert routing_keys(f"{BASE}/Conferences/CF1/Participants/CA1") == conf
+    assert routing_keys("/2010-04-01/Accounts/AC1/Conferences/CF1/Streams") == conf
+    assert routing_keys(f"{BASE}/Conferences/team%20a/Participants.json")[1] == keys.room_key(
+        "AC1", "team a"
     )
-    assert routing_key(f"{BASE}/Calls/CA9.json") == keys.call_key("CA9")
-    assert routing_key(f"{BASE}/Conferences.json") is None
-    assert routing_key(f"{BASE}/Conferences") is None
-    assert routing_key("/healthz") is None
+    assert routing_keys(f"{BASE}/Calls/CA9.json") == [keys.call_key("CA9")]
+    assert routing_keys(f"{BASE}/Conferences.json") == []
+    assert routing_keys(f"{BASE}/Conferences") == []
+    assert routing_keys("/healthz") == []
 
 
 async def test_changes_go_to_the_owner_with_the_callers_credentials(
@@ -116,6 +118,11 @@ async def test_changes_go_to_the_owner_with_the_callers_credentials(
     calls = await client.post(f"{BASE}/Calls/CA1.json", data={"Status": "completed"})
     assert calls.headers[SERVED_BY] == "other"
     assert len(owner.requests) == 2
+
+    # a dial-out into a conference named by its FriendlyName goes to the room's owner
+    assert await Ownership(node.redis, "other", 2.0).claim_room("AC1", "sales") == "other"
+    named = await client.post(f"{BASE}/Conferences/sales/Participants.json", data={"To": "x"})
+    assert named.headers[SERVED_BY] == "other" and len(owner.requests) == 3
 
     # the owner's lease is gone: served here (its conferences are being ended)
     await node.redis.delete(keys.node_key("other"))

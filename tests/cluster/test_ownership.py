@@ -4,6 +4,7 @@ file), without nodes: the rules of docs/cluster.md, "What lives in Redis" and "F
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,12 @@ from sqlalchemy import update
 from confstream.callbacks.webhooks import CallbackSender
 from confstream.cluster import keys
 from confstream.cluster.membership import Load, Membership, NodeInfo
+from confstream.cluster.node import ClusterNode
 from confstream.cluster.ownership import Ownership
 from confstream.cluster.placement import REASON_NODE_LOST
 from confstream.cluster.recovery import Recovery
 from confstream.settings import Settings
-from confstream.store import Call, Store, open_store
+from confstream.store import Call, Store, open_store, utcnow
 from confstream.store.models import (
     CALL_COMPLETED,
     CALL_IN_PROGRESS,
@@ -238,3 +240,35 @@ async def test_a_dead_nodes_calls_are_ended_with_their_callbacks(
     assert stopped.error_code == 31990 and "dead" in (stopped.error_message or "")
     assert [(row.sid, token) for row, token in reported] == [(stream.sid, account.auth_token)]
     assert not await redis_client.exists(keys.node_keys_set("dead"))
+
+
+async def test_the_orphan_sweep_ends_live_calls_no_node_holds(
+    redis_client: aioredis.Redis, store: Store
+) -> None:
+    """A live call whose node died before publishing it (or whose key Redis lost), in no
+    conference, is ended by the orphan sweep; a call a node holds, or a young one, is not."""
+    account = await store.create_account()
+    orphan, ringing, held, young = [
+        await store.create_call(
+            account.sid, from_uri=f"sip:{n}@x", to_uri="sip:app@y", status=status
+        )
+        for n, status in enumerate([CALL_IN_PROGRESS, "ringing", CALL_IN_PROGRESS, "ringing"])
+    ]
+    async with store.session() as session, session.begin():
+        await session.execute(
+            update(Call)
+            .where(Call.sid.in_([orphan.sid, ringing.sid, held.sid]))
+            .values(date_created=utcnow() - dt.timedelta(seconds=60))
+        )
+    await Ownership(redis_client, "other", LEASE).bind(keys.call_key(held.sid))
+    settings = Settings(cluster_redis_url="redis://unused", node_id="sweeper", cluster_lease=LEASE)
+    node = ClusterNode(settings, redis_client)
+    node.recovery = Recovery(store, lambda records: None, None)
+    await node._sweep_orphans()
+    rows = [await store.get_call(c.sid) for c in (orphan, ringing, held, young)]
+    assert [row.status if row else None for row in rows] == [
+        "completed",
+        "failed",
+        "in-progress",
+        "ringing",
+    ]

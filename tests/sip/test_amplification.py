@@ -58,7 +58,9 @@ async def test_tiny_udp_invite_draws_no_oversized_401(server: SipServer) -> None
     assert replies == []
     assert suppressed() == before + 2
     # padded to a size where the 401 is within the limit, it is answered once
-    padded = tiny.replace(b"\r\n\r\n", b"\r\nSubject: " + b"x" * 120 + b"\r\n\r\n")
+    # (a new request: the same Call-ID and CSeq from another port would be merged, 482)
+    padded = TINY.format(t="UDP", p="{p}", b="2").encode()
+    padded = padded.replace(b"\r\n\r\n", b"\r\nSubject: " + b"x" * 120 + b"\r\n\r\n")
     replies = await asyncio.to_thread(_udp_exchange, server.port, [padded], 1.0)
     assert len(replies) == 1 and replies[0].startswith(b"SIP/2.0 401 "), replies
     assert len(replies[0]) <= AMPLIFICATION_LIMIT * len(padded)

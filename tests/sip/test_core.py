@@ -634,3 +634,26 @@ def test_responses_to_nothing_are_ignored() -> None:
     )
     assert h.feed(data, phone.flow) == []
     assert not any(isinstance(a, Send) for a in h.log)
+
+
+def test_a_copy_of_an_invite_by_a_second_route_is_merged_482() -> None:
+    """RFC 3261 §8.2.2.2: same Call-ID, From tag and CSeq as a live server transaction, other
+    branch: 482, and no second call; the original's retransmission is absorbed as before."""
+    h, phone = Harness(), Phone()
+    challenge = one_response(h.feed(phone.invite(), phone.flow), 401)
+    h.feed(phone.ack_for(challenge), phone.flow)
+    authed = phone.invite(auth=challenge)
+    assert only(h.auth(h.feed(authed, phone.flow)), OpenRtp)
+    copy = authed.replace(phone.last_invite_branch.encode(), b"z9hG4bKsecondroute1")
+    out = h.feed(copy, phone.flow)
+    assert statuses(out) == [482]
+    assert only(out, LookupToken) == [] and only(out, OpenRtp) == []
+    assert len(h.core.calls) == 1
+    assert statuses(h.feed(authed, phone.flow)) == [100]
+    (sid,) = h.core.calls
+    h.run_out()  # the 401's transaction ends; the authenticated one is still live
+    assert list(h.core._merge_keys) == [(phone.call_id, phone.tag, 2)]
+    h.rtp_opened(sid)
+    h.joined(sid, 486)
+    h.run_out()
+    assert h.core._merge_keys == {} and h.core.live_transactions == 0

@@ -192,6 +192,15 @@ class RawCaller:
         self.n = 0
 
     def request(self, method: str, cseq: int, extra: str = "", call_id: str = "raw1") -> str:
+        """Send a request (a new branch each time) and return its final answer."""
+        self.send(method, cseq, extra, call_id)
+        while True:
+            reply = self.sock.recv(65535).decode()
+            # skip 100s and retransmitted answers to earlier requests (never ACKed here)
+            if not reply.startswith("SIP/2.0 100") and f"CSeq: {cseq} " in reply:
+                return reply
+
+    def send(self, method: str, cseq: int, extra: str = "", call_id: str = "raw1") -> None:
         self.n += 1
         body = (
             "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -206,11 +215,6 @@ class RawCaller:
             f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
         )
         self.sock.sendto(msg.encode(), ("127.0.0.1", self.port))
-        while True:
-            reply = self.sock.recv(65535).decode()
-            # skip 100s and retransmitted answers to earlier requests (never ACKed here)
-            if not reply.startswith("SIP/2.0 100") and f"CSeq: {cseq} " in reply:
-                return reply
 
     def authorization(self, challenge: str, alg: str, password: str, nc: str = "00000001") -> str:
         nonce = re.search(r'nonce="([^"]+)"', challenge)
@@ -274,5 +278,32 @@ async def test_expired_nonce_gets_stale_challenge() -> None:
         assert reply.startswith("SIP/2.0 401 "), reply
         assert "stale=true" in reply
         assert gateway.joins == []
+    finally:
+        await server.stop()
+
+
+def _merged_flow(port: int) -> str:
+    """The authenticated INVITE, then the same request (Call-ID, From tag, CSeq) with another
+    branch, as if it came by a second route, while the first is still joining."""
+    caller = RawCaller(port)
+    try:
+        first = caller.request("INVITE", 1)
+        challenge = next(line for line in first.split("\r\n") if "algorithm=MD5" in line)
+        auth = caller.authorization(challenge, "MD5", TOKEN)
+        caller.send("INVITE", 2, auth)
+        return caller.request("INVITE", 2, auth)  # the copy: a new branch
+    finally:
+        caller.sock.close()
+
+
+async def test_a_second_copy_of_an_invite_is_refused_482_and_makes_no_second_call() -> None:
+    gateway = MemoryGateway(join_delay={"room": 1.0})
+    server, _ = await start_server(gateway)
+    try:
+        reply = await asyncio.get_running_loop().run_in_executor(None, _merged_flow, server.port)
+        assert reply.startswith("SIP/2.0 482 "), reply
+        await asyncio.wait_for(gateway.joined_event.wait(), 30)
+        await asyncio.sleep(1.5)  # a second join would have come after the same delay
+        assert len(gateway.joins) == 1
     finally:
         await server.stop()

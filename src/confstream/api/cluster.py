@@ -13,7 +13,9 @@ acts.
 * Forwarded: ``POST`` and ``DELETE`` under ``…/Conferences/{ConferenceSid}`` (the conference,
   its participants, its streams) and ``…/Calls/{CallSid}``, when Redis names another live
   node as the owner (``confstream:conf:<sid>``, ``confstream:call:<sid>``). They change live
-  media, which only the owner holds.
+  media, which only the owner holds. ``…/Conferences/{FriendlyName}/Participants`` goes to
+  the owner of the room (``confstream:room:<account>:<name>``), so that a dial-out into a
+  named conference is placed by the node that hosts it.
 * Served locally: every ``GET`` (the records are in the shared database: lists and fetches
   read it on any node), everything else, and a resource whose owner is this node, nobody, or a
   node whose lease has expired (its conferences are being ended by the sweep).
@@ -31,6 +33,7 @@ import logging
 import re
 from collections.abc import Awaitable
 from typing import Protocol
+from urllib.parse import unquote
 
 import httpx
 from starlette.datastructures import Headers
@@ -65,7 +68,7 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _TARGET = re.compile(
-    r"^(?:/api/laml)?/2010-04-01/Accounts/[^/]+/(Conferences|Calls)/([^/]+?)(?:\.json)?(?:/|$)"
+    r"^(?:/api/laml)?/2010-04-01/Accounts/([^/]+)/(Conferences|Calls)/([^/]+?)(?:\.json)?(?:/|$)"
 )
 
 
@@ -78,14 +81,18 @@ class OwnerRouter(Protocol):
         ...
 
 
-def routing_key(path: str) -> str | None:
-    """The Redis key naming the owner of what ``path`` is about (``confstream:conf:<sid>`` or
-    ``confstream:call:<sid>``), or None for paths that are not about one conference or call."""
+def routing_keys(path: str) -> list[str]:
+    """The Redis keys that may name the owner of what ``path`` is about, in order:
+    ``confstream:conf:<sid>`` or ``confstream:call:<sid>``; for a conference also its room
+    (``…/Conferences/{FriendlyName}/Participants`` names it by its FriendlyName). Empty for
+    paths that are not about one conference or call."""
     match = _TARGET.match(path)
     if match is None:
-        return None
-    kind, sid = match.groups()
-    return keys.conference_key(sid) if kind == "Conferences" else keys.call_key(sid)
+        return []
+    account, kind, sid = match.groups()
+    if kind == "Calls":
+        return [keys.call_key(sid)]
+    return [keys.conference_key(sid), keys.room_key(account, unquote(sid))]
 
 
 class ForwardToOwner:
@@ -101,15 +108,18 @@ class ForwardToOwner:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        key = routing_key(scope["path"])
-        if key is None or FORWARDED_BY in headers:
-            await self.app(scope, receive, send)
-            return
-        try:
-            target = await self.router.forward_target(key)
-        except Exception as exc:
-            log.warning("owner lookup of %s failed, serving locally: %s", key, exc)
-            target = None
+        candidates = routing_keys(scope["path"])
+        if FORWARDED_BY in headers:
+            candidates = []
+        target = None
+        for key in candidates:
+            try:
+                target = await self.router.forward_target(key)
+            except Exception as exc:
+                log.warning("owner lookup of %s failed, serving locally: %s", key, exc)
+                break
+            if target is not None:
+                break
         if target is None:
             await self.app(scope, receive, send)
             return
@@ -176,4 +186,4 @@ async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-__all__ = ["FORWARDED_BY", "SERVED_BY", "ForwardToOwner", "OwnerRouter", "routing_key"]
+__all__ = ["FORWARDED_BY", "SERVED_BY", "ForwardToOwner", "OwnerRouter", "routing_keys"]

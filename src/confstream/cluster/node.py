@@ -209,10 +209,21 @@ class ClusterNode:
             owner = await self._quiet(self.ownership.owner(keys.conference_key(conference_sid)))
             await self.recovery.end_conferences([conference_sid], str(owner or "unknown"))
 
+    async def hosted(self, conference_sid: str, account_sid: str, conference_name: str) -> None:
+        await self._publish(conference_sid, account_sid, conference_name, [])
+
+    def holds(self, conference_sid: str) -> bool:
+        return conference_sid in self._room_of
+
     async def joined(
         self, conference_sid: str, account_sid: str, conference_name: str, call_sid: str
     ) -> None:
-        wanted = [keys.call_key(call_sid)]
+        await self._publish(conference_sid, account_sid, conference_name, [call_sid])
+
+    async def _publish(
+        self, conference_sid: str, account_sid: str, conference_name: str, call_sids: list[str]
+    ) -> None:
+        wanted = [keys.call_key(sid) for sid in call_sids]
         if conference_sid not in self._room_of:
             self._room_of[conference_sid] = keys.room_key(account_sid, conference_name)
             wanted.insert(0, keys.conference_key(conference_sid))
@@ -360,3 +371,13 @@ class ClusterNode:
         if orphans:
             log.warning("ending %d live conference(s) no node owns", len(orphans))
             await self.recovery.end_conferences(orphans, "unknown")
+        calls = []
+        for sid in await self.recovery.live_calls(older_than=2 * self.lease):
+            key = keys.call_key(sid)
+            if key in self._unbound:  # this node holds it; publishing it failed
+                continue
+            if not await self.redis.exists(key):
+                calls.append(sid)
+        if calls:
+            log.warning("ending %d live call(s) no node holds", len(calls))
+            await self.recovery.end_calls(calls, "unknown")

@@ -36,6 +36,16 @@ class Placement(Protocol):
         then gets a fresh conference."""
         ...
 
+    async def hosted(self, conference_sid: str, account_sid: str, conference_name: str) -> None:
+        """A conference was created here before anyone joined (for a callee being dialled,
+        ``POST …/Participants``): publish it as this node's now, so that a caller dialling in
+        meanwhile lands here and REST about it is forwarded here."""
+        ...
+
+    def holds(self, conference_sid: str) -> bool:
+        """Whether this node has published the conference (it hosts it, joined or not)."""
+        ...
+
     async def joined(
         self, conference_sid: str, account_sid: str, conference_name: str, call_sid: str
     ) -> None:

@@ -21,7 +21,9 @@ but only for the dead node's conferences:
 
 Orphans: a live conference record that no node owns in Redis (its node died before publishing
 it, or Redis lost its data) is ended the same way once it is older than ``older_than``
-seconds (:meth:`Recovery.live_conferences` lists the candidates; the node checks Redis).
+seconds (:meth:`Recovery.live_conferences` lists the candidates; the node checks Redis). So is
+a live call that no node holds in Redis (:meth:`Recovery.live_calls`), in a conference or not
+(a voice call, a dial-out still ringing): :meth:`Recovery.end_calls`.
 """
 
 from __future__ import annotations
@@ -218,6 +220,18 @@ class Recovery:
                 select(Conference.sid).where(
                     Conference.status != CONFERENCE_COMPLETED,
                     Conference.date_created < cutoff,
+                )
+            )
+            return list(rows)
+
+    async def live_calls(self, older_than: float) -> list[str]:
+        """SIDs of every live call (queued, ringing, in progress) created more than
+        ``older_than`` seconds ago."""
+        cutoff = utcnow() - dt.timedelta(seconds=older_than)
+        async with self.store.session() as session:
+            rows = await session.scalars(
+                select(Call.sid).where(
+                    Call.status.in_(CALL_ACTIVE_STATUSES), Call.date_created < cutoff
                 )
             )
             return list(rows)

@@ -51,7 +51,9 @@ Behaviour (docs/sip.md):
   hang-up before the answer) sends CANCEL once a provisional has come; a 2xx crossing the
   CANCEL is ACKed and BYEd. Record-Route of the 2xx becomes the route set (loose routing,
   strict routers handled). An INVITE arriving with the Call-ID of one of our own outbound
-  calls (a dial-out looped back to us) is answered 482.
+  calls (a dial-out looped back to us) is answered 482, and so is an initial INVITE with the
+  Call-ID, From tag and CSeq of one whose transaction is still live but another branch (the
+  same request arriving by a second route, RFC 3261 §8.2.2.2 merged requests).
 * ``BYE`` both ways; ``OPTIONS`` 200; requests in an unknown dialog 481; other known methods
   405 with ``Allow``; unknown methods 501; malformed requests 400 when a Via can be read,
   otherwise dropped. Every parse failure counts in ``confstream_sip_parse_errors_total``.
@@ -409,6 +411,10 @@ class SipCore:
         self._invite_calls: dict[Transaction, Call] = {}
         #: Call-IDs of our outbound calls (an INVITE with one of them looped back: 482).
         self._outbound_call_ids: dict[str, str] = {}
+        #: Initial INVITEs of live server transactions by (Call-ID, From tag, CSeq): the same
+        #: request arriving by a second route, with another branch, is merged (482).
+        self._merge_keys: dict[tuple[str, str, int], Transaction] = {}
+        self._merge_key_of: dict[Transaction, tuple[str, str, int]] = {}
         self._txn_flow: dict[Transaction, Flow] = {}
         self._server_keys: dict[Transaction, tuple[str, str, str]] = {}
         self._client_keys: dict[Transaction, tuple[str, str]] = {}
@@ -637,6 +643,9 @@ class SipCore:
         skey = self._server_keys.pop(txn, None)
         if skey is not None:
             self._server_txns.pop(skey, None)
+        mkey = self._merge_key_of.pop(txn, None)
+        if mkey is not None and self._merge_keys.get(mkey) is txn:
+            del self._merge_keys[mkey]
         ckey = self._client_keys.pop(txn, None)
         if ckey is not None:
             self._client_txns.pop(ckey, None)
@@ -765,6 +774,14 @@ class SipCore:
                 # one of our own dial-outs came back to us (docs/sip.md "Calling out")
                 self._respond(itxn, request, 482, retransmit=False)
                 return
+            if not request.to.tag:
+                merge = (request.call_id, request.from_.tag or "", request.cseq.number)
+                if merge in self._merge_keys:
+                    # a forked copy of a request we already serve (RFC 3261 §8.2.2.2)
+                    self._respond(itxn, request, 482, retransmit=False)
+                    return
+                self._merge_keys[merge] = itxn
+                self._merge_key_of[itxn] = merge
             if request.to.tag:
                 self._on_reinvite(request, itxn, flow)
             else:

@@ -35,6 +35,9 @@ from confstream.tools.net import free_port, rtp_port_bounds
 from confstream.tools.server import CONFSTREAM, Account, ServerProcess
 
 SIP_MESSAGES = "confstream_sip_messages_total"
+#: ``make cluster --realtime`` and the benchmark's ``--cluster-realtime``: the nodes run under
+#: SCHED_FIFO priority 10 (docs/operations.md, "Real-time scheduling"; needs CAP_SYS_NICE).
+REALTIME_PREFIX = ["chrt", "-f", "10"]
 KAMAILIO_CFG = Path(__file__).resolve().parents[3] / "deploy" / "kamailio" / "kamailio.cfg"
 
 
@@ -404,9 +407,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="a confstream cluster on this machine")
     parser.add_argument("--nodes", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--workdir", type=Path, default=Path("var/cluster"))
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run the nodes with real-time scheduling (chrt -f 10, docs/operations.md)",
+    )
     args = parser.parse_args(argv)
     shutil.rmtree(args.workdir, ignore_errors=True)
-    cluster = LocalCluster(args.workdir.resolve(), nodes=args.nodes, heartbeat=1.0, lease=5.0)
+    prefixes = [list(REALTIME_PREFIX)] * args.nodes if args.realtime else []
+    cluster = LocalCluster(
+        args.workdir.resolve(), nodes=args.nodes, heartbeat=1.0, lease=5.0, node_prefixes=prefixes
+    )
     stop = False
 
     def on_signal(_sig: int, _frame: object) -> None:
