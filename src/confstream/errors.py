@@ -126,6 +126,14 @@ class DialLimitReached(ConfstreamError):
     code = 20429
 
 
+class OwnerUnavailable(ConfstreamError):
+    """In cluster mode, the conference is owned by another node (claimed after the request
+    was routed here) or the cluster state cannot be read (20503, docs/cluster.md): nothing
+    was changed, the client may retry."""
+
+    code = 20503
+
+
 class JoinRefused(ConfstreamError):
     """A SIP caller cannot join the conference (ended, account disabled...). The SIP edge
     answers the INVITE with ``sip_status`` (a final status, 300..699; 403 by default). Join
@@ -195,5 +203,6 @@ __all__ = [
     "JoinRefused",
     "NameInUse",
     "NotFound",
+    "OwnerUnavailable",
     "UrlRefused",
 ]

@@ -123,6 +123,7 @@ from confstream.errors import (
     ConferenceNotLive,
     JoinRefused,
     NotFound,
+    OwnerUnavailable,
     UrlRefused,
 )
 from confstream.logsetup import register_secret
@@ -520,7 +521,10 @@ class Services:
             if account is None or account.status != "active":
                 raise AccountNotActive()
             if self.placement is not None:
-                await self.placement.claim(account_sid, friendly_name)
+                try:
+                    await self.placement.claim(account_sid, friendly_name)
+                except JoinRefused as exc:  # another node holds the room: 503, retry
+                    raise OwnerUnavailable(f"conference {friendly_name!r}: {exc}") from exc
             conference = await self.store.find_live_conference(account_sid, friendly_name)
             if conference is not None and self._stale(conference.sid):
                 assert self.placement is not None

@@ -58,6 +58,7 @@ HTTP_OF_DOMAIN: list[tuple[errors.ConfstreamError, int, int, bool]] = [
     (errors.DialFromInvalid("From is not a caller ID"), 422, 21212, True),
     (errors.DialRefused("Calls to 10.0.0.1 are not permitted"), 403, 21215, False),
     (errors.DialLimitReached("at most 1 new outbound calls per second"), 429, 20429, False),
+    (errors.OwnerUnavailable("conference 'c': owned by node n2"), 503, 20503, False),
 ]
 
 

@@ -21,7 +21,9 @@ code   HTTP    meaning
                (``HoldUrl``, ``WaitUrl``, ``Coaching=true``..., a call ``Url``/``Twiml``
                when no voice runtime runs); nothing was changed
 20503  503     Service unavailable: in cluster mode, the node that owns the conference or call
-               could not be reached (docs/cluster.md); nothing was changed, retry
+               could not be reached, or a dial-out into a conference by its FriendlyName found
+               the room claimed by another node meanwhile (docs/cluster.md); nothing was
+               changed, retry
 20429  429     Too many outbound calls: the account has ``CONFSTREAM_DIAL_MAX_CALLS_PER_ACCOUNT``
                calls being placed or in progress, or places them faster than
                ``CONFSTREAM_DIAL_CALLS_PER_SECOND`` (docs/sip.md, "Calling out"); nothing was
