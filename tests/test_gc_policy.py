@@ -4,6 +4,7 @@ and that the policy's collections are told apart from Python's in the pause metr
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 
@@ -50,3 +51,41 @@ def test_policy_collections_are_labelled_after_tick() -> None:
     after = sample("confstream_gc_pause_seconds_count", generation="0", when="after_tick")
     assert after == before + 1
     assert gcpolicy.after_tick(POLICY, 0.0) is None  # no time left: nothing run
+
+
+@pytest.mark.parametrize(
+    ("native", "slack", "expected"),
+    [
+        (4 * 2**20, 0.015, 2),  # closed TLS connections hold the budget: a full collection
+        (4 * 2**20, 0.008, None),  # ... but only with time for a full one
+        (4 * 2**20 - 1, 0.015, None),  # under the budget: the young count decides (empty)
+    ],
+)
+def test_native_memory_held_by_garbage_makes_a_full_collection_due(
+    native: int, slack: float, expected: int | None
+) -> None:
+    assert GcPolicy(native_budget=4 * 2**20).due((0, 0, 0), slack, native) == expected
+
+
+def test_after_tick_frees_native_holding_cycles_once_the_budget_is_reached() -> None:
+    """A reference cycle promoted to the oldest generation (like a closed TLS connection's
+    transport and protocol) is freed by the full collection the noted native bytes trigger,
+    and the count starts again."""
+
+    class Holder:
+        def __init__(self) -> None:
+            self.me = self
+
+    held = Holder()
+    gone = weakref.ref(held)
+    gc.collect(1)
+    gc.collect(1)  # promoted to the oldest generation, as a long-lived connection is
+    del held
+    gc.collect(1)
+    assert gone() is not None  # young and middle collections never reach it
+    policy = GcPolicy(native_budget=3 * gcpolicy.TLS_CONNECTION_BYTES)
+    for _ in range(3):
+        gcpolicy.note_native_garbage(gcpolicy.TLS_CONNECTION_BYTES)
+    assert gcpolicy.after_tick(policy, 0.015) == 2
+    assert gone() is None
+    assert gcpolicy.native_pending() == 0

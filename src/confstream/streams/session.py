@@ -99,7 +99,7 @@ from websockets.exceptions import (
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
-from confstream import metrics
+from confstream import gcpolicy, metrics
 from confstream.conference.base import AudioSource, Frame, Tap
 from confstream.conference.sources import QueueSource
 from confstream.media.codecs import PCM_RATE, Decoder, Encoder, get_decoder, get_encoder
@@ -402,6 +402,8 @@ class StreamSession:
             self._detach()
             if ws.state is not State.CLOSED:
                 ws.transport.abort()
+            # the closed connection's cycle holds native buffers until a full collection
+            gcpolicy.note_native_garbage(gcpolicy.TLS_CONNECTION_BYTES)
 
     async def _connect(self, host: str, port: int) -> ClientConnection:
         timeout = self.settings.stream_connect_timeout
