@@ -46,7 +46,7 @@ def test_policy_collections_are_labelled_after_tick() -> None:
     gcpolicy.install_timer()  # once per process
     assert sum(cb is gcpolicy._timer for cb in gc.callbacks) == 1
     before = sample("confstream_gc_pause_seconds_count", generation="0", when="after_tick")
-    eager = GcPolicy(thresholds=(2, 1000, 1000), young_share=0.0, min_slack_s=0.0)
+    eager = GcPolicy((2, 1000, 1000), young_share=0.0, min_slack_s=0.0, native_budget=2**62)
     assert gcpolicy.after_tick(eager, 0.02) == 0
     after = sample("confstream_gc_pause_seconds_count", generation="0", when="after_tick")
     assert after == before + 1
