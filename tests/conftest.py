@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from confstream import gcpolicy
 from confstream.tools.tls import Tls, make_tls
+
+# Many in-process apps share the test process: a full collection triggered by one app's
+# closed stream connections would finalize what earlier tests left behind in the middle of
+# another test. The trigger itself is tested in tests/test_gc_policy.py and by the soak.
+gcpolicy.track_native = False
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,9 @@ def test_native_memory_held_by_garbage_makes_a_full_collection_due(
     assert GcPolicy(native_budget=4 * 2**20).due((0, 0, 0), slack, native) == expected
 
 
-def test_after_tick_frees_native_holding_cycles_once_the_budget_is_reached() -> None:
+def test_after_tick_frees_native_holding_cycles_once_the_budget_is_reached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A reference cycle promoted to the oldest generation (like a closed TLS connection's
     transport and protocol) is freed by the full collection the noted native bytes trigger,
     and the count starts again."""
@@ -83,6 +85,7 @@ def test_after_tick_frees_native_holding_cycles_once_the_budget_is_reached() -> 
     del held
     gc.collect(1)
     assert gone() is not None  # young and middle collections never reach it
+    monkeypatch.setattr(gcpolicy, "track_native", True)
     policy = GcPolicy(native_budget=3 * gcpolicy.TLS_CONNECTION_BYTES)
     for _ in range(3):
         gcpolicy.note_native_garbage(gcpolicy.TLS_CONNECTION_BYTES)

@@ -113,13 +113,18 @@ class _Timer:
 
 _timer = _Timer()
 _native_pending = 0
+#: Off in the test suite's process, where many apps come and go and a full collection would
+#: finalize other tests' leftovers mid-test (tests/conftest.py); tests/test_gc_policy.py
+#: turns it on.
+track_native = True
 
 
 def note_native_garbage(nbytes: int) -> None:
     """Something holding ``nbytes`` outside Python's heap has just become garbage that only
     a full collection frees (a closed TLS connection: :data:`TLS_CONNECTION_BYTES`)."""
     global _native_pending
-    _native_pending += nbytes
+    if track_native:
+        _native_pending += nbytes
 
 
 def native_pending() -> int:
