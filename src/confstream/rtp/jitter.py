@@ -221,6 +221,19 @@ class JitterBuffer(Generic[T]):
         self._count -= 1
         self.stats.overflow += 1
 
+    def _observe(self, transit: float) -> None:
+        """One packet's relative transit time (arrival in timestamp units minus its
+        timestamp) into the jitter estimate, RFC 3550 §6.4.1 / A.8: J += (|D| - J) / 16."""
+        last_transit = self._transit
+        if last_transit is not None:
+            d = transit - last_transit
+            if d < 0:
+                d = -d
+            # A timestamp wrap shows up as a jump of ~2**32; ignore that one sample.
+            if d < 2147483648.0:
+                self.jitter += (d - self.jitter) / 16.0
+        self._transit = transit
+
     def _extend(self, seq: int) -> int:
         highest = self._highest
         if highest is None:
@@ -256,15 +269,7 @@ class JitterBuffer(Generic[T]):
             idx = ext & self._mask
             seqs = self._seqs
             if seqs[idx] == _EMPTY:
-                transit = arrival * clock_rate - timestamp
-                last_transit = self._transit
-                if last_transit is not None:
-                    d = transit - last_transit
-                    if d < 0:
-                        d = -d
-                    if d < 2147483648.0:
-                        self.jitter += (d - self.jitter) / 16.0
-                self._transit = transit
+                self._observe(arrival * clock_rate - timestamp)
                 self._late_run = 0
                 self._highest = ext
                 self._slots[idx] = frame
@@ -301,18 +306,8 @@ class JitterBuffer(Generic[T]):
                 ext = sequence_number
                 self._highest = highest = ext
                 self._base = ext
-        # RFC 3550 §6.4.1 / A.8: J += (|D| - J) / 16, in timestamp units.
         if timestamp is not None:
-            transit = arrival * clock_rate - timestamp
-            last_transit = self._transit
-            if last_transit is not None:
-                d = transit - last_transit
-                if d < 0:
-                    d = -d
-                # A timestamp wrap shows up as a jump of ~2**32; ignore that one sample.
-                if d < 2147483648.0:
-                    self.jitter += (d - self.jitter) / 16.0
-            self._transit = transit
+            self._observe(arrival * clock_rate - timestamp)
 
         last_out = self._last_out
         if last_out is not None and ext <= last_out:
