@@ -51,6 +51,11 @@ class FakeCallParticipant:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def settle(self) -> None:
+        """Wait for the leave tasks its hang-ups started."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
 
 @dataclass
 class Stack:
@@ -102,10 +107,16 @@ async def open_stack(tmp_path: Path) -> AsyncIterator[Stack]:
     other = await store.create_account("other")
     app = create_api(services)
     app.state.ready = True
+    stack: Stack | None = None
     try:
-        yield Stack(settings, store, engine, services, streams, app, account, other)
+        stack = Stack(settings, store, engine, services, streams, app, account, other)
+        yield stack
     finally:
         await services.shutdown()
+        # the fake participants' hang-ups leave in tasks of their own: let them finish
+        # before the store closes (else their session's connection is never returned)
+        for participant in list(stack.participants.values()) if stack else ():
+            await participant.settle()
         await streams.close(1.0)
         await engine.stop()
         await store.close()

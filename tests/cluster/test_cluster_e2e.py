@@ -79,7 +79,7 @@ async def test_callers_of_twenty_conferences_spread_over_the_nodes(
         workdir = tmp_path / room
         workdir.mkdir()
         procs.append(
-            await start_sipp_caller(workdir, cluster.sip_port, account, room, 300.0 + 20 * n, 8.0)
+            await start_sipp_caller(workdir, cluster.sip_port, account, room, 300.0 + 20 * n, 15.0)
         )
     clients = apis(cluster, account)
     try:
