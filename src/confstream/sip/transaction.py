@@ -278,12 +278,7 @@ class ServerInviteTransaction(Transaction):
         self, response: SipResponse, now: float, *, retransmit: bool = True
     ) -> list[Output]:
         """Send ``response``; ``retransmit=False`` sends a 3xx-6xx only once (no Timer G)."""
-        if response.status < 200:
-            event = E.SEND_1XX
-        elif response.status < 300:
-            event = E.SEND_2XX
-        else:
-            event = E.SEND_FINAL
+        event = _send_event(response.status)
         self._move(event, from_owner=True)
         self.last_response = response
         if event is E.SEND_2XX and E.TIMER_L not in self._deadlines:
@@ -311,6 +306,13 @@ class ServerInviteTransaction(Transaction):
         return []
 
 
+def _send_event(status: int) -> Event:
+    """The event a server transaction's owner causes by sending a response of ``status``."""
+    if status < 200:
+        return E.SEND_1XX
+    return E.SEND_2XX if status < 300 else E.SEND_FINAL
+
+
 class ServerNonInviteTransaction(Transaction):
     table = SERVER_NON_INVITE
     initial = S.TRYING
@@ -326,12 +328,7 @@ class ServerNonInviteTransaction(Transaction):
         self, response: SipResponse, now: float, *, retransmit: bool = True
     ) -> list[Output]:
         """Send ``response`` (non-INVITE finals are never retransmitted on a timer anyway)."""
-        if response.status < 200:
-            event = E.SEND_1XX
-        elif response.status < 300:
-            event = E.SEND_2XX
-        else:
-            event = E.SEND_FINAL
+        event = _send_event(response.status)
         self._move(event, from_owner=True)
         self.last_response = response
         if self.state is S.COMPLETED:
