@@ -15,32 +15,13 @@ from confstream.media.analysis import tone
 from confstream.media.wav import write_wav
 from confstream.tools.net import free_media_port, free_port
 from confstream.tools.server import Account
-from confstream.tools.sipp import _request, caller_command
+from confstream.tools.sipp import _request, caller_command, challenged_head
 
 HEADER = "X-Customer-Id: 4242"
 
 
 def _head(extra: str) -> str:
-    target = "sip:[service]@[remote_ip]:[remote_port]"
-    invite = _request("INVITE", target, 1, "[branch]", extra=extra, sdp=True)
-    ack_401 = _request("ACK", target, 1, "[branch-3]")
-    invite_auth = _request(
-        "INVITE", target, 2, "[branch]", extra="[authentication]\n" + extra, sdp=True
-    )
-    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="confstream voice caller">
-  <send retrans="500"><![CDATA[
-{invite}]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="401" auth="true"/>
-  <send><![CDATA[
-{ack_401}]]></send>
-  <send retrans="500"><![CDATA[
-{invite_auth}]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-"""
+    return challenged_head("confstream voice caller", extra)
 
 
 def answered_scenario(

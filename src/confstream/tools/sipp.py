@@ -46,16 +46,16 @@ def _request(
     return "\n".join(lines) + body + "\n"
 
 
-def _joined(name: str, wav: Path) -> str:
-    """The start of a caller scenario: XML prologue, INVITE, the 401 challenge answered (its
-    ACK carries the INVITE's branch, [branch-3]: INVITE, 100, 401, ACK), the 200 ACKed along
-    its route set (a proxy's Record-Route, RFC 3261 §12.2.1.1; sipp drops the [routes] line
-    when there is none), then ``wav`` (µ-law) played as RTP for ever."""
+def challenged_head(name: str, extra: str = "") -> str:
+    """The start of every caller scenario: XML prologue, INVITE, the 401 challenge answered (its
+    ACK carries the INVITE's branch, [branch-3]: INVITE, 100, 401, ACK), the authenticated
+    INVITE sent and its provisional responses awaited. ``extra``: header lines both INVITEs
+    carry."""
     target = "sip:[service]@[remote_ip]:[remote_port]"
-    invite = _request("INVITE", target, 1, "[branch]", sdp=True)
+    invite = _request("INVITE", target, 1, "[branch]", extra=extra, sdp=True)
     ack_401 = _request("ACK", target, 1, "[branch-3]")
-    invite_auth = _request("INVITE", target, 2, "[branch]", extra="[authentication]", sdp=True)
-    ack = _request("ACK", "[next_url]", 2, "[branch]", extra="[routes]")
+    auth = "[authentication]" + (f"\n{extra}" if extra else "")
+    invite_auth = _request("INVITE", target, 2, "[branch]", extra=auth, sdp=True)
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
 <scenario name="{name}">
@@ -69,7 +69,15 @@ def _joined(name: str, wav: Path) -> str:
 {invite_auth}]]></send>
   <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
+"""
+
+
+def _joined(name: str, wav: Path) -> str:
+    """:func:`challenged_head`, then the 200 ACKed along its route set (a proxy's
+    Record-Route, RFC 3261 §12.2.1.1; sipp drops the [routes] line when there is none), then
+    ``wav`` (µ-law) played as RTP for ever."""
+    ack = _request("ACK", "[next_url]", 2, "[branch]", extra="[routes]")
+    return f"""{challenged_head(name)}  <recv response="200" rrs="true"/>
   <send><![CDATA[
 {ack}]]></send>
   <nop><action><exec rtp_stream="{wav},-1,0"/></action></nop>
