@@ -129,6 +129,18 @@ async def call_status(api: httpx.Client, sid: str, final: tuple[str, ...]) -> di
     return result
 
 
+async def streamed_conference(api: Any, name: str, rec: Any) -> dict[str, Any]:
+    """The live conference ``name`` once it is there, with an inbound stream to ``rec``."""
+    conf: dict[str, Any] = await await_for(lambda: conference_named(api, name), 20)
+    stream = await asyncio.to_thread(
+        api.post,
+        f"/Conferences/{conf['sid']}/Streams.json",
+        data={"Url": rec.url("/media", host="localhost"), "Track": "inbound_track"},
+    )
+    assert stream.status_code == 200, stream.text
+    return conf
+
+
 # -- a participant dialled into a live conference ---------------------------------------------
 
 
@@ -141,13 +153,7 @@ async def test_participant_added_by_the_sdk_is_heard_and_reports_progress(
     try:
         async with ws_receiver(tls) as rec:
             with server.api(account) as api:
-                conf = await await_for(lambda: conference_named(api, "dialroom"), 20)
-                stream = await asyncio.to_thread(
-                    api.post,
-                    f"/Conferences/{conf['sid']}/Streams.json",
-                    data={"Url": rec.url("/media", host="localhost"), "Track": "inbound_track"},
-                )
-                assert stream.status_code == 200, stream.text
+                conf = await streamed_conference(api, "dialroom", rec)
                 client = sdk_client(server, account)
                 created = await asyncio.to_thread(
                     client.conferences(conf["sid"]).participants.create,
@@ -309,13 +315,7 @@ async def test_baresip_callee_hears_the_conference_and_is_heard(
     try:
         async with ws_receiver(tls) as rec:
             with server.api(account) as api:
-                conf = await await_for(lambda: conference_named(api, "bareroom"), 20)
-                stream = await asyncio.to_thread(
-                    api.post,
-                    f"/Conferences/{conf['sid']}/Streams.json",
-                    data={"Url": rec.url("/media", host="localhost"), "Track": "inbound_track"},
-                )
-                assert stream.status_code == 200, stream.text
+                conf = await streamed_conference(api, "bareroom", rec)
                 # by FriendlyName: the live conference of that name
                 created = await asyncio.to_thread(
                     api.post,
