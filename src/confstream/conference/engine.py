@@ -42,9 +42,11 @@ Per tick, for all conferences at once (``P`` participants, ``C`` conferences):
    source's frame this tick.
 
 The arrays handed to ``write_frame`` and ``on_frame`` are fresh every tick and read-only, so
-receivers may keep them without copying (one allocation per tick for all participants, one per
-conference with taps, one or two per tapped call); all intermediate buffers are preallocated and
-grow by doubling.
+receivers may keep them without copying (one row per participant that takes frames rather than
+µ-law codes, one per conference with taps, one or two per tapped call); all intermediate
+buffers are preallocated and grow by doubling, and no temporary of a tick reaches the server's
+fixed malloc mmap threshold (256 KiB) below about 1600 participants, so a tick costs no fresh
+mapping and no page fault (docs/operations.md, "Memory").
 
 Call taps (one caller's audio, docs/protocol.md, "Call streams")
 ----------------------------------------------------------------
@@ -137,7 +139,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -218,6 +220,33 @@ def _grow_u8(buf: UInt8Matrix, rows: int) -> UInt8Matrix:
         return buf
     size = max(rows, 2 * buf.shape[0], 16)
     return np.zeros((size, FRAME_SAMPLES), dtype=np.uint8)
+
+
+def _grow_i16(buf: npt.NDArray[np.int16], rows: int) -> npt.NDArray[np.int16]:
+    if buf.shape[0] >= rows:
+        return buf
+    size = max(rows, 2 * buf.shape[0], 16)
+    return np.zeros((size, FRAME_SAMPLES), dtype=np.int16)
+
+
+#: Rows per ``np.take`` of :func:`_take_rows`: NumPy first converts the whole index array to
+#: intp (8 bytes per sample), so 128 rows make a 160 KiB temporary, which stays under the
+#: server's fixed malloc mmap threshold of 256 KiB (docs/operations.md, "Memory"); one call
+#: for 1000 rows made a 1.3 MB one, a fresh mapping (page faults included) every tick.
+_TAKE_ROWS = 128
+
+
+def _take_rows(table: npt.NDArray[Any], index: npt.NDArray[Any], out: npt.NDArray[Any]) -> None:
+    """``np.take(table, index, out=out, mode="wrap")``, :data:`_TAKE_ROWS` rows at a time."""
+    for r in range(0, index.shape[0], _TAKE_ROWS):
+        np.take(table, index[r : r + _TAKE_ROWS], out=out[r : r + _TAKE_ROWS], mode="wrap")
+
+
+def _fresh_row(rows: npt.NDArray[np.int16], i: int) -> npt.NDArray[np.int16]:
+    """Row ``i`` of a reused buffer as a fresh read-only frame (receivers may keep it)."""
+    row: npt.NDArray[np.int16] = rows[i].copy()
+    row.flags.writeable = False
+    return row
 
 
 def _to_int16(mix: Int32Matrix) -> npt.NDArray[np.int16]:
@@ -395,6 +424,7 @@ class Engine:
         self._platform: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._outbound: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._codes_out: UInt8Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.uint8)
+        self._heard: npt.NDArray[np.int16] = np.zeros((16, FRAME_SAMPLES), dtype=np.int16)
         #: Ticks run by the clock task (for tests and the benchmark).
         self.clock_ticks = 0
         #: When set (the server does), the clock asks it after every tick whether to run a
@@ -543,6 +573,7 @@ class Engine:
         self._platform = _grow(self._platform, n_c)
         self._outbound = _grow(self._outbound, n_c)
         self._codes_out = _grow_u8(self._codes_out, n_p)
+        self._heard = _grow_i16(self._heard, n_p)
         self._dirty = False
 
     # ----------------------------------------------------------------- mixing
@@ -593,7 +624,7 @@ class Engine:
             add(_SILENCE_CODES if frame is None else frame)
             i += 1
         codes = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(n_p, FRAME_SAMPLES)
-        np.take(_ULAW_DECODE_I32, codes, out=frames, mode="wrap")
+        _take_rows(_ULAW_DECODE_I32, codes, frames)
         for i, p, frame in pcm_rows:
             row = frames[i]
             try:
@@ -682,10 +713,11 @@ class Engine:
         np.add(inbound, platform, out=outbound)
         # a call tap's outbound without its own returned audio (by id of the tap)
         own_removed: dict[int, npt.NDArray[np.int16]] = {}
-        heard: npt.NDArray[np.int16] | None = None
+        heard = self._heard[:n_p]  # what each participant hears, int16 (reused buffer)
         if n_p:
             mix = self._mix[:n_p]
-            np.take(outbound, self._conf_of_row, axis=0, out=mix)
+            # mode "clip": with the default "raise" NumPy buffers ``out`` (a temporary copy)
+            np.take(outbound, self._conf_of_row, axis=0, out=mix, mode="clip")
             np.subtract(mix, frames, out=mix)
             if targeted:
                 row_of = {
@@ -702,18 +734,19 @@ class Engine:
             for key, (r, frame) in call_own.items():
                 if not members[r].hold:
                     own_removed[key] = _to_int16((mix[r] - frame)[np.newaxis, :])[0]
-            heard = _to_int16(mix)
+            np.clip(mix, -32768, 32767, out=mix)
+            np.copyto(heard, mix, casting="unsafe")
             blob = b""
             if self._any_ulaw_writer:
                 encoded = self._codes_out[:n_p]
-                np.take(ULAW_ENCODE, heard.view(np.uint16), out=encoded, mode="wrap")
+                _take_rows(ULAW_ENCODE, heard.view(np.uint16), encoded)
                 blob = encoded.tobytes()
             i = 0
             starts = range(0, n_p * FRAME_SAMPLES, FRAME_SAMPLES)
             for write_ulaw, start in zip(self._writes, starts, strict=True):
                 try:
                     if write_ulaw is None or not write_ulaw(blob[start : start + FRAME_SAMPLES]):
-                        members[i].write_frame(heard[i])
+                        members[i].write_frame(_fresh_row(heard, i))
                 except Exception:
                     p = members[i]
                     log_error("write_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
@@ -746,14 +779,14 @@ class Engine:
             conf.ticks += 1
 
         # 6. call taps: the caller's own audio and what it hears
-        if call_taps and heard is not None:
+        if call_taps and n_p:
             ts = (self.ticks_run + self.ticks_skipped) * FRAME_MS
             for call_sid, taps in list(call_taps.items()):
                 r = row_of_call.get(call_sid)
                 if r is None:
                     continue
                 said = self._said(r, frames, unmixed)
-                heard_r = heard[r]
+                heard_r = _fresh_row(heard, r)
                 for t in list(taps):
                     try:
                         out_t = own_removed.get(id(t), heard_r)
