@@ -20,6 +20,10 @@ RSS growth as a cross-check:
   collection walks and its time (best of 5), without and with :func:`confstream.gcpolicy.
   freeze_startup` after the imports (what the server does once it is up).
 
+Before measuring, the process sets glibc's malloc as ``confstream serve`` does (the arena cap
+and the fixed mmap threshold of ``settings.malloc_mmap_threshold``, docs/operations.md,
+"Memory"), so the RSS figures are the server's; ``--malloc-default`` leaves glibc's defaults.
+
 Results are KiB per participant or stream; compare before/after a change (docs/benchmarks.md,
 "History").
 """
@@ -207,10 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--codecs", default="PCMU,L16@16000h")
     ap.add_argument("--gc", action="store_true", help="also time a full collection")
     ap.add_argument("--gc-child", choices=("freeze", "plain"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--malloc-default", action="store_true", help="leave glibc's malloc settings alone"
+    )
     args = ap.parse_args(argv)
     if args.gc_child:
         print(_full_collection(args.gc_child == "freeze"))
         return 0
+    if not args.malloc_default:
+        from confstream.app import fix_mmap_threshold, limit_malloc_arenas
+        from confstream.settings import Settings
+
+        limit_malloc_arenas()
+        fix_mmap_threshold(Settings().malloc_mmap_threshold)
     import uvloop
 
     tracemalloc.start()

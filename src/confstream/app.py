@@ -390,13 +390,13 @@ def fix_mmap_threshold(threshold: int) -> bool:
     in their own mappings: only the pages written count, and freeing one returns it to the
     kernel at once (docs/operations.md, "Memory").
 
-    The heap's trim threshold (free bytes the heap keeps at its top) is fixed with it at
-    twice the threshold, as glibc's dynamic scheme does: left at 128 KiB, the tick's
-    temporaries (up to 160 KiB at 1000 participants) were sometimes given back and faulted
-    in again every tick. It is not larger because a request the heap can serve from free
-    space never gets a mapping of its own. ``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES``
-    naming ``glibc.malloc.mmap_threshold`` in the environment win: then the server leaves
-    both alone (and ``MALLOC_TRIM_THRESHOLD_`` the trim threshold)."""
+    The heap's trim threshold (free bytes the heap keeps at its top) is fixed at the same
+    value: glibc's dynamic scheme keeps twice the risen threshold there, and a request the
+    heap can serve from free space never gets a mapping of its own, so with a larger top the
+    read buffers came from the heap again (measured: 512 KiB did, 128 and 256 KiB did not).
+    ``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES`` naming ``glibc.malloc.mmap_threshold``
+    in the environment win: then the server leaves both alone (and ``MALLOC_TRIM_THRESHOLD_``
+    the trim threshold)."""
     if threshold <= 0:
         log.debug("malloc mmap threshold: left to glibc (malloc_mmap_threshold=0)")
         return False
@@ -407,7 +407,7 @@ def fix_mmap_threshold(threshold: int) -> bool:
         return False
     applied = _mallopt(_M_MMAP_THRESHOLD, threshold)
     if applied and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        _mallopt(_M_TRIM_THRESHOLD, 2 * threshold)
+        _mallopt(_M_TRIM_THRESHOLD, threshold)
     if applied:
         log.debug("malloc mmap threshold fixed at %d bytes", threshold)
     else:

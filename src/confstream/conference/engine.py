@@ -139,7 +139,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -229,17 +229,13 @@ def _grow_i16(buf: npt.NDArray[np.int16], rows: int) -> npt.NDArray[np.int16]:
     return np.zeros((size, FRAME_SAMPLES), dtype=np.int16)
 
 
-#: Rows per ``np.take`` of :func:`_take_rows`: NumPy first converts the whole index array to
-#: intp (8 bytes per sample), so 128 rows make a 160 KiB temporary, which stays under the
-#: server's fixed malloc mmap threshold of 256 KiB (docs/operations.md, "Memory"); one call
-#: for 1000 rows made a 1.3 MB one, a fresh mapping (page faults included) every tick.
-_TAKE_ROWS = 128
-
-
-def _take_rows(table: npt.NDArray[Any], index: npt.NDArray[Any], out: npt.NDArray[Any]) -> None:
-    """``np.take(table, index, out=out, mode="wrap")``, :data:`_TAKE_ROWS` rows at a time."""
-    for r in range(0, index.shape[0], _TAKE_ROWS):
-        np.take(table, index[r : r + _TAKE_ROWS], out=out[r : r + _TAKE_ROWS], mode="wrap")
+#: Rows the tick decodes, encodes and slices at a time. Its temporaries then stay small at any
+#: size: the joined codes and the encoded bytes are 5 KiB, and ``np.take``'s index, which NumPy
+#: first converts to intp (8 bytes per sample), 40 KiB; for 1000 rows at once they were 160 KiB
+#: and 1.3 MB. Under the server's fixed malloc mmap threshold (docs/operations.md, "Memory")
+#: a temporary of 256 KiB or more is a fresh mapping, page faults included, every tick, and one
+#: of over 100 KiB freed at the heap's top may be given back to the kernel and faulted in again.
+_CHUNK_ROWS = 32
 
 
 def _fresh_row(rows: npt.NDArray[np.int16], i: int) -> npt.NDArray[np.int16]:
@@ -623,8 +619,10 @@ class Engine:
                 log_error("read_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
             add(_SILENCE_CODES if frame is None else frame)
             i += 1
-        codes = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(n_p, FRAME_SAMPLES)
-        _take_rows(_ULAW_DECODE_I32, codes, frames)
+        for r0 in range(0, n_p, _CHUNK_ROWS):
+            codes = np.frombuffer(b"".join(parts[r0 : r0 + _CHUNK_ROWS]), dtype=np.uint8)
+            out_rows = frames[r0 : r0 + _CHUNK_ROWS]
+            np.take(_ULAW_DECODE_I32, codes.reshape(out_rows.shape), out=out_rows, mode="wrap")
         for i, p, frame in pcm_rows:
             row = frames[i]
             try:
@@ -736,21 +734,28 @@ class Engine:
                     own_removed[key] = _to_int16((mix[r] - frame)[np.newaxis, :])[0]
             np.clip(mix, -32768, 32767, out=mix)
             np.copyto(heard, mix, casting="unsafe")
+            ulaw = self._any_ulaw_writer
+            writes = self._writes
             blob = b""
-            if self._any_ulaw_writer:
-                encoded = self._codes_out[:n_p]
-                _take_rows(ULAW_ENCODE, heard.view(np.uint16), encoded)
-                blob = encoded.tobytes()
             i = 0
-            starts = range(0, n_p * FRAME_SAMPLES, FRAME_SAMPLES)
-            for write_ulaw, start in zip(self._writes, starts, strict=True):
-                try:
-                    if write_ulaw is None or not write_ulaw(blob[start : start + FRAME_SAMPLES]):
-                        members[i].write_frame(_fresh_row(heard, i))
-                except Exception:
-                    p = members[i]
-                    log_error("write_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
-                i += 1
+            for r0 in range(0, n_p, _CHUNK_ROWS):
+                if ulaw:
+                    encoded = self._codes_out[r0 : min(r0 + _CHUNK_ROWS, n_p)]
+                    codes16 = heard[r0 : r0 + _CHUNK_ROWS].view(np.uint16)
+                    np.take(ULAW_ENCODE, codes16, out=encoded, mode="wrap")
+                    blob = encoded.tobytes()
+                chunk = writes[r0 : r0 + _CHUNK_ROWS]
+                starts = range(0, len(chunk) * FRAME_SAMPLES, FRAME_SAMPLES)
+                for write_ulaw, start in zip(chunk, starts, strict=True):
+                    try:
+                        if write_ulaw is None or not write_ulaw(
+                            blob[start : start + FRAME_SAMPLES]
+                        ):
+                            members[i].write_frame(_fresh_row(heard, i))
+                    except Exception:
+                        p = members[i]
+                        log_error("write_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
+                    i += 1
 
         # 5. taps
         inbound16: npt.NDArray[np.int16] | None = None
