@@ -44,9 +44,11 @@ Per tick, for all conferences at once (``P`` participants, ``C`` conferences):
 The arrays handed to ``write_frame`` and ``on_frame`` are fresh every tick and read-only, so
 receivers may keep them without copying (one row per participant that takes frames rather than
 µ-law codes, one per conference with taps, one or two per tapped call); all intermediate
-buffers are preallocated and grow by doubling, and no temporary of a tick reaches the server's
-fixed malloc mmap threshold (256 KiB) below about 1600 participants, so a tick costs no fresh
-mapping and no page fault (docs/operations.md, "Memory").
+buffers are preallocated and grow by doubling, and the per-participant work runs in blocks of
+:data:`_CHUNK_ROWS` rows, so no temporary of a tick reaches the server's fixed malloc mmap
+threshold (256 KiB; the per-conference copies for taps would at about 400 conferences): a tick
+costs no fresh mapping and no page fault (docs/operations.md, "Memory"; ``python -m
+bench.memory --tick-faults N`` counts them).
 
 Call taps (one caller's audio, docs/protocol.md, "Call streams")
 ----------------------------------------------------------------
