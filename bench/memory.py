@@ -15,10 +15,20 @@ RSS growth as a cross-check:
   *steady* (the sender keeps up: the queue is emptied every tick) and *backlog* (the receiver
   stalls: the send queue full at its 50-tick bound, the worst case), per codec.
 
+* **tick page faults** (``--tick-faults N``): :meth:`Engine.tick` with N participants that cost
+  nothing (conferences of 10), minor page faults per tick over 200 ticks. With the server's
+  fixed mmap threshold every temporary of 256 KiB or more a tick makes is a fresh mapping
+  faulted in page by page, and one freed at the heap's top may be given back and faulted in
+  again: the figure must stay 0 (docs/operations.md, "Memory").
+
 * **full collection** (``--gc``): in a fresh process that imports what ``confstream serve``
   runs and builds the app object, then 1000 RTP endpoints, the objects a full garbage
   collection walks and its time (best of 5), without and with :func:`confstream.gcpolicy.
   freeze_startup` after the imports (what the server does once it is up).
+
+Before measuring, the process sets glibc's malloc as ``confstream serve`` does (the arena cap
+and the fixed mmap threshold of ``settings.malloc_mmap_threshold``, docs/operations.md,
+"Memory"), so the RSS figures are the server's; ``--malloc-default`` leaves glibc's defaults.
 
 Results are KiB per participant or stream; compare before/after a change (docs/benchmarks.md,
 "History").
@@ -167,6 +177,23 @@ def streams(k: int, codec: str, per_conference: int = 5) -> tuple[float, float]:
     return steady / k / 1024, (steady + extra) / k / 1024
 
 
+def tick_faults(n: int, ticks: int = 200) -> float:
+    """Minor page faults per :meth:`Engine.tick` with ``n`` participants that cost nothing."""
+    import resource
+
+    engine = Engine()
+    for c in range(max(1, n // 10)):
+        conf = engine.add_conference(f"CF{c:032x}")
+        for i in range(10):
+            conf.add_participant(_NullParticipant(f"CA{c:016x}{i:016x}", bytes([i + 1]) * 160))
+    for _ in range(20):
+        engine.tick()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(ticks):
+        engine.tick()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / ticks
+
+
 def _full_collection(freeze: bool) -> str:
     """(child process) The full collection of a server-like heap, see the module docstring."""
     import time
@@ -206,15 +233,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-k", "--streams", type=int, default=100)
     ap.add_argument("--codecs", default="PCMU,L16@16000h")
     ap.add_argument("--gc", action="store_true", help="also time a full collection")
+    ap.add_argument(
+        "--tick-faults", type=int, default=0, metavar="N", help="page faults per tick at N"
+    )
     ap.add_argument("--gc-child", choices=("freeze", "plain"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--malloc-default", action="store_true", help="leave glibc's malloc settings alone"
+    )
     args = ap.parse_args(argv)
     if args.gc_child:
         print(_full_collection(args.gc_child == "freeze"))
         return 0
+    if not args.malloc_default:
+        from confstream.app import fix_mmap_threshold, limit_malloc_arenas
+        from confstream.settings import Settings
+
+        limit_malloc_arenas()
+        fix_mmap_threshold(Settings().malloc_mmap_threshold)
+    print(f"python -m bench.memory {' '.join(argv if argv is not None else sys.argv[1:])}")
+    if args.tick_faults:
+        faults = tick_faults(args.tick_faults)
+        n = args.tick_faults
+        print(f"  tick: {faults:.1f} minor page faults per Engine.tick ({n} participants)")
     import uvloop
 
     tracemalloc.start()
-    print(f"python -m bench.memory {' '.join(argv if argv is not None else sys.argv[1:])}")
     traced, rss = uvloop.run(participants(args.participants))
     print(
         f"  participant: {traced:6.2f} KiB traced, {rss:6.2f} KiB RSS growth "

@@ -344,8 +344,24 @@ async def serve(settings: Settings, show_first_account: bool = False) -> None:
         await server.stop()
 
 
-#: glibc's ``mallopt`` parameter number of ``M_ARENA_MAX`` (malloc.h).
+#: glibc's ``mallopt`` parameter numbers (malloc.h).
 _M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD = -1
+
+#: The largest ``M_MMAP_THRESHOLD`` glibc accepts on 64-bit (``HEAP_MAX_SIZE / 2``).
+MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``; False where there is no glibc (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        return bool(libc.mallopt(param, value))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to set
+        return False
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -357,17 +373,51 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     (docs/soak.md) their arenas made RSS climb about 45 MiB before it levelled off, while
     the Python objects did not grow. Two arenas (the event loop's and one shared by the
     helper threads) keep that flat (docs/operations.md, "Memory"). True when applied."""
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+    if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to cap
+    return _mallopt(_M_ARENA_MAX, arenas)
+
+
+def fix_mmap_threshold(threshold: int) -> bool:
+    """Give every malloc request of ``threshold`` bytes or more its own mapping, always
+    (``settings.malloc_mmap_threshold``; 0 leaves glibc's default). True when applied.
+
+    glibc's threshold is dynamic: it starts at 128 KiB and rises to the size of every
+    mmapped block freed, so after the first large NumPy temporary is freed, each stream's
+    TLS connection gets its 256 KiB read buffer (uvloop's ``SSLProtocol``) from the heap,
+    in space earlier temporaries already wrote, and the whole buffer counts in RSS although
+    the connection reads a few hundred bytes into it. A fixed threshold keeps such buffers
+    in their own mappings: only the pages written count, and freeing one returns it to the
+    kernel at once (docs/operations.md, "Memory").
+
+    The heap's trim threshold (free bytes the heap keeps at its top) is fixed at the same
+    value: glibc's dynamic scheme keeps twice the risen threshold there, and a request the
+    heap can serve from free space never gets a mapping of its own, so with a larger top the
+    read buffers came from the heap again (measured: 512 KiB did, 128 and 256 KiB did not).
+    ``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES`` naming ``glibc.malloc.mmap_threshold``
+    in the environment win: then the server leaves both alone (and ``MALLOC_TRIM_THRESHOLD_``
+    the trim threshold)."""
+    if threshold <= 0:
+        log.debug("malloc mmap threshold: left to glibc (malloc_mmap_threshold=0)")
         return False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    ):
+        log.debug("malloc mmap threshold: set by the environment, left alone")
+        return False
+    applied = _mallopt(_M_MMAP_THRESHOLD, threshold)
+    if applied and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        _mallopt(_M_TRIM_THRESHOLD, threshold)
+    if applied:
+        log.debug("malloc mmap threshold fixed at %d bytes", threshold)
+    else:
+        log.debug("malloc mmap threshold: no glibc mallopt here, nothing set")
+    return applied
 
 
 def run_server(settings: Settings, show_first_account: bool = False) -> int:
     limit_malloc_arenas()
+    fix_mmap_threshold(settings.malloc_mmap_threshold)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

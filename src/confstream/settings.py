@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     # finish (no new ones are taken) before ending what is left.
     cluster_drain_timeout: float = Field(default=600.0, ge=0)
 
+    # Memory (docs/operations.md, "Memory"): malloc requests of this many bytes or more get
+    # their own mapping (glibc's M_MMAP_THRESHOLD, fixed instead of glibc's rising default),
+    # so each stream's 256 KiB TLS read buffer counts in RSS only for what is written to it;
+    # 0 leaves glibc's default. Linux/glibc only; elsewhere it does nothing.
+    malloc_mmap_threshold: int = Field(default=256 * 1024, ge=0, le=32 * 2**20)
+
     log_level: str = "info"
 
     @field_validator("allowed_networks", "sip_trusted_proxies", mode="before")

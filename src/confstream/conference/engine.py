@@ -42,9 +42,13 @@ Per tick, for all conferences at once (``P`` participants, ``C`` conferences):
    source's frame this tick.
 
 The arrays handed to ``write_frame`` and ``on_frame`` are fresh every tick and read-only, so
-receivers may keep them without copying (one allocation per tick for all participants, one per
-conference with taps, one or two per tapped call); all intermediate buffers are preallocated and
-grow by doubling.
+receivers may keep them without copying (one row per participant that takes frames rather than
+µ-law codes, one per conference with taps, one or two per tapped call); all intermediate
+buffers are preallocated and grow by doubling, and the per-participant work runs in blocks of
+:data:`_CHUNK_ROWS` rows, so no temporary of a tick reaches the server's fixed malloc mmap
+threshold (256 KiB; the per-conference copies for taps would at about 400 conferences): a tick
+costs no fresh mapping and no page fault (docs/operations.md, "Memory"; ``python -m
+bench.memory --tick-faults N`` counts them).
 
 Call taps (one caller's audio, docs/protocol.md, "Call streams")
 ----------------------------------------------------------------
@@ -218,6 +222,29 @@ def _grow_u8(buf: UInt8Matrix, rows: int) -> UInt8Matrix:
         return buf
     size = max(rows, 2 * buf.shape[0], 16)
     return np.zeros((size, FRAME_SAMPLES), dtype=np.uint8)
+
+
+def _grow_i16(buf: npt.NDArray[np.int16], rows: int) -> npt.NDArray[np.int16]:
+    if buf.shape[0] >= rows:
+        return buf
+    size = max(rows, 2 * buf.shape[0], 16)
+    return np.zeros((size, FRAME_SAMPLES), dtype=np.int16)
+
+
+#: Rows the tick decodes, encodes and slices at a time. Its temporaries then stay small at any
+#: size: the joined codes and the encoded bytes are 5 KiB, and ``np.take``'s index, which NumPy
+#: first converts to intp (8 bytes per sample), 40 KiB; for 1000 rows at once they were 160 KiB
+#: and 1.3 MB. Under the server's fixed malloc mmap threshold (docs/operations.md, "Memory")
+#: a temporary of 256 KiB or more is a fresh mapping, page faults included, every tick, and one
+#: of over 100 KiB freed at the heap's top may be given back to the kernel and faulted in again.
+_CHUNK_ROWS = 32
+
+
+def _fresh_row(rows: npt.NDArray[np.int16], i: int) -> npt.NDArray[np.int16]:
+    """Row ``i`` of a reused buffer as a fresh read-only frame (receivers may keep it)."""
+    row: npt.NDArray[np.int16] = rows[i].copy()
+    row.flags.writeable = False
+    return row
 
 
 def _to_int16(mix: Int32Matrix) -> npt.NDArray[np.int16]:
@@ -395,6 +422,7 @@ class Engine:
         self._platform: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._outbound: Int32Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.int32)
         self._codes_out: UInt8Matrix = np.zeros((16, FRAME_SAMPLES), dtype=np.uint8)
+        self._heard: npt.NDArray[np.int16] = np.zeros((16, FRAME_SAMPLES), dtype=np.int16)
         #: Ticks run by the clock task (for tests and the benchmark).
         self.clock_ticks = 0
         #: When set (the server does), the clock asks it after every tick whether to run a
@@ -543,6 +571,7 @@ class Engine:
         self._platform = _grow(self._platform, n_c)
         self._outbound = _grow(self._outbound, n_c)
         self._codes_out = _grow_u8(self._codes_out, n_p)
+        self._heard = _grow_i16(self._heard, n_p)
         self._dirty = False
 
     # ----------------------------------------------------------------- mixing
@@ -592,8 +621,10 @@ class Engine:
                 log_error("read_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
             add(_SILENCE_CODES if frame is None else frame)
             i += 1
-        codes = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(n_p, FRAME_SAMPLES)
-        np.take(_ULAW_DECODE_I32, codes, out=frames, mode="wrap")
+        for r0 in range(0, n_p, _CHUNK_ROWS):
+            codes = np.frombuffer(b"".join(parts[r0 : r0 + _CHUNK_ROWS]), dtype=np.uint8)
+            out_rows = frames[r0 : r0 + _CHUNK_ROWS]
+            np.take(_ULAW_DECODE_I32, codes.reshape(out_rows.shape), out=out_rows, mode="wrap")
         for i, p, frame in pcm_rows:
             row = frames[i]
             try:
@@ -682,10 +713,11 @@ class Engine:
         np.add(inbound, platform, out=outbound)
         # a call tap's outbound without its own returned audio (by id of the tap)
         own_removed: dict[int, npt.NDArray[np.int16]] = {}
-        heard: npt.NDArray[np.int16] | None = None
+        heard = self._heard[:n_p]  # what each participant hears, int16 (reused buffer)
         if n_p:
             mix = self._mix[:n_p]
-            np.take(outbound, self._conf_of_row, axis=0, out=mix)
+            # mode "clip": with the default "raise" NumPy buffers ``out`` (a temporary copy)
+            np.take(outbound, self._conf_of_row, axis=0, out=mix, mode="clip")
             np.subtract(mix, frames, out=mix)
             if targeted:
                 row_of = {
@@ -702,22 +734,30 @@ class Engine:
             for key, (r, frame) in call_own.items():
                 if not members[r].hold:
                     own_removed[key] = _to_int16((mix[r] - frame)[np.newaxis, :])[0]
-            heard = _to_int16(mix)
+            np.clip(mix, -32768, 32767, out=mix)
+            np.copyto(heard, mix, casting="unsafe")
+            ulaw = self._any_ulaw_writer
+            writes = self._writes
             blob = b""
-            if self._any_ulaw_writer:
-                encoded = self._codes_out[:n_p]
-                np.take(ULAW_ENCODE, heard.view(np.uint16), out=encoded, mode="wrap")
-                blob = encoded.tobytes()
             i = 0
-            starts = range(0, n_p * FRAME_SAMPLES, FRAME_SAMPLES)
-            for write_ulaw, start in zip(self._writes, starts, strict=True):
-                try:
-                    if write_ulaw is None or not write_ulaw(blob[start : start + FRAME_SAMPLES]):
-                        members[i].write_frame(heard[i])
-                except Exception:
-                    p = members[i]
-                    log_error("write_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
-                i += 1
+            for r0 in range(0, n_p, _CHUNK_ROWS):
+                if ulaw:
+                    encoded = self._codes_out[r0 : min(r0 + _CHUNK_ROWS, n_p)]
+                    codes16 = heard[r0 : r0 + _CHUNK_ROWS].view(np.uint16)
+                    np.take(ULAW_ENCODE, codes16, out=encoded, mode="wrap")
+                    blob = encoded.tobytes()
+                chunk = writes[r0 : r0 + _CHUNK_ROWS]
+                starts = range(0, len(chunk) * FRAME_SAMPLES, FRAME_SAMPLES)
+                for write_ulaw, start in zip(chunk, starts, strict=True):
+                    try:
+                        if write_ulaw is None or not write_ulaw(
+                            blob[start : start + FRAME_SAMPLES]
+                        ):
+                            members[i].write_frame(_fresh_row(heard, i))
+                    except Exception:
+                        p = members[i]
+                        log_error("write_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
+                    i += 1
 
         # 5. taps
         inbound16: npt.NDArray[np.int16] | None = None
@@ -746,14 +786,14 @@ class Engine:
             conf.ticks += 1
 
         # 6. call taps: the caller's own audio and what it hears
-        if call_taps and heard is not None:
+        if call_taps and n_p:
             ts = (self.ticks_run + self.ticks_skipped) * FRAME_MS
             for call_sid, taps in list(call_taps.items()):
                 r = row_of_call.get(call_sid)
                 if r is None:
                     continue
                 said = self._said(r, frames, unmixed)
-                heard_r = heard[r]
+                heard_r = _fresh_row(heard, r)
                 for t in list(taps):
                     try:
                         out_t = own_removed.get(id(t), heard_r)

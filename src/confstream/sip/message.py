@@ -93,6 +93,40 @@ MULTI_VALUED = frozenset(
 #: Headers that must not repeat (a second instance makes the message malformed).
 SINGLE_VALUED = ("call-id", "cseq", "from", "to", "content-length", "max-forwards")
 
+#: Lower-case header names (and compact forms) to one shared ``str`` each: a parsed message
+#: keeps its header names, and a fresh string per header (about 55 bytes) made the messages a
+#: call's dialog and transactions hold about 2 KiB larger (docs/operations.md, "Memory").
+#: Names not listed here stay fresh strings (nothing a peer sends is kept forever).
+_SHARED_KEYS: dict[str, str] = {
+    name: name
+    for name in (
+        *MULTI_VALUED,
+        *SINGLE_VALUED,
+        *COMPACT_FORMS.values(),
+        *_CANONICAL,
+        "authorization",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "user-agent",
+        "server",
+        "expires",
+        "min-expires",
+        "session-expires",
+        "min-se",
+        "reason",
+        "p-asserted-identity",
+        "privacy",
+        "date",
+        "timestamp",
+        "organization",
+        "priority",
+        "rack",
+        "rseq",
+        "subscription-state",
+    )
+}
+_SHARED_KEYS.update({short: _SHARED_KEYS[full] for short, full in COMPACT_FORMS.items()})
+
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 
 
@@ -153,7 +187,7 @@ class Headers:
     @staticmethod
     def _key(name: str) -> str:
         lower = name.strip().lower()
-        return COMPACT_FORMS.get(lower, lower)
+        return _SHARED_KEYS.get(lower, lower)
 
     def add(self, name: str, value: str) -> None:
         self._items.append((self._key(name), value))
