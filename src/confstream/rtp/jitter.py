@@ -32,6 +32,21 @@ Rules:
   far behind the newest is dropped as ``overflow``. Duplicates of played packets are found in
   a ring of the last :data:`PLAYED_HISTORY` played sequence numbers.
 
+Arrival times quantised to the tick (the server's case, :mod:`confstream.rtp.reader`): RTP
+sockets are read once per 20 ms mixer tick, and every packet read gets the tick's scheduled
+time as its arrival. The estimate ``J`` then measures the jitter *the mixer sees*: a caller
+that sends on time lands one packet in every tick, each transit difference is 0 and ``J``
+stays at 0 (the clock's own lateness does not enter, the scheduled time does not carry it), so
+the depth stays at ``min_depth``. A caller whose packets move across a tick boundary (network
+jitter, or its send phase close to the tick's) shows a transit difference of a whole frame
+(160 units) for each packet that misses its tick and for the one that catches up, which is
+what such a packet costs the playout (it missed its tick); ``J`` grows by 10 units per such
+difference, above the :data:`TOLERANCE`, and the target grows to 2 frames or more while it
+happens, then decays at 1/16 per packet. Jitter much larger than a tick is estimated as before,
+plus the quantisation (at most one frame per packet). Nothing else uses the arrival time
+besides the endpoint's ``last_valid`` (the inactivity timeout), which a tick's resolution
+does not change.
+
 Memory and cost (docs/benchmarks.md, "History"): two lists of ``ring_size`` entries and an
 ``array('q')`` of :data:`PLAYED_HISTORY` integers, allocated once (about 2.6 KiB per buffer;
 the dict and set of earlier versions took about 10 KiB at steady state), and no allocation per
