@@ -7,15 +7,18 @@ wrapped in the real :class:`~confstream.sip.server.SipParticipant`, in conferenc
 socket plays every caller: each tick it sends one 20 ms PCMU packet of a speech-like signal
 (harmonics under a syllable envelope, different per caller) to every session, the event loop
 delivers them, and ``engine.tick()`` mixes and sends every participant's mix-minus back (the
-sessions latch onto the sender's address, as they would onto a phone's).
+sessions latch onto the sender's address, as they would onto a phone's). The sessions' sockets
+are read as the server reads them: one drain of the RTP reader (:mod:`confstream.rtp.reader`)
+at the start of every tick.
 
 Ticks are paced on the loop clock at 20 ms (back to back when the work takes longer), so the
 jitter buffers see realistic arrival times. CPU is ``time.process_time`` (user + system of this
 process), measured around each phase and reported per participant-frame (one participant for
 one 20 ms tick):
 
-* ``receive``: the event loop draining the sockets: ``datagram_received`` -> parse -> decode ->
-  jitter buffer (the loop's own epoll/recvfrom work included);
+* ``receive``: the RTP reader's drain of every socket (``epoll`` + ``recvfrom``) -> parse ->
+  jitter buffer (before bench/history.md section 7: the event loop waking up for the datagrams
+  and ``datagram_received``);
 * ``tick``: ``engine.tick()``: every participant's ``read_frame``, the mix, and every
   ``write_frame`` (encode, packetise, ``sendto``);
 * ``all-in``: the sum. The sender's sends and the draining of the packets sent back are not
@@ -30,8 +33,12 @@ per-participant loop alone).
 
 What is left outside Python (measured on this machine, 2026-11): a loopback ``sendto`` of a
 172-byte datagram costs about 3 µs of the sender's CPU (the kernel delivers to the receiving
-socket within the call), a ``recvfrom`` about 0.8 µs, and uvloop's datagram transport about
-2 µs per received datagram with a do-nothing protocol.
+socket within the call), a ``recvfrom`` about 0.8 µs (uvloop's datagram transport cost about
+2 µs more per received datagram with a do-nothing protocol, before the reader).
+
+The packets of a tick are all sent before the drain here, so a drain finds every socket ready
+at once; in the server phones' packets arrive spread over the tick, which made the event loop
+wake up per datagram before the reader (bench/history.md, section 7).
 
 Figures vary by ±1 µs between runs on a 2-core VM; compare before/after interleaved, and never
 while the full benchmark (``bench.run``) is running.
@@ -56,6 +63,7 @@ import numpy as np
 from confstream.conference.base import FRAME_SAMPLES
 from confstream.conference.engine import Engine
 from confstream.media.g711 import ulaw_encode
+from confstream.rtp import reader as rtp_reader
 from confstream.rtp.ports import RtpPortPool
 from confstream.rtp.session import RtpSession
 from confstream.sip.server import SipParticipant
@@ -160,10 +168,9 @@ async def run(n: int, size: int, ticks: int, warmup: int) -> Result:
             await asyncio.sleep(delay)
         blast(k)
         c0 = pt()
-        # The packets are already in the sockets (loopback delivers within sendto); a few loop
-        # iterations hand every one of them to datagram_received.
-        for _ in range(3):
-            await asyncio.sleep(0)
+        # The packets are already in the sockets (loopback delivers within sendto): the drain
+        # the engine's clock runs at the start of every tick reads them all.
+        rtp_reader.drain()
         c1 = pt()
         w0 = time.perf_counter()
         engine.tick()
