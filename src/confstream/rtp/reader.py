@@ -31,10 +31,13 @@ When it drains:
   during the previous 20 ms is in the jitter buffer when the tick reads it, as when every
   datagram woke the loop;
 * otherwise (sessions in no engine, unit tests, a server whose clock is stopped) a fallback
-  timer drains: one ``loop.call_at`` per reader, armed while sockets are registered, that
-  drains when nobody drained for a tick period and checks again :data:`GRACE` seconds after
-  the clock's next tick was due. With the clock running it fires once per tick and does
-  nothing.
+  timer drains: one ``loop.call_at`` per reader, armed while sockets are registered. When
+  nobody else drained for :data:`STALE` seconds (the clock is not running: it drains every
+  20 ms, and beyond 100 ms late it skips ticks) the timer takes over and drains every
+  :data:`PERIOD` until someone else drains again; otherwise it checks again :data:`STALE`
+  after the last drain. With the clock running it fires about once per two ticks and does
+  nothing; it never drains between late ticks of a loaded clock, so every datagram of a call
+  gets its arrival time from the same clock (see below).
 
 Arrival time: every datagram of a drain gets the same ``now``; for a drain by the clock it is
 the tick's scheduled time (not ``loop.time()``, which carries the tick's own lateness). What
@@ -57,16 +60,16 @@ from confstream import metrics
 from confstream.rtp.dtmf import DtmfEvent
 from confstream.rtp.endpoint import SourceAddress, flush_metrics
 
-__all__ = ["GRACE", "MAX_PER_SOCKET", "PERIOD", "RECV_SIZE", "RtpReader", "drain", "reader_for"]
+__all__ = ["MAX_PER_SOCKET", "PERIOD", "RECV_SIZE", "STALE", "RtpReader", "drain", "reader_for"]
 
 log = logging.getLogger(__name__)
 
 #: At most this many datagrams are read from one socket per drain.
 MAX_PER_SOCKET = 16
-#: The mixer clock's period: without a drain for this long the fallback timer drains.
+#: The mixer clock's period, and the fallback timer's once it drains.
 PERIOD = 0.020
-#: How long after a clock tick was due the fallback checks whether it drained.
-GRACE = 0.010
+#: Without a drain for this long the fallback timer takes over.
+STALE = 0.050
 #: ``recvfrom`` buffer: a UDP datagram on IPv4/IPv6 is never larger, so none is truncated.
 RECV_SIZE = 65536
 
@@ -94,6 +97,8 @@ class RtpReader:
         #: loop.time() of the last drain.
         self.last_drain = loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        #: True while the fallback timer drains (nobody else did for STALE seconds).
+        self._timer_drains = False
         #: Datagrams read and drains run since creation (for tests and the benchmark).
         self.datagrams = 0
         self.drains = 0
@@ -107,7 +112,7 @@ class RtpReader:
         self._poller.register(fd, _IN)
         self._entries[fd] = (sock.recvfrom, receive, on_events)
         if self._timer is None:
-            self._timer = self._loop.call_at(self.last_drain + PERIOD + GRACE, self._fallback)
+            self._timer = self._loop.call_at(self.last_drain + STALE, self._fallback)
 
     def unregister(self, sock: socket.socket) -> None:
         """Stop reading ``sock`` (before it is closed). Idempotent."""
@@ -129,6 +134,10 @@ class RtpReader:
     def drain(self, now: float | None = None) -> int:
         """Read what waits on every socket (bounded, see the module docstring); every datagram
         arrives at ``now`` (default ``loop.time()``). Returns the number of datagrams read."""
+        self._timer_drains = False
+        return self._drain(now)
+
+    def _drain(self, now: float | None) -> int:
         t = self._loop.time()
         self.last_drain = t
         if now is None:
@@ -173,11 +182,12 @@ class RtpReader:
         if not self._entries:
             return
         loop = self._loop
-        if loop.time() - self.last_drain >= PERIOD:
-            self.drain()
+        if self._timer_drains or loop.time() - self.last_drain >= STALE:
+            self._drain(None)
+            self._timer_drains = True
             at = self.last_drain + PERIOD
-        else:  # the clock drains: check again after its next tick was due
-            at = self.last_drain + PERIOD + GRACE
+        else:  # someone else drains (the clock): check again later
+            at = self.last_drain + STALE
         if self._entries:
             self._timer = loop.call_at(at, self._fallback)
 
