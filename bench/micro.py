@@ -7,15 +7,18 @@ wrapped in the real :class:`~confstream.sip.server.SipParticipant`, in conferenc
 socket plays every caller: each tick it sends one 20 ms PCMU packet of a speech-like signal
 (harmonics under a syllable envelope, different per caller) to every session, the event loop
 delivers them, and ``engine.tick()`` mixes and sends every participant's mix-minus back (the
-sessions latch onto the sender's address, as they would onto a phone's).
+sessions latch onto the sender's address, as they would onto a phone's). The sessions' sockets
+are read as the server reads them: one drain of the RTP reader (:mod:`confstream.rtp.reader`)
+at the start of every tick.
 
 Ticks are paced on the loop clock at 20 ms (back to back when the work takes longer), so the
 jitter buffers see realistic arrival times. CPU is ``time.process_time`` (user + system of this
 process), measured around each phase and reported per participant-frame (one participant for
 one 20 ms tick):
 
-* ``receive``: the event loop draining the sockets: ``datagram_received`` -> parse -> decode ->
-  jitter buffer (the loop's own epoll/recvfrom work included);
+* ``receive``: the RTP reader's drain of every socket (``epoll`` + ``recvfrom``) -> parse ->
+  jitter buffer (before bench/history.md section 7: the event loop waking up for the datagrams
+  and ``datagram_received``);
 * ``tick``: ``engine.tick()``: every participant's ``read_frame``, the mix, and every
   ``write_frame`` (encode, packetise, ``sendto``);
 * ``all-in``: the sum. The sender's sends and the draining of the packets sent back are not
@@ -30,8 +33,12 @@ per-participant loop alone).
 
 What is left outside Python (measured on this machine, 2026-11): a loopback ``sendto`` of a
 172-byte datagram costs about 3 µs of the sender's CPU (the kernel delivers to the receiving
-socket within the call), a ``recvfrom`` about 0.8 µs, and uvloop's datagram transport about
-2 µs per received datagram with a do-nothing protocol.
+socket within the call), a ``recvfrom`` about 0.8 µs (uvloop's datagram transport cost about
+2 µs more per received datagram with a do-nothing protocol, before the reader).
+
+The packets of a tick are all sent before the drain here, so a drain finds every socket ready
+at once; in the server phones' packets arrive spread over the tick, which made the event loop
+wake up per datagram before the reader (bench/history.md, section 7).
 
 Figures vary by ±1 µs between runs on a 2-core VM; compare before/after interleaved, and never
 while the full benchmark (``bench.run``) is running.
@@ -60,6 +67,11 @@ from confstream.rtp.ports import RtpPortPool
 from confstream.rtp.session import RtpSession
 from confstream.sip.server import SipParticipant
 from confstream.tools.net import rtp_port_bounds
+
+try:  # absent before bench/history.md section 7: run this harness against older sources too
+    from confstream.rtp import reader as rtp_reader
+except ImportError:  # pragma: no cover
+    rtp_reader = None  # type: ignore[assignment]
 
 HOST = "127.0.0.1"
 TICK = 0.020
@@ -92,7 +104,14 @@ class Result:
         return seconds / (self.participants * self.ticks) * 1e6
 
 
-async def run(n: int, size: int, ticks: int, warmup: int) -> Result:
+def _drain_rtp() -> None:
+    """What the engine's clock does at the start of every tick (nothing in older sources,
+    where the event loop read every datagram as it came)."""
+    if rtp_reader is not None:
+        rtp_reader.drain()
+
+
+async def run(n: int, size: int, ticks: int, warmup: int, spread: int = 1) -> Result:
     loop = asyncio.get_running_loop()
     pool = RtpPortPool(*rtp_port_bounds(4 * n + 200))
     engine = Engine()
@@ -120,9 +139,9 @@ async def run(n: int, size: int, ticks: int, warmup: int) -> Result:
     addrs = [(HOST, s.local_port) for s in sessions]
     ssrcs = [0x10000 + i for i in range(n)]
 
-    def blast(k: int) -> None:
+    def blast(k: int, part: int = 0, parts: int = 1) -> None:
         seq, ts = k & 0xFFFF, (k * FRAME_SAMPLES) & 0xFFFFFFFF
-        for i in range(n):
+        for i in range(part, n, parts):
             pkt = _HEADER.pack(0x80, 0, seq, ts, ssrcs[i]) + payloads[i][k % 50]
             while True:
                 try:
@@ -158,13 +177,28 @@ async def run(n: int, size: int, ticks: int, warmup: int) -> Result:
         delay = deadline - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        blast(k)
-        c0 = pt()
-        # The packets are already in the sockets (loopback delivers within sendto); a few loop
-        # iterations hand every one of them to datagram_received.
-        for _ in range(3):
-            await asyncio.sleep(0)
-        c1 = pt()
+        if spread <= 1:
+            blast(k)
+            c0 = pt()
+            # The packets are already in the sockets (loopback delivers within sendto): the
+            # drain the engine's clock runs at the start of every tick reads them all.
+            for _ in range(3):  # (older sources: the event loop hands them over)
+                await asyncio.sleep(0)
+            _drain_rtp()
+            c1 = pt()
+        else:
+            # As phones send: the tick's packets in ``spread`` bursts over the previous tick.
+            # Everything this process spends between the bursts except the sends is receiving.
+            send_cpu = 0.0
+            c_start = pt()
+            for part in range(spread):
+                s0 = pt()
+                blast(k, part, spread)
+                send_cpu += pt() - s0
+                await asyncio.sleep(TICK / spread / 2)
+            _drain_rtp()
+            c1 = pt()
+            c0 = c_start + send_cpu
         w0 = time.perf_counter()
         engine.tick()
         w1 = time.perf_counter()
@@ -294,14 +328,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ap.add_argument("--no-components", action="store_true", help="skip the per-call timings")
+    ap.add_argument(
+        "--spread",
+        type=int,
+        default=1,
+        help="send each tick's packets in this many bursts spread over half the tick, as "
+        "phones do (1: all at once before the tick)",
+    )
     args = ap.parse_args(argv)
 
     if args.loop == "uvloop":
         import uvloop
 
-        res = uvloop.run(run(args.participants, args.size, args.ticks, args.warmup))
+        res = uvloop.run(run(args.participants, args.size, args.ticks, args.warmup, args.spread))
     else:
-        res = asyncio.run(run(args.participants, args.size, args.ticks, args.warmup))
+        res = asyncio.run(run(args.participants, args.size, args.ticks, args.warmup, args.spread))
     load = os.getloadavg()[0]
     print(f"python -m bench.micro {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(

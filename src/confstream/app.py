@@ -49,6 +49,7 @@ from confstream.dbfiles import secure_sqlite_files
 from confstream.dialout import Dialout
 from confstream.logsetup import watch_account_tokens
 from confstream.netpolicy import client_ssl_context
+from confstream.rtp import reader as rtp_reader
 from confstream.rtp.portstate import open_port_pool
 from confstream.services import Services
 from confstream.settings import Settings
@@ -115,6 +116,9 @@ class Server:
             closed["streams"] = len(left_streams)
             if any(closed.values()):
                 log.warning("closed records left in progress by a previous run: %s", closed)
+        # RTP is read once per tick, at its start (confstream.rtp.reader).
+        if rtp_reader.drain not in self.engine.io_hooks:
+            self.engine.io_hooks.append(rtp_reader.drain)
         await self.engine.start()
         services = Services(settings, store, self.engine)
         self.services = services

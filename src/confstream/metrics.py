@@ -55,6 +55,15 @@ RTP_REJECTED = Counter(
     "RTP datagrams dropped before parsing because they came from a source not allowed for the call",
     ["reason"],
 )  # reason: source
+RTP_SEND_FAILURES = Counter(
+    "confstream_rtp_send_failures_total",
+    "RTP packets not sent because sendto failed (dropped)",
+    ["reason"],
+)  # reason: the errno name (EAGAIN, ENOBUFS, ECONNREFUSED, ...)
+RTP_DRAIN_CAPPED = Counter(
+    "confstream_rtp_drain_capped_total",
+    "RTP sockets still holding datagrams when a drain stopped at its per-socket bound (a flood)",
+)
 RTP_PORTS_IN_USE = Gauge("confstream_rtp_ports_in_use", "RTP ports allocated")
 
 # Streams

@@ -3,6 +3,8 @@ adaptation of the target depth."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from confstream.conference.base import Frame
@@ -207,3 +209,49 @@ def test_the_ring_holds_one_window_of_sequence_numbers() -> None:
     assert jb.depth == 3
     jb.min_depth = jb.max_depth = 3  # (the jumps above made the jitter estimate large)
     assert [ident(jb.get()) for _ in range(3)] == [11 + window, 12 + window, 13 + window]
+
+
+def _at_tick(arrival: float) -> float:
+    """The arrival a packet gets when sockets are drained at the start of every 20 ms tick
+    (confstream.rtp.reader): the time of the first tick at or after it arrived."""
+    return math.ceil(round(arrival / 0.02, 9)) * 0.02
+
+
+def test_arrival_quantised_to_the_tick_on_time_caller_shows_no_jitter() -> None:
+    jb = JitterBuffer(arrival_quantum=160)
+    rng = np.random.default_rng(3)
+    # Sent on time, arriving 7 ms before a tick with +-1 ms of network noise: one per tick.
+    for seq in range(300):
+        at = seq * 0.02 + 0.013 + float(rng.uniform(-0.001, 0.001))
+        assert jb.put(seq, seq * 160, 1, frame(seq), _at_tick(at)) == PutResult.ACCEPTED
+        jb.get()
+    assert jb.jitter < 1e-6
+    assert jb.target == 1
+
+
+def test_arrival_quantised_to_the_tick_jitter_across_the_boundary_is_seen() -> None:
+    """Packets arriving around a tick boundary (+-1 ms) land in this tick or the next one:
+    that is a whole frame to the playout, and the target grows to cover it, without asking
+    for more than the 2 frames that always do."""
+    jb = JitterBuffer(arrival_quantum=160)
+    rng = np.random.default_rng(5)
+    for seq in range(300):
+        at = seq * 0.02 + 0.02 + float(rng.uniform(-0.001, 0.001))
+        jb.put(seq, seq * 160, 1, frame(seq), _at_tick(at))
+    assert jb.jitter > 16
+    assert 2 <= jb.target <= 3
+    # A caller crossing once in a while is seen, and keeps the minimum depth.
+    jb1 = JitterBuffer(arrival_quantum=160)
+    for seq in range(300):
+        late = 0.0015 if seq % 100 == 50 else 0.0
+        jb1.put(seq, seq * 160, 1, frame(seq), _at_tick(seq * 0.02 + 0.0195 + late))
+        if seq == 52:
+            assert jb1.jitter > 0
+    assert jb1.target == 1
+    # Large jitter is still estimated as large.
+    jb2 = JitterBuffer(arrival_quantum=160)
+    for seq in range(300):
+        at = seq * 0.02 + float(rng.uniform(0, 0.08))
+        jb2.put(seq, seq * 160, 1, frame(seq), _at_tick(at))
+    assert jb2.jitter > 100
+    assert 4 <= jb2.target <= 8

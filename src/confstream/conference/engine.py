@@ -7,8 +7,16 @@ accumulated: tick ``n`` is due at ``start + n * 20 ms`` on ``loop.time()``, so s
 not drift the clock. Each tick records its lateness (actual minus scheduled start) in
 ``metrics.TICK_LATENESS`` and its duration in ``metrics.TICK_DURATION``; the last
 :data:`LATENESS_HISTORY` lateness values are kept in :attr:`Engine.lateness_samples` for the
-benchmark. The clock always yields to the event loop at least once per tick (so RTP and
+benchmark. The clock always yields to the event loop at least once per tick (so SIP and
 WebSocket I/O keep flowing even when it runs late) and never awaits anything else.
+
+RTP is read on this clock, not by event-loop callbacks: at the start of every tick, before any
+participant's frame is read, the clock calls each of :attr:`Engine.io_hooks` with the tick's
+scheduled time; the server registers the RTP reader's drain there
+(:mod:`confstream.rtp.reader`), which reads every RTP socket once and puts what arrived during
+the last 20 ms into the jitter buffers, so the tick mixes it at once (the same latency as when
+every datagram woke the loop, without the per-datagram wake-ups). ``metrics.TICK_DURATION``
+includes that drain. :meth:`Engine.tick` alone (tests, the benchmark) does not call the hooks.
 
 Falling behind: a tick that starts up to :data:`MAX_BEHIND_TICKS` frames (100 ms) late is run
 at once and the following ones back to back, catching up without losing audio (jitter buffers
@@ -428,6 +436,10 @@ class Engine:
         #: When set (the server does), the clock asks it after every tick whether to run a
         #: garbage collection in the time left before the next (confstream.gcpolicy).
         self.gc_policy: gcpolicy.GcPolicy | None = None
+        #: Called by the clock at the start of every tick, before any frame is read, with the
+        #: tick's scheduled time on the loop clock: the server puts the RTP reader's drain here
+        #: (confstream.rtp.reader), so packets that arrived since the last tick are read first.
+        self.io_hooks: list[Callable[[float], object]] = []
         #: How many readers want participant levels; none: levels are not measured.
         self.level_watchers = 0
         self._level_countdown = 0
@@ -894,6 +906,11 @@ class Engine:
             metrics.TICK_LATENESS.observe(lateness)
             self._lateness.append(lateness)
             t0 = time.perf_counter()
+            for hook in self.io_hooks:
+                try:
+                    hook(deadline)
+                except Exception:
+                    self._log_error("io_hook", hook, "tick I/O hook")
             try:
                 self.tick()
             except Exception:

@@ -241,7 +241,10 @@ class RtpEndpoint:
         #: per-packet code. Read it, never set it.
         self.dest: Address | None = None
         #: Buffered items: µ-law codes (bytes) for PCMU, decoded frames for PCMA.
-        self.jitter: JitterBuffer[bytes | Frame] = JitterBuffer(conceal=_conceal)
+        #: Arrival times are quantised to the 20 ms tick (confstream.rtp.reader).
+        self.jitter: JitterBuffer[bytes | Frame] = JitterBuffer(
+            conceal=_conceal, arrival_quantum=FRAME_SAMPLES
+        )
         self._dtmf_in = DtmfReceiver()
         self._dtmf_out = DtmfSender()
         self._pending: Frame | None = None  # samples cut off a longer packet, not yet played

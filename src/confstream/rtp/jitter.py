@@ -32,6 +32,26 @@ Rules:
   far behind the newest is dropped as ``overflow``. Duplicates of played packets are found in
   a ring of the last :data:`PLAYED_HISTORY` played sequence numbers.
 
+Arrival times quantised to the tick (the server's case, :mod:`confstream.rtp.reader`): RTP
+sockets are read once per 20 ms mixer tick, and every packet read gets the tick's scheduled
+time as its arrival. The estimate ``J`` then measures the jitter *the mixer sees*: a caller
+that sends on time lands one packet in every tick, each transit difference is 0 and ``J``
+stays at 0 (the clock's own lateness does not enter, the scheduled time does not carry it), so
+the depth stays at ``min_depth``. A caller whose packets move across a tick boundary (network
+jitter, or its send phase close to the tick's) shows a transit difference of a whole frame
+(160 units) for each packet that misses its tick and for the one that catches up, which is
+what such a packet costs the playout (it missed its tick). Taken whole, such steps would
+count a packet a millisecond late across the boundary like 20 ms of jitter, and the 3·J rule
+would ask for up to 4 frames of depth where 2 always do; so with ``arrival_quantum`` (the
+step of the arrival times in timestamp units: the RTP endpoint passes one frame) half a step
+is taken off every transit difference: a boundary crossing counts as half a frame. ``J`` then
+grows by 5 units per crossing: a caller crossing now and then stays at the minimum depth
+(its ``J`` is above 0: seen), one crossing on more than about one packet in 30 gets 2 frames,
+on most packets 3. Jitter much larger than a tick is estimated as before, less up to half a
+frame per packet. Nothing else uses the arrival time
+besides the endpoint's ``last_valid`` (the inactivity timeout), which a tick's resolution
+does not change.
+
 Memory and cost (docs/benchmarks.md, "History"): two lists of ``ring_size`` entries and an
 ``array('q')`` of :data:`PLAYED_HISTORY` integers, allocated once (about 2.6 KiB per buffer;
 the dict and set of earlier versions took about 10 KiB at steady state), and no allocation per
@@ -125,6 +145,7 @@ class JitterBuffer(Generic[T]):
         min_depth: int = ...,
         max_depth: int = ...,
         conceal: None = None,
+        arrival_quantum: float = ...,
     ) -> None: ...
 
     @overload
@@ -135,6 +156,7 @@ class JitterBuffer(Generic[T]):
         min_depth: int = ...,
         max_depth: int = ...,
         conceal: Callable[[T], Frame | None],
+        arrival_quantum: float = ...,
     ) -> None: ...
 
     def __init__(
@@ -144,6 +166,7 @@ class JitterBuffer(Generic[T]):
         min_depth: int = 1,
         max_depth: int = 8,
         conceal: Callable[[T], Frame | None] | None = None,
+        arrival_quantum: float = 0.0,
     ) -> None:
         if not 1 <= min_depth <= max_depth:
             raise ValueError("need 1 <= min_depth <= max_depth")
@@ -153,6 +176,9 @@ class JitterBuffer(Generic[T]):
         self.stats = JitterStats()
         #: RFC 3550 interarrival jitter estimate, in timestamp units.
         self.jitter = 0.0
+        #: Half the step of the arrival times (timestamp units), taken off every transit
+        #: difference (see "Arrival times quantised to the tick" in the module docstring).
+        self._dead = arrival_quantum / 2.0
         # The overloads above make T Frame whenever ``conceal`` is None; the implementation
         # body cannot see that link, hence the ignore on the default ``_half``.
         self._conceal_fn: Callable[[T], Frame | None] = (
@@ -229,6 +255,9 @@ class JitterBuffer(Generic[T]):
             d = transit - last_transit
             if d < 0:
                 d = -d
+            d -= self._dead
+            if d < 0:
+                d = 0.0
             # A timestamp wrap shows up as a jump of ~2**32; ignore that one sample.
             if d < 2147483648.0:
                 self.jitter += (d - self.jitter) / 16.0

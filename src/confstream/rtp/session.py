@@ -1,15 +1,27 @@
 """The asyncio adapter of one RTP session: a UDP socket, an inactivity timer, and an
 :class:`~confstream.rtp.endpoint.RtpEndpoint` that does all the protocol work.
 
-This is the only RTP module that touches sockets. Sending is paced by the caller: the
-conference's 20 ms mixer clock calls :meth:`RtpSession.write_frame` (one packet, sent at once
-with a non-blocking ``sendto``) and :meth:`RtpSession.read_frame`; the session has no audio
-timer of its own. The inactivity check is one ``loop.call_later`` that re-arms itself for the
-remaining time, so it costs nothing per packet.
+This module and :mod:`confstream.rtp.reader` are the only RTP modules that touch sockets. The
+session owns a plain non-blocking UDP socket bound on a port of the pool; it is not watched by
+the event loop but registered with the loop's :class:`~confstream.rtp.reader.RtpReader`, which
+reads every RTP socket once per mixer tick (at the start of the tick, before frames are read;
+a fallback timer when no clock runs) and hands each datagram to
+:meth:`RtpEndpoint.receive <confstream.rtp.endpoint.RtpEndpoint.receive>` with the drain's
+time as its arrival time; DTMF key presses reach ``on_dtmf`` from there, once per drain.
 
-The packet counters are batched (see :mod:`confstream.rtp.endpoint`): the first packet handled
-in an event-loop iteration schedules one :func:`~confstream.rtp.endpoint.flush_metrics` with
-``loop.call_soon``, so ``/metrics`` is at most one loop iteration behind.
+Sending is paced by the caller: the conference's 20 ms mixer clock calls
+:meth:`RtpSession.write_frame` (one packet, sent at once with a non-blocking ``sendto`` on the
+session's own socket) and :meth:`RtpSession.read_frame`; the session has no audio timer of its
+own. A send that fails (``EAGAIN``, ``ENOBUFS``, ``ECONNREFUSED`` after an ICMP error...) drops
+that packet, counts ``confstream_rtp_send_failures_total{reason}`` and never raises into the
+tick. The inactivity check is one ``loop.call_later`` that re-arms itself for the remaining
+time, so it costs nothing per packet.
+
+The packet counters are batched (see :mod:`confstream.rtp.endpoint`) and flushed to Prometheus
+by the reader once per drain, so ``/metrics`` is at most one tick behind.
+
+Closing unregisters the socket from the reader and closes it at once: nothing of it is pending
+in the event loop, so its port goes back to the pool (and its cool-down) immediately.
 
 The conference engine's fast path (:meth:`RtpSession.read_ulaw`, :meth:`RtpSession.write_ulaw`)
 moves µ-law codes instead of samples so that it can decode and encode every participant in one
@@ -20,75 +32,55 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 
 from confstream import metrics
 from confstream.conference.base import Frame
 from confstream.rtp.dtmf import DtmfEvent
-from confstream.rtp.endpoint import PENDING, RtpEndpoint, RtpStats, SourceAddress, flush_metrics
+from confstream.rtp.endpoint import PENDING, RtpEndpoint, RtpStats
 from confstream.rtp.ports import RtpPortPool
+from confstream.rtp.reader import RtpReader, reader_for
 
 __all__ = ["RtpSession", "RtpStats"]
 
 log = logging.getLogger(__name__)
 
-
-def _bind_errno(exc: OSError) -> int | None:
-    """The errno of a failed bind. uvloop raises a new OSError without one ("could not bind
-    to local_addr") chained to the original, so look at the cause too."""
-    if exc.errno is None and isinstance(exc.__cause__, OSError):
-        return exc.__cause__.errno
-    return exc.errno
+Address = tuple[str, int]
 
 
-#: The loop on which a :func:`flush_metrics` is scheduled and not yet run, else None. A loop
-#: that closes before running it leaves it set; the next packet on another loop re-schedules.
-_flush_loop: asyncio.AbstractEventLoop | None = None
+async def _local_address(loop: asyncio.AbstractEventLoop, host: str) -> tuple[int, str]:
+    """The address family and IP to bind for ``host`` (an IP, or a name resolved once)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+        if not infos:
+            raise OSError(f"cannot resolve RTP bind host {host!r}") from None
+        family, _, _, _, sockaddr = infos[0]
+        return int(family), str(sockaddr[0])
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), host
 
 
-def _flush() -> None:
-    global _flush_loop
-    _flush_loop = None
-    flush_metrics()
+def _bind(family: int, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
-def _schedule_flush(loop: asyncio.AbstractEventLoop) -> None:
-    global _flush_loop
-    _flush_loop = loop
-    loop.call_soon(_flush)
-
-
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, session: RtpSession) -> None:
-        self._session = session
-        self._endpoint = session.endpoint
-
-    def datagram_received(self, data: bytes, addr: SourceAddress) -> None:
-        session = self._session
-        loop = session._loop
-        if session._closed or loop is None:
-            return
-        try:
-            events = self._endpoint.receive(data, addr, loop.time())
-        except Exception:  # defensive: one bad datagram must never kill the session
-            log.exception("call %s: unexpected error handling an RTP datagram", session.call_sid)
-            metrics.RTP_DISCARDED.labels(reason="malformed").inc()
-            return
-        if _flush_loop is not loop:
-            _schedule_flush(loop)
-        if events:
-            session._dtmf_events(events)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (e.g. port unreachable after the peer went away) are not fatal:
-        # the inactivity timeout decides when the peer is gone.
-        log.debug("rtp socket error: %s", exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        # The socket is really closed now (asyncio closes it one loop iteration after
-        # transport.close()): only now can the port be bound again.
-        self._session._release_port()
+def _send_failed(exc: OSError) -> None:
+    """A packet not sent (non-blocking socket full, no buffer, an ICMP error reported on this
+    send...): dropped and counted, never raised into the tick."""
+    reason = errno.errorcode.get(exc.errno or 0, "other") if exc.errno else type(exc).__name__
+    metrics.RTP_SEND_FAILURES.labels(reason=reason).inc()
+    log.debug("rtp sendto failed: %s", exc)
 
 
 class RtpSession:
@@ -124,7 +116,10 @@ class RtpSession:
         self.on_timeout = on_timeout
         self.endpoint = RtpEndpoint(signalling_ip=signalling_ip, latching=latching)
         self.local_port: int | None = None
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        #: The socket's bound ``sendto`` while open, else None (the per-packet send).
+        self._sendto: Callable[[bytes, Address], int] | None = None
+        self._reader: RtpReader | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._opened_at = 0.0
@@ -135,25 +130,27 @@ class RtpSession:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> int:
-        """Bind a UDP socket on a port from the pool and return the port. A port another
-        process holds (EADDRINUSE) goes back to the pool and the next one is tried.
-        Raises :class:`~confstream.rtp.ports.RtpPortsExhausted` or OSError."""
+        """Bind a UDP socket on a port from the pool, register it with the loop's RTP reader
+        and return the port. A port another process holds (EADDRINUSE) goes back to the pool
+        and the next one is tried. Raises :class:`~confstream.rtp.ports.RtpPortsExhausted` or
+        OSError."""
         if self._closed:
             raise RuntimeError("RTP session already closed")
-        if self._transport is not None:
+        if self._sock is not None:
             assert self.local_port is not None
             return self.local_port
         loop = asyncio.get_running_loop()
+        family, host = await _local_address(loop, self.local_host)
+        if self._closed:
+            raise RuntimeError("RTP session closed while opening")
         last_error: OSError | None = None
         for _ in range(max(self.port_pool.size, 1)):
             port = self.port_pool.allocate()
             try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _Protocol(self), local_addr=(self.local_host, port)
-                )
+                sock = _bind(family, host, port)
             except OSError as exc:
                 self.port_pool.release(port)
-                if _bind_errno(exc) in (errno.EADDRINUSE, errno.EACCES):
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     last_error = exc
                     continue
                 raise
@@ -161,34 +158,31 @@ class RtpSession:
                 self.port_pool.release(port)
                 raise
             self.local_port = port
-            if self._closed:  # closed while binding: connection_lost releases the port
-                transport.close()
-                raise RuntimeError("RTP session closed while opening")
-            self._transport = transport
+            self._sock = sock
+            self._sendto = sock.sendto
             self._loop = loop
+            self._reader = reader_for(loop)
+            self._reader.register(sock, self.endpoint.receive, self._dtmf_events)
             self._opened_at = loop.time()
             self._arm(self.inactivity_timeout)
             return port
         raise OSError(errno.EADDRINUSE, f"no bindable RTP port in the pool: {last_error}")
 
     def close(self) -> None:
-        """Close the socket, stop the timer and return the port to the pool. Idempotent.
-
-        asyncio closes the socket on the next loop iteration; the port goes back to the pool
-        then, so it is never handed out while still bound."""
+        """Stop reading, close the socket, stop the timer and return the port to the pool
+        (at once: nothing of the socket is pending in the event loop). Idempotent."""
         if self._closed:
             return
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._transport is not None:
-            self._transport.close()  # connection_lost then releases the port
-            self._transport = None
-        else:
-            self._release_port()
-
-    def _release_port(self) -> None:
+        sock, self._sock, self._sendto = self._sock, None, None
+        if sock is not None:
+            if self._reader is not None:
+                self._reader.unregister(sock)
+                self._reader = None
+            sock.close()
         if self.local_port is not None:
             self.port_pool.release(self.local_port)
 
@@ -252,32 +246,26 @@ class RtpSession:
         data = endpoint.write_ulaw(codes)
         if data is None:
             return False
-        transport = self._transport
-        if transport is not None:  # (_send, inlined: this runs for every participant)
+        sendto = self._sendto
+        if sendto is not None:  # (_send, inlined: this runs for every participant)
             try:
-                transport.sendto(data, endpoint.dest)
-            except OSError as exc:  # pragma: no cover - asyncio reports via error_received
-                log.debug("rtp sendto failed: %s", exc)
+                sendto(data, endpoint.dest)  # type: ignore[arg-type]  # not None: data was made
+            except OSError as exc:
+                _send_failed(exc)
                 return True
             PENDING.packets_out += 1
-            loop = self._loop
-            if _flush_loop is not loop and loop is not None:
-                _schedule_flush(loop)
         return True
 
-    def _send(self, data: bytes, dest: tuple[str, int] | None) -> None:
-        transport = self._transport
-        if transport is None or dest is None:
+    def _send(self, data: bytes, dest: Address | None) -> None:
+        sendto = self._sendto
+        if sendto is None or dest is None:
             return
         try:
-            transport.sendto(data, dest)
-        except OSError as exc:  # pragma: no cover - asyncio normally reports via error_received
-            log.debug("rtp sendto failed: %s", exc)
+            sendto(data, dest)
+        except OSError as exc:
+            _send_failed(exc)
             return
         PENDING.packets_out += 1
-        loop = self._loop
-        if _flush_loop is not loop and loop is not None:
-            _schedule_flush(loop)
 
     def send_dtmf(self, digit: str, duration_ms: int) -> None:
         """Queue an RFC 4733 digit; its packets replace audio packets on the next ticks.
