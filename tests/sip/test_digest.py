@@ -72,6 +72,24 @@ def test_good_wrong_replay_and_stale(alg: str) -> None:
     assert verify(_answer(alg, other, "pw"), "pw", 1001.0) is DigestOutcome.CHALLENGE
 
 
+def test_a_non_ascii_response_is_refused_not_raised() -> None:
+    # found by the core fuzz test: hmac.compare_digest raised TypeError on such a str
+    auth = DigestAuthenticator("realm", secret=b"k" * 32, nonce_ttl=300)
+    nonce = _nonce(auth, 1000.0, "MD5")
+    good = _answer("MD5", nonce, "pw")
+    for response in ("\u00e9" * 32, good.response[:-1] + "\u00e9", "\ud800"):
+        creds = DigestCredentials(
+            "ACx", "realm", nonce, URI, response, "MD5", "abc", "00000001", "auth"
+        )
+        outcome = auth.verify(creds, method="INVITE", request_uri=URI, password="pw", now=1001.0)
+        assert outcome is DigestOutcome.FORBIDDEN
+    # and the right answer still passes afterwards (the refusals recorded no nc)
+    assert (
+        auth.verify(good, method="INVITE", request_uri=URI, password="pw", now=1001.0)
+        is DigestOutcome.OK
+    )
+
+
 def test_challenges_offer_both_algorithms_with_qop() -> None:
     values = DigestAuthenticator("r").challenges(0.0, stale=True)
     assert [v.split("algorithm=")[1].split(",")[0] for v in values] == ["MD5", "SHA-256"]

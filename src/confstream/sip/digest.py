@@ -371,7 +371,8 @@ class DigestAuthenticator:
             cnonce=creds.cnonce,
             qop=creds.qop,
         )
-        if not hmac.compare_digest(expected, creds.response):
+        # bytes: compare_digest refuses str with non-ASCII characters (a hostile response)
+        if not hmac.compare_digest(expected.encode(), creds.response.encode("utf-8", "replace")):
             return DigestOutcome.FORBIDDEN
         if now - issued > self.nonce_ttl or issued - now > 60.0:
             return DigestOutcome.STALE
