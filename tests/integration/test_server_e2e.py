@@ -84,6 +84,11 @@ def test_restart_closes_what_was_in_progress(server: ServerProcess, tmp_path: Pa
         proc = await start_sipp_caller(tmp_path, server.sip_port, account, "ghost", 440.0, 30.0)
         with server.api(account) as api:
             conf = await await_for(lambda: conference_named(api, "ghost"))
+            # the participant's row is written just after the conference's: kill after both
+            sid = conf["sid"]
+            await await_for(
+                lambda: api.get(f"/Conferences/{sid}/Participants.json").json()["participants"]
+            )
         server.stop(kill=True)
         proc.kill()
         await proc.wait()
