@@ -16,7 +16,8 @@ scheduled time; the server registers the RTP reader's drain there
 (:mod:`confstream.rtp.reader`), which reads every RTP socket once and puts what arrived during
 the last 20 ms into the jitter buffers, so the tick mixes it at once (the same latency as when
 every datagram woke the loop, without the per-datagram wake-ups). ``metrics.TICK_DURATION``
-includes that drain. :meth:`Engine.tick` alone (tests, the benchmark) does not call the hooks.
+includes that drain. :meth:`Engine.tick` alone (tests, the benchmark) does not call the hooks;
+:meth:`Engine.clock_tick` is the clock's whole step.
 
 Falling behind: a tick that starts up to :data:`MAX_BEHIND_TICKS` frames (100 ms) late is run
 at once and the following ones back to back, catching up without losing audio (jitter buffers
@@ -906,22 +907,27 @@ class Engine:
             metrics.TICK_LATENESS.observe(lateness)
             self._lateness.append(lateness)
             t0 = time.perf_counter()
-            for hook in self.io_hooks:
-                try:
-                    hook(deadline)
-                except Exception:
-                    self._log_error("io_hook", hook, "tick I/O hook")
-            try:
-                self.tick()
-            except Exception:
-                # A bug in the mixer itself: keep the clock alive for the other conferences.
-                self._log_error("tick", self, "mixer")
+            self.clock_tick(deadline)
             metrics.TICK_DURATION.observe(time.perf_counter() - t0)
             self.clock_ticks += 1
             n += 1
             policy = self.gc_policy
             if policy is not None:  # collect between ticks, in the time left (gcpolicy)
                 gcpolicy.after_tick(policy, start + n * TICK_SECONDS - loop.time())
+
+    def clock_tick(self, at: float) -> None:
+        """One step of the clock: every :attr:`io_hooks` with the tick's scheduled time
+        ``at``, then :meth:`tick`. Errors are logged; the clock goes on."""
+        for hook in self.io_hooks:
+            try:
+                hook(at)
+            except Exception:
+                self._log_error("io_hook", hook, "tick I/O hook")
+        try:
+            self.tick()
+        except Exception:
+            # A bug in the mixer itself: keep the clock alive for the other conferences.
+            self._log_error("tick", self, "mixer")
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"<Engine conferences={len(self._conferences)} running={self.running}>"
