@@ -32,7 +32,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from confstream.tools.net import free_port, rtp_port_bounds
-from confstream.tools.server import CONFSTREAM, Account, ServerProcess
+from confstream.tools.server import Account, ServerProcess
 
 SIP_MESSAGES = "confstream_sip_messages_total"
 #: ``make cluster --realtime`` and the benchmark's ``--cluster-realtime``: the nodes run under
@@ -240,33 +240,12 @@ class NodeProcess(ServerProcess):
     def db_url(self) -> str:
         return self.database_url
 
-    def launch(self) -> None:
-        """Start the process without waiting for it (nodes start together)."""
-        self.http_port = self.http_port or free_port()
-        self.sip_port = self.sip_port or free_port()
-        self._log = (self.workdir / "server.log").open("ab")
-        self.proc = subprocess.Popen(
-            [*self.prefix, CONFSTREAM, "serve"],
-            env=self.environment(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-        )
-
-    def wait_healthy(self, within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.node_id} exited:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"node {self.node_id} not healthy:\n{self.log_tail()}")
+    @property
+    def label(self) -> str:
+        return f"node {self.node_id}"
 
     def start(self, healthy_within: float = 60.0) -> None:
-        self.launch()
-        self.wait_healthy(healthy_within)
+        super().start(healthy_within)
 
     def wait_probed(self, within: float = 60.0) -> None:
         """Wait until this run has answered two of Kamailio's OPTIONS probes: Kamailio has
@@ -333,7 +312,7 @@ class LocalCluster:
         for node in self.members:
             node.launch()
         for node in self.members:
-            node.wait_healthy()
+            node.wait_healthy(60.0)
         self.kamailio = KamailioServer(
             self.workdir, [f"127.0.0.1:{node.sip_port}" for node in self.members], self.redis.port
         )

@@ -94,8 +94,13 @@ class ServerProcess:
         data = json.loads(out)
         return Account(data["sid"], data["auth_token"])
 
-    def start(self, healthy_within: float = 30.0) -> None:
-        """Start the server and wait for ``/healthz`` to answer 200."""
+    @property
+    def label(self) -> str:
+        """How errors name this process."""
+        return "server"
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (cluster nodes start together)."""
         self.http_port = self.http_port or free_port()
         self.sip_port = self.sip_port or free_port()
         self._log = (self.workdir / "server.log").open("ab")
@@ -106,16 +111,25 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
         )
-        deadline = time.monotonic() + healthy_within
+
+    def wait_healthy(self, within: float = 30.0) -> None:
+        """Until ``/healthz`` answers 200; RuntimeError (with the log's tail) when the process
+        exits or the time runs out first."""
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log_tail()}")
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.label} exited:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 answer = httpx.get(f"{self.base}/healthz", timeout=1, verify=self.verify)
                 if answer.status_code == 200:
                     return
             time.sleep(0.1)
-        raise RuntimeError(f"server not healthy:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.label} not healthy:\n{self.log_tail()}")
+
+    def start(self, healthy_within: float = 30.0) -> None:
+        """Start the server and wait for ``/healthz`` to answer 200."""
+        self.launch()
+        self.wait_healthy(healthy_within)
 
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
