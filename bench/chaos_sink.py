@@ -43,7 +43,6 @@ import base64
 import contextlib
 import json
 import random
-import signal
 import socket
 import struct
 import sys
@@ -54,12 +53,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from bench.sink import Sink, StreamRecord
+from bench.sink import Sink, StreamRecord, serve_until_signal
 from confstream.media.g711 import ulaw_encode
-from confstream.tools.tls import load_server_context
 
 ACTIONS = ("normal", "stall", "return", "disconnect")
 WEIGHTS = (0.40, 0.25, 0.20, 0.15)
@@ -370,24 +368,13 @@ async def _main(args: argparse.Namespace) -> ChaosSink:
         stall=parse_range(args.stall),
         returning=parse_range(args.returning),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with serve(
-        sink.handler,
-        args.host,
-        args.port,
-        ssl=load_server_context(Path(args.cert), Path(args.key)),
-        max_size=2**20,
-        ping_interval=None,
-    ) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        sink._say({"event": "listening", "port": port})
-        await stop.wait()
+
+    async def before_close() -> None:
         await sink.cancel_all()
         # written before the server closes its connections (stalled ones may take a while)
         write_result(sink, Path(args.out))
+
+    await serve_until_signal(sink, args, before_close)
     return sink
 
 

@@ -34,6 +34,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -202,8 +203,14 @@ class Sink:
         }
 
 
-async def _main(args: argparse.Namespace) -> Sink:
-    sink = Sink(announce=sys.stdout)
+async def serve_until_signal(
+    sink: Sink,
+    args: argparse.Namespace,
+    before_close: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve ``sink.handler`` over TLS on ``args.host``/``args.port`` (``args.cert``/``key``),
+    announce the port (``listening``), and return after SIGTERM or SIGINT; ``before_close`` is
+    awaited while the server still holds its connections."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -219,6 +226,13 @@ async def _main(args: argparse.Namespace) -> Sink:
         port = next(iter(server.sockets)).getsockname()[1]
         sink._say({"event": "listening", "port": port})
         await stop.wait()
+        if before_close is not None:
+            await before_close()
+
+
+async def _main(args: argparse.Namespace) -> Sink:
+    sink = Sink(announce=sys.stdout)
+    await serve_until_signal(sink, args)
     return sink
 
 
