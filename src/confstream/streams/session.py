@@ -220,6 +220,21 @@ class _BatchingConnection(ClientConnection):
 _MEDIA_MESSAGES = metrics.STREAM_MESSAGES.labels(event="media")
 
 
+def _writable(ws: ClientConnection) -> bool:
+    """Whether a message can be written to ``ws`` now, without waiting: what websockets'
+    ``send``/``send_context`` check before writing (the connection open, no fragmented
+    message being sent) plus its flow control (the transport not paused for writing, i.e.
+    its buffer under the high-water mark, so ``drain`` would not wait) and the transport not
+    closing."""
+    return (
+        ws.protocol.state is State.OPEN
+        and ws.send_in_progress is None
+        and not ws.protocol.expect_continuation_frame
+        and not ws.paused
+        and not ws.transport.is_closing()
+    )
+
+
 class StreamSession:
     """One stream: a :class:`~confstream.conference.base.Tap` plus the WebSocket it feeds."""
 
@@ -258,6 +273,8 @@ class StreamSession:
         self._attached = False
         self._t0: int | None = None
         self._ws: ClientConnection | None = None
+        #: True while the sender task writes a batch (on_frame then queues, to keep order).
+        self._sending = False
         self._warned_inbound = False
         self._rate = MessageRate(settings.stream_inbound_rate, settings.stream_inbound_burst)
         self._dtmf_backlog = DtmfBacklog()
@@ -299,10 +316,39 @@ class StreamSession:
         except Exception:  # pragma: no cover - a codec bug; lose the frame, keep the stream
             log.exception("stream %s: encoding a frame failed", self.spec.sid)
             return
-        dropped = self._queue.push_media(MediaItem(timestamp_ms - self._t0, payloads))
+        ts = timestamp_ms - self._t0
+        ws = self._ws
+        if not self._queue and not self._sending and ws is not None and _writable(ws):
+            self._write_now(ws, payloads, ts)
+            return
+        dropped = self._queue.push_media(MediaItem(ts, payloads))
         if dropped:
             metrics.STREAM_FRAMES_DROPPED.inc(dropped)
         self._wake.set()
+
+    def _write_now(
+        self, ws: ClientConnection, payloads: list[tuple[MediaTrack, bytes]], ts: int
+    ) -> None:
+        """Write this tick's media messages from the tick (see the module docstring, Sending).
+        The caller checked :func:`_writable`. What websockets' ``send_context`` does on an
+        error is done here too: the connection is marked broken and aborted, so the sender,
+        receiver and keepalive tasks see it closed as they would after a failed batch."""
+        try:
+            proto = self.protocol
+            send_text = ws.protocol.send_text
+            size = 0
+            for track, b64 in payloads:
+                data = proto.media_bytes(track, b64, ts)
+                send_text(data)
+                size += len(data)
+            ws.send_data()
+        except Exception as exc:
+            ws.set_connection_exc(exc)
+            with contextlib.suppress(Exception):
+                ws.transport.abort()
+            return
+        _MEDIA_MESSAGES.inc(len(payloads))
+        metrics.STREAM_BYTES.inc(size)
 
     def _own_encoder(self, track: MediaTrack) -> Encoder:
         encoder = self._encoders.get(track)
@@ -622,8 +668,13 @@ class StreamSession:
         proto = self.protocol
         q = self._queue
         while True:
-            while q:
-                await self._send_batch(ws, proto, q)
+            if q:
+                self._sending = True
+                try:
+                    while q:
+                        await self._send_batch(ws, proto, q)
+                finally:
+                    self._sending = False
             if not self._attached and self._stop.is_set():
                 return
             self._wake.clear()
