@@ -275,6 +275,8 @@ class StreamSession:
         self._ws: ClientConnection | None = None
         #: True while the sender task writes a batch (on_frame then queues, to keep order).
         self._sending = False
+        #: Ticks whose audio was written from the tick itself, without the queue.
+        self.direct_ticks = 0
         self._warned_inbound = False
         self._rate = MessageRate(settings.stream_inbound_rate, settings.stream_inbound_burst)
         self._dtmf_backlog = DtmfBacklog()
@@ -347,6 +349,7 @@ class StreamSession:
             with contextlib.suppress(Exception):
                 ws.transport.abort()
             return
+        self.direct_ticks += 1
         _MEDIA_MESSAGES.inc(len(payloads))
         metrics.STREAM_BYTES.inc(size)
 
