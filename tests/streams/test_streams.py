@@ -24,6 +24,8 @@ from twilio.request_validator import RequestValidator
 from confstream.callbacks.webhooks import CallbackSender
 from confstream.settings import Settings
 from confstream.streams.manager import StreamManager, StreamSpec
+from confstream.streams.vocabulary import MediaTrack
+from confstream.tools.metrics import sample
 from tests.callbacks.recorder import Recorder, http_recorder
 
 from .conference_driver import ToneConference
@@ -430,6 +432,74 @@ async def test_ping_timeout(tls: Tls) -> None:
         assert msg is not None and "pong" in msg
 
 
+# ---------------------------------------------------------------------------- sending path
+
+
+async def test_audio_written_from_the_tick_keeps_numbering_order_tone_and_counters(
+    tls: Tls,
+) -> None:
+    # A receiver that keeps up: audio is written from the tick (session.direct_ticks), a dtmf
+    # queued between two ticks comes right after the audio of the ticks before it, and every
+    # message is numbered and counted exactly once.
+    media_before = sample("confstream_stream_messages_total", event="media")
+    bytes_before = sample("confstream_stream_bytes_total")
+    async with ws_receiver(tls) as rx, harness(tls) as h:
+        spec = h.spec(rx.url())
+        await h.manager.start(spec)
+        await h.wait_status(spec.sid, "in-progress")
+        session = h.manager.session(spec.sid)
+        assert session is not None
+        await rx.wait_for(lambda: len(rx.conns[0].events("media")) >= 40)
+        # Ticks whose audio was built before the key press (written, or still queued).
+        ticks_before_press = session.protocol.chunks[MediaTrack.INBOUND] + session.queued_ticks
+        h.conf.press("CALLER-1", "7", 160)
+        n = len(rx.conns[0].events("media"))
+        await rx.wait_for(lambda: len(rx.conns[0].events("media")) >= n + 40)
+        direct = session.direct_ticks
+        await h.manager.stop(spec.sid)
+        await rx.wait_for(lambda: rx.conns[0].closed.is_set())
+        conn = rx.conns[0]
+        check_messages(conn, spec, {})  # sequence numbers, chunks, timestamps, stop
+        assert direct >= 30  # of at least 40 ticks; those after the dtmf may be queued
+        assert session.frames_dropped == 0
+        # the dtmf sits between the audio of the ticks before and after the press
+        events = [m["event"] for m in conn.messages]
+        at = events.index("dtmf")
+        assert events[:at].count("media") == 2 * ticks_before_press
+        assert events[at + 1 :].count("media") > 0
+        media = conn.events("media")
+        inbound = [
+            decode(m["media"]["payload"], "PCMU") for m in media if m["media"]["track"] == "inbound"
+        ]
+        audio = np.concatenate(inbound[5:])
+        assert abs(dominant_freq(audio, 8000) - h.conf.inbound_hz) < 15
+        assert sample("confstream_stream_messages_total", event="media") == media_before + len(
+            media
+        )
+        sent = sum(len(r.encode()) for r in conn.raw[: len(conn.messages)])
+        assert sample("confstream_stream_bytes_total") == bytes_before + sent
+
+
+async def test_connection_broken_mid_stream_raises_nothing_into_the_tick(
+    tls: Tls, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Our side of the TCP connection is shut down while audio is written from the tick: the
+    # next write fails in the tick, the tap is not dropped by the engine, and the stream ends
+    # with 31903 (connection lost without a close frame, docs/protocol.md).
+    async with ws_receiver(tls) as rx, harness(tls) as h:
+        spec = h.spec(rx.url())
+        await h.manager.start(spec)
+        await h.wait_status(spec.sid, "in-progress")
+        session = h.manager.session(spec.sid)
+        assert session is not None and session._ws is not None
+        await rx.wait_for(lambda: len(rx.conns[0].events("media")) >= 10)
+        assert session.direct_ticks >= 5  # two messages a tick
+        assert session in h.conf.media.taps
+        session._ws.transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
+        await expect_failure(h, spec, 31903, "general_error", start=False)
+    assert not [r for r in caplog.records if "on_frame" in r.getMessage()]
+
+
 # ---------------------------------------------------------------------------- load
 
 
@@ -467,6 +537,7 @@ async def test_slow_receiver_bounded_queue_drops_oldest(tls: Tls) -> None:
                 assert session.queued_ticks <= 10  # 200 ms / 20 ms
                 await asyncio.sleep(0.02)
         assert h.conf.ticks > ticks_before + 20  # the clock kept ticking
+        assert session.direct_ticks > 0  # written from the tick until the receiver stalled
         assert dropped_total() >= before + 20
         n = len(ok.conns[0].events("media"))
         await ok.wait_for(lambda: len(ok.conns[0].events("media")) >= n + 20)

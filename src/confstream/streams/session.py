@@ -15,11 +15,11 @@ Life of a session (:meth:`StreamSession.run`):
 3. Send ``connected`` and ``start``, attach to the source as a tap, report "started". The
    source is the conference's media, or one call's tap point for a call stream (the engine's
    call taps, docs/protocol.md "Call streams"): one session type serves both.
-4. Stream: each engine tick calls :meth:`on_frame` (encode + enqueue, never blocks, never
-   awaits); a sender task builds messages and writes them. A keepalive task (ours, not
-   websockets': its ping waits for the socket to drain with no deadline, so a receiver that
-   stops reading would hang it) pings every ``settings.stream_ping_interval`` (20 s); when the
-   ping cannot even be written (TCP window full) or no pong comes within
+4. Stream: each engine tick calls :meth:`on_frame` (encode, then write or enqueue; never
+   blocks, never awaits, never raises); a sender task writes what was queued. A keepalive
+   task (ours, not websockets': its ping waits for the socket to drain with no deadline, so a
+   receiver that stops reading would hang it) pings every ``settings.stream_ping_interval``
+   (20 s); when the ping cannot even be written (TCP window full) or no pong comes within
    ``stream_ping_timeout`` (20 s), the stream ends with 31903. A receiver that stops reading or
    answering therefore ends at most ping interval + ping timeout + close timeout after it
    stopped (20 + 20 + 2 s by default).
@@ -43,13 +43,28 @@ Audio is encoded once per tick for every stream of the same source, codec and tr
 returned audio removed, with its own :func:`~confstream.media.codecs.get_encoder`), and
 returned audio decoded with :func:`~confstream.media.codecs.get_decoder`.
 
-Sending: the sender task takes everything queued since it last ran (one tick, both tracks,
-normally) and writes it as one batch: each message is built as UTF-8 bytes
+Sending: each message is built as UTF-8 bytes
 (:meth:`~confstream.streams.protocol.StreamProtocol.media_bytes`), framed by websockets'
-sans-I/O protocol, and all the frames go to the TLS transport in one ``write`` (one TLS record
-and one ``send`` system call per stream per tick instead of one per message); the message and
-byte counters are added once per batch. Flow control is websockets': the batch waits for the
-transport to drain when its buffer is above the high-water mark.
+sans-I/O protocol, and all the frames of one write go to the TLS transport in one ``write``
+(:class:`_BatchingConnection`: one TLS record and one ``send`` system call per stream per tick,
+both tracks, instead of one per message); the message and byte counters are added once per
+write. Two paths:
+
+* From the tick (the common case): when nothing is queued, the sender task is not in the
+  middle of a batch and the connection can take a write now (:func:`_writable`: open, no
+  fragmented message being sent by websockets, the transport neither paused for writing, i.e.
+  over its high-water mark, nor closing), :meth:`on_frame` builds the tick's messages and
+  writes them itself (:meth:`_write_now`): no queue item, no task wake-up, no
+  ``send_context``. That is everything ``send_context`` does for an open connection whose
+  write needs no ``drain``; a write that fails marks the connection broken and aborts it, as
+  ``send_context`` does, so the receiver and keepalive tasks see it closed and the stream ends
+  as after any lost connection.
+* Through the queue otherwise (a receiver that fell behind, a ``dtmf`` or ``mark`` waiting, a
+  batch in progress): the sender task takes everything queued since it last ran and writes it
+  as one batch inside websockets' ``send_context``, which waits for the transport to drain
+  when its buffer is above the high-water mark. Backpressure, drops and the flush on stop
+  happen only here. Because audio goes through the queue while anything is queued, messages
+  keep the order in which they were produced and are numbered in that order.
 
 Bidirectional (``realtime``): ``media`` from the receiver is decoded to 8 kHz int16 and queued in
 a :class:`~confstream.conference.sources.QueueSource` that is this tap's ``own_source`` (so the
@@ -220,6 +235,21 @@ class _BatchingConnection(ClientConnection):
 _MEDIA_MESSAGES = metrics.STREAM_MESSAGES.labels(event="media")
 
 
+def _writable(ws: ClientConnection) -> bool:
+    """Whether a message can be written to ``ws`` now, without waiting: what websockets'
+    ``send``/``send_context`` check before writing (the connection open, no fragmented
+    message being sent) plus its flow control (the transport not paused for writing, i.e.
+    its buffer under the high-water mark, so ``drain`` would not wait) and the transport not
+    closing."""
+    return (
+        ws.protocol.state is State.OPEN
+        and ws.send_in_progress is None
+        and not ws.protocol.expect_continuation_frame
+        and not ws.paused
+        and not ws.transport.is_closing()
+    )
+
+
 class StreamSession:
     """One stream: a :class:`~confstream.conference.base.Tap` plus the WebSocket it feeds."""
 
@@ -258,6 +288,10 @@ class StreamSession:
         self._attached = False
         self._t0: int | None = None
         self._ws: ClientConnection | None = None
+        #: True while the sender task writes a batch (on_frame then queues, to keep order).
+        self._sending = False
+        #: Ticks whose audio was written from the tick itself, without the queue.
+        self.direct_ticks = 0
         self._warned_inbound = False
         self._rate = MessageRate(settings.stream_inbound_rate, settings.stream_inbound_burst)
         self._dtmf_backlog = DtmfBacklog()
@@ -282,8 +316,9 @@ class StreamSession:
     # ------------------------------------------------------------------ tap (engine side)
 
     def on_frame(self, inbound: Frame, outbound: Frame, timestamp_ms: int) -> None:
-        """Encode this tick's frames and enqueue them; drops the oldest tick when full.
-        Never raises (the engine drops a tap that raises)."""
+        """Encode this tick's frames and write them now, or enqueue them (dropping the oldest
+        tick when full): see the module docstring, Sending. Never raises (the engine drops a
+        tap that raises)."""
         if not self._attached:
             return
         if self._t0 is None:
@@ -299,10 +334,40 @@ class StreamSession:
         except Exception:  # pragma: no cover - a codec bug; lose the frame, keep the stream
             log.exception("stream %s: encoding a frame failed", self.spec.sid)
             return
-        dropped = self._queue.push_media(MediaItem(timestamp_ms - self._t0, payloads))
+        ts = timestamp_ms - self._t0
+        ws = self._ws
+        if not self._queue and not self._sending and ws is not None and _writable(ws):
+            self._write_now(ws, payloads, ts)
+            return
+        dropped = self._queue.push_media(MediaItem(ts, payloads))
         if dropped:
             metrics.STREAM_FRAMES_DROPPED.inc(dropped)
         self._wake.set()
+
+    def _write_now(
+        self, ws: ClientConnection, payloads: list[tuple[MediaTrack, bytes]], ts: int
+    ) -> None:
+        """Write this tick's media messages from the tick (see the module docstring, Sending).
+        The caller checked :func:`_writable`. What websockets' ``send_context`` does on an
+        error is done here too: the connection is marked broken and aborted, so the sender,
+        receiver and keepalive tasks see it closed as they would after a failed batch."""
+        try:
+            proto = self.protocol
+            send_text = ws.protocol.send_text
+            size = 0
+            for track, b64 in payloads:
+                data = proto.media_bytes(track, b64, ts)
+                send_text(data)
+                size += len(data)
+            ws.send_data()
+        except Exception as exc:
+            ws.set_connection_exc(exc)
+            with contextlib.suppress(Exception):
+                ws.transport.abort()
+            return
+        self.direct_ticks += 1
+        _MEDIA_MESSAGES.inc(len(payloads))
+        metrics.STREAM_BYTES.inc(size)
 
     def _own_encoder(self, track: MediaTrack) -> Encoder:
         encoder = self._encoders.get(track)
@@ -622,8 +687,13 @@ class StreamSession:
         proto = self.protocol
         q = self._queue
         while True:
-            while q:
-                await self._send_batch(ws, proto, q)
+            if q:
+                self._sending = True
+                try:
+                    while q:
+                        await self._send_batch(ws, proto, q)
+                finally:
+                    self._sending = False
             if not self._attached and self._stop.is_set():
                 return
             self._wake.clear()
