@@ -385,3 +385,37 @@ async def test_tone_through_sipp_rtp_echo(make_session: Callable[..., RtpSession
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_dual_stack_session_sends_to_ipv4_sdp_address(
+    make_session: Callable[..., RtpSession],
+) -> None:
+    """A session bound to ``::`` (the SIP side listens on ``::``) answers an IPv4 caller: the
+    SDP address is sent to in its IPv4-mapped form before latching, then it latches."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    peer_t, peer, peer_port = await udp_peer()
+    try:
+        s = make_session(local_host="::")
+        port = await s.open()
+        s.set_remote(HOST, peer_port, 0, None)
+        assert s.remote == (HOST, peer_port)
+        failures = sample("confstream_rtp_send_failures_total", reason="other")
+        s.write_frame(np.zeros(160, np.int16))
+        await asyncio.wait_for(peer.got.wait(), 5)
+        assert RtpPacket.parse(peer.packets[0][0]).payload_type == 0
+        assert s.stats.packets_sent == 1
+        assert sample("confstream_rtp_send_failures_total", reason="other") == failures
+        # The caller's packet (IPv4, to the dual-stack socket) latches as usual.
+        peer.got.clear()
+        peer_t.sendto(RtpPacket(0, 1, 0, 1234, b"\xff" * 160).serialize(), (HOST, port))
+        for _ in range(200):
+            if s.stats.packets_received:
+                break
+            await asyncio.sleep(0.01)
+        assert s.endpoint.latched and s.stats.rejected == 0
+        s.write_frame(np.zeros(160, np.int16))
+        await asyncio.wait_for(peer.got.wait(), 5)
+        assert len(peer.packets) == 2 and s.stats.packets_sent == 2
+    finally:
+        peer_t.close()

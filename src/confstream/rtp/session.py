@@ -159,6 +159,8 @@ class RtpSession:
                 raise
             self.local_port = port
             self._sock = sock
+            if family == socket.AF_INET6:  # an IPv4 SDP address is sent to as ::ffff:a.b.c.d
+                self.endpoint.use_ipv6_socket()
             self._sendto = sock.sendto
             self._loop = loop
             self._reader = reader_for(loop)
