@@ -56,6 +56,7 @@ import ipaddress
 import logging
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,7 +244,7 @@ class RtpEndpoint:
         #: IPs whose datagrams may latch from any port (signalling-ip mode), until latched.
         self._latch_ips: frozenset[str] = self._signalling_ips or frozenset()
         #: The latched source exactly as the socket reported it (compared per packet) ...
-        self._source: object = None
+        self._source: SourceAddress | None = None
         #: ... and as a (host, port) destination.
         self._latched: Address | None = None
         #: Where packets go now: :attr:`remote`, in the IPv4-mapped form on an IPv6 socket
@@ -265,6 +266,8 @@ class RtpEndpoint:
         self._overflow_seen = 0
         #: Time (the ``now`` passed to :meth:`receive`) of the last valid packet, or None.
         self.last_valid: float | None = None
+        #: Called with the source when the call latches (the socket adapter's hook).
+        self.on_latch: Callable[[SourceAddress], None] | None = None
 
     # -- negotiation -------------------------------------------------------------------------
 
@@ -414,6 +417,13 @@ class RtpEndpoint:
         self._source = addr
         self._latched = (addr[0], addr[1])
         self.dest = self._latched
+        if self.on_latch is not None:
+            self.on_latch(addr)
+
+    @property
+    def source(self) -> SourceAddress | None:
+        """The latched source exactly as the socket reports it, or None before the latch."""
+        return self._source
 
     def _accept(self, packet: RtpPacket, addr: SourceAddress, now: float) -> None:
         counts = self._counts
