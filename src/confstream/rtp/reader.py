@@ -17,6 +17,9 @@ them all at once in :meth:`RtpReader.drain`:
   us). A drain that stops at the bound with sockets still ready adds the number of those
   sockets to ``confstream_rtp_drain_capped_total``. Every datagram read is counted exactly
   as before (received, discarded, rejected).
+* A session's second socket, connected to its latched source (:mod:`confstream.rtp.session`),
+  is registered with that source as its peer: it is read with ``recv`` (the kernel delivers it
+  nothing else) and its datagrams are handed over as coming from the peer.
 * Errors: an ICMP error (port unreachable after the peer went away) surfaces as an
   ``OSError`` on the next ``recvfrom`` of an unconnected UDP socket; it is ignored, as the
   event loop's ``error_received`` did (the inactivity timeout decides when a peer is gone).

@@ -11,17 +11,38 @@ time as its arrival time; DTMF key presses reach ``on_dtmf`` from there, once pe
 
 Sending is paced by the caller: the conference's 20 ms mixer clock calls
 :meth:`RtpSession.write_frame` (one packet, sent at once with a non-blocking ``sendto`` on the
-session's own socket) and :meth:`RtpSession.read_frame`; the session has no audio timer of its
-own. A send that fails (``EAGAIN``, ``ENOBUFS``, ``ECONNREFUSED`` after an ICMP error...) drops
-that packet, counts ``confstream_rtp_send_failures_total{reason}`` and never raises into the
-tick. The inactivity check is one ``loop.call_later`` that re-arms itself for the remaining
-time, so it costs nothing per packet.
+session's own socket, or ``send`` on the connected one, below) and
+:meth:`RtpSession.read_frame`; the session has no audio timer of its own. A send that fails
+(``EAGAIN``, ``ENOBUFS``, ``ECONNREFUSED`` after an ICMP error...) drops that packet, counts
+``confstream_rtp_send_failures_total{reason}`` and never raises into the tick. The inactivity
+check is one ``loop.call_later`` that re-arms itself for the remaining time, so it costs
+nothing per packet.
 
 The packet counters are batched (see :mod:`confstream.rtp.endpoint`) and flushed to Prometheus
 by the reader once per drain, so ``/metrics`` is at most one tick behind.
 
 Closing unregisters the socket from the reader and closes it at once: nothing of it is pending
 in the event loop, so its port goes back to the pool (and its cool-down) immediately.
+
+Connected after the latch (bench/history.md, section 10): a connected UDP socket sends without
+an address (no address parsing, the kernel's route cached) and receives without one (no source
+address built per datagram, no source check), about 2 µs less per participant-frame on
+loopback. But a plain ``connect()`` of the session's only socket would make the kernel answer
+every other source with ICMP port unreachable and hide its datagrams from the source filter
+(docs/sip.md, "RTP security": counted, never answered). So once the endpoint latches, the
+session sets ``SO_REUSEPORT`` on its bound socket and opens a *second* socket on the same
+address and port, connected to the latched source: the kernel delivers that source's datagrams
+to the connected socket (an exact match) and everything else to the first one (it never picks
+a connected socket for another source), which still counts and drops them. The reader reads
+the connected socket with ``recv`` and hands its datagrams over as coming from the latched
+source. Datagrams that reached the second socket before its ``connect`` are read at once,
+as the first socket's. A re-INVITE that un-latches closes the second socket (what waits in it
+is read first); the next latch opens a new one. Both close together; the port pool, cool-down
+and quarantine see one port as before. The first socket is bound without ``SO_REUSEPORT`` (a
+port another process holds is still EADDRINUSE and skipped); while latched, another process of
+the *same user* could join the port, which that user could do to the process anyway. When the
+second socket cannot be made (e.g. ``EMFILE``: it needs one more file descriptor per call) the
+call stays on its one socket, as before.
 
 The conference engine's fast path (:meth:`RtpSession.read_ulaw`, :meth:`RtpSession.write_ulaw`)
 moves µ-law codes instead of samples so that it can decode and encode every participant in one
