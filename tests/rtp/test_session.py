@@ -385,3 +385,104 @@ async def test_tone_through_sipp_rtp_echo(make_session: Callable[..., RtpSession
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_dual_stack_session_sends_to_ipv4_sdp_address(
+    make_session: Callable[..., RtpSession],
+) -> None:
+    """A session bound to ``::`` (the SIP side listens on ``::``) answers an IPv4 caller: the
+    SDP address is sent to in its IPv4-mapped form before latching, then it latches."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    peer_t, peer, peer_port = await udp_peer()
+    try:
+        s = make_session(local_host="::")
+        port = await s.open()
+        s.set_remote(HOST, peer_port, 0, None)
+        assert s.remote == (HOST, peer_port)
+        failures = sample("confstream_rtp_send_failures_total", reason="other")
+        s.write_frame(np.zeros(160, np.int16))
+        await asyncio.wait_for(peer.got.wait(), 5)
+        assert RtpPacket.parse(peer.packets[0][0]).payload_type == 0
+        assert s.stats.packets_sent == 1
+        assert sample("confstream_rtp_send_failures_total", reason="other") == failures
+        # The caller's packet (IPv4, to the dual-stack socket) latches as usual.
+        peer.got.clear()
+        peer_t.sendto(RtpPacket(0, 1, 0, 1234, b"\xff" * 160).serialize(), (HOST, port))
+        for _ in range(200):
+            if s.stats.packets_received:
+                break
+            await asyncio.sleep(0.01)
+        assert s.endpoint.latched and s.stats.rejected == 0
+        s.write_frame(np.zeros(160, np.int16))
+        await asyncio.wait_for(peer.got.wait(), 5)
+        assert len(peer.packets) == 2 and s.stats.packets_sent == 2
+    finally:
+        peer_t.close()
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stray_socket(port: int) -> socket.socket:
+    """A blocking socket *connected* to the session's port: Linux reports an ICMP port
+    unreachable to it as ECONNREFUSED on its next recv (an unconnected one never sees it)."""
+    stray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stray.bind((HOST, 0))
+    stray.connect((HOST, port))
+    stray.settimeout(0.3)
+    return stray
+
+
+async def test_latched_session_is_connected_and_strays_are_counted_never_answered(
+    make_session: Callable[..., RtpSession],
+) -> None:
+    """After the latch the session sends and receives on a second socket connected to the
+    latched source (same port); datagrams from any other source still reach the first one:
+    each is counted as rejected and nothing (no ICMP) goes back. A re-INVITE that moves the
+    media un-latches, the next source latches and gets the connected socket."""
+    peer_t, peer, peer_port = await udp_peer()
+    peer2_t, peer2, peer2_port = await udp_peer()
+    s = make_session()
+    port = await s.open()
+    stray = _stray_socket(port)
+    try:
+        s.set_remote(HOST, peer_port, 0, 101)
+        rejected = sample("confstream_rtp_packets_rejected_total", reason="source")
+        peer_t.sendto(RtpPacket(0, 1, 0, 1234, b"\xff" * 160).serialize(), (HOST, port))
+        await _until(lambda: s._conn is not None, "the connected socket")
+        for k in range(2, 22):
+            peer_t.sendto(RtpPacket(0, k, k * 160, 1234, b"\xff" * 160).serialize(), (HOST, port))
+            stray.send(RtpPacket(0, k, k * 160, 99, b"\x7f" * 160).serialize())
+        await _until(lambda: s.stats.packets_received == 21, "21 packets")
+        await _until(lambda: s.stats.rejected == 20, "20 rejected")
+        assert sample("confstream_rtp_packets_rejected_total", reason="source") - rejected == 20
+        with pytest.raises(TimeoutError):  # not ConnectionRefusedError: nothing answered
+            stray.recv(2048)
+        s.write_frame(np.zeros(160, np.int16))
+        await asyncio.wait_for(peer.got.wait(), 5)
+        assert peer.packets[-1][1] == (HOST, port)  # sent from the session's port
+        assert s.stats.packets_received == 21 and s.stats.rejected == 20
+
+        # re-INVITE to another address: un-latched, the new source latches and is connected.
+        s.set_remote(HOST, peer2_port, 0, 101)
+        assert s._conn is None and not s.endpoint.latched
+        peer2_t.sendto(RtpPacket(0, 7, 0, 555, b"\xff" * 160).serialize(), (HOST, port))
+        await _until(lambda: s._conn is not None, "the connected socket again")
+        assert s.remote == (HOST, peer2_port)
+        peer_t.sendto(RtpPacket(0, 30, 4800, 1234, b"\xff" * 160).serialize(), (HOST, port))
+        await _until(lambda: s.stats.rejected == 21, "the old source rejected")
+        s.write_frame(np.zeros(160, np.int16))
+        await asyncio.wait_for(peer2.got.wait(), 5)
+        assert peer2.packets[-1][1] == (HOST, port)
+        assert s.stats.packets_received == 22
+        assert len(peer.packets) == 1  # the old address got nothing more
+    finally:
+        stray.close()
+        peer_t.close()
+        peer2_t.close()

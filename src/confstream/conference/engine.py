@@ -637,7 +637,7 @@ class Engine:
         for r0 in range(0, n_p, _CHUNK_ROWS):
             codes = np.frombuffer(b"".join(parts[r0 : r0 + _CHUNK_ROWS]), dtype=np.uint8)
             out_rows = frames[r0 : r0 + _CHUNK_ROWS]
-            np.take(_ULAW_DECODE_I32, codes.reshape(out_rows.shape), out=out_rows, mode="wrap")
+            _ULAW_DECODE_I32.take(codes.reshape(out_rows.shape), out=out_rows, mode="wrap")
         for i, p, frame in pcm_rows:
             row = frames[i]
             try:
@@ -729,8 +729,9 @@ class Engine:
         heard = self._heard[:n_p]  # what each participant hears, int16 (reused buffer)
         if n_p:
             mix = self._mix[:n_p]
-            # mode "clip": with the default "raise" NumPy buffers ``out`` (a temporary copy)
-            np.take(outbound, self._conf_of_row, axis=0, out=mix, mode="clip")
+            # mode "clip": with the default "raise" NumPy buffers ``out`` (a temporary copy).
+            # The array methods, not ``np.take``: that wrapper costs ~1.5 µs of Python a call.
+            outbound.take(self._conf_of_row, axis=0, out=mix, mode="clip")
             np.subtract(mix, frames, out=mix)
             if targeted:
                 row_of = {
@@ -757,7 +758,7 @@ class Engine:
                 if ulaw:
                     encoded = self._codes_out[r0 : min(r0 + _CHUNK_ROWS, n_p)]
                     codes16 = heard[r0 : r0 + _CHUNK_ROWS].view(np.uint16)
-                    np.take(ULAW_ENCODE, codes16, out=encoded, mode="wrap")
+                    ULAW_ENCODE.take(codes16, out=encoded, mode="wrap")
                     blob = encoded.tobytes()
                 chunk = writes[r0 : r0 + _CHUNK_ROWS]
                 starts = range(0, len(chunk) * FRAME_SAMPLES, FRAME_SAMPLES)

@@ -56,6 +56,7 @@ import ipaddress
 import logging
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,6 +188,15 @@ def _is_unspecified(host: str) -> bool:
         return False
 
 
+def _ipv4_mapped(host: str) -> str | None:
+    """``::ffff:a.b.c.d`` for an IPv4 address ``a.b.c.d``; None for anything else."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return f"::ffff:{ip}" if isinstance(ip, ipaddress.IPv4Address) else None
+
+
 def _ip_forms(host: str | None) -> frozenset[str]:
     """The texts under which datagrams from ``host`` can arrive: its canonical form (what the
     kernel reports), plus the IPv4-mapped IPv6 form of an IPv4 address (a dual-stack socket)
@@ -234,17 +244,21 @@ class RtpEndpoint:
         #: IPs whose datagrams may latch from any port (signalling-ip mode), until latched.
         self._latch_ips: frozenset[str] = self._signalling_ips or frozenset()
         #: The latched source exactly as the socket reported it (compared per packet) ...
-        self._source: object = None
+        self._source: SourceAddress | None = None
         #: ... and as a (host, port) destination.
         self._latched: Address | None = None
-        #: Where packets go now: the same as :attr:`remote`, kept as a plain attribute for the
-        #: per-packet code. Read it, never set it.
+        #: Where packets go now: :attr:`remote`, in the IPv4-mapped form on an IPv6 socket
+        #: (:meth:`use_ipv6_socket`), kept as a plain attribute for the per-packet code. Read
+        #: it, never set it.
         self.dest: Address | None = None
+        #: The socket is IPv6 (dual-stack): an IPv4 SDP address is sent to as ``::ffff:a.b.c.d``.
+        self._ipv6_socket = False
         #: Buffered items: µ-law codes (bytes) for PCMU, decoded frames for PCMA.
         #: Arrival times are quantised to the 20 ms tick (confstream.rtp.reader).
         self.jitter: JitterBuffer[bytes | Frame] = JitterBuffer(
             conceal=_conceal, arrival_quantum=FRAME_SAMPLES
         )
+        self._put = self.jitter.put  # (bound once: called for every packet)
         self._dtmf_in = DtmfReceiver()
         self._dtmf_out = DtmfSender()
         self._pending: Frame | None = None  # samples cut off a longer packet, not yet played
@@ -252,6 +266,8 @@ class RtpEndpoint:
         self._overflow_seen = 0
         #: Time (the ``now`` passed to :meth:`receive`) of the last valid packet, or None.
         self.last_valid: float | None = None
+        #: Called with the source when the call latches (the socket adapter's hook).
+        self.on_latch: Callable[[SourceAddress], None] | None = None
 
     # -- negotiation -------------------------------------------------------------------------
 
@@ -272,9 +288,26 @@ class RtpEndpoint:
         self._sdp_ips = _ip_forms(host) if remote is not None else frozenset()
         if self._signalling_ips is not None:
             self._latch_ips = self._signalling_ips | self._sdp_ips
-        self.dest = self._latched or self._sdp_remote
+        self._set_dest()
         self.payload_type = payload_type
         self.telephone_event_pt = telephone_event_pt
+
+    def use_ipv6_socket(self) -> None:
+        """The session's socket is IPv6 (bound to ``::`` or another IPv6 address): until the
+        call is latched, an IPv4 SDP address is sent to in its IPv4-mapped form
+        (``::ffff:a.b.c.d``), the only form an IPv6 socket can send to (a dual-stack socket
+        then sends IPv4). The latched source needs nothing: the socket reports it in that
+        form."""
+        self._ipv6_socket = True
+        self._set_dest()
+
+    def _set_dest(self) -> None:
+        dest = self._latched or self._sdp_remote
+        if dest is not None and self._ipv6_socket and self._latched is None:
+            mapped = _ipv4_mapped(dest[0])
+            if mapped is not None:
+                dest = (mapped, dest[1])
+        self.dest = dest
 
     @property
     def remote(self) -> Address | None:
@@ -336,7 +369,7 @@ class RtpEndpoint:
                 if self._source is None:
                     self._latch(addr)
                 payload = data[12:]
-                result = self.jitter.put(
+                result = self._put(
                     seq,
                     ts,
                     ssrc,
@@ -384,6 +417,13 @@ class RtpEndpoint:
         self._source = addr
         self._latched = (addr[0], addr[1])
         self.dest = self._latched
+        if self.on_latch is not None:
+            self.on_latch(addr)
+
+    @property
+    def source(self) -> SourceAddress | None:
+        """The latched source exactly as the socket reports it, or None before the latch."""
+        return self._source
 
     def _accept(self, packet: RtpPacket, addr: SourceAddress, now: float) -> None:
         counts = self._counts

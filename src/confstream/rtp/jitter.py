@@ -298,17 +298,29 @@ class JitterBuffer(Generic[T]):
             idx = ext & self._mask
             seqs = self._seqs
             if seqs[idx] == _EMPTY:
-                self._observe(arrival * clock_rate - timestamp)
+                # _observe, inlined (the same arithmetic)
+                transit = arrival * clock_rate - timestamp
+                last_transit = self._transit
+                if last_transit is not None:
+                    d = transit - last_transit
+                    if d < 0:
+                        d = -d
+                    d -= self._dead
+                    if d < 0:
+                        d = 0.0
+                    if d < 2147483648.0:
+                        self.jitter += (d - self.jitter) / 16.0
+                self._transit = transit
                 self._late_run = 0
                 self._highest = ext
                 self._slots[idx] = frame
                 seqs[idx] = ext
                 count = self._count = self._count + 1
-                received = self._received_run = self._received_run + 1
-                stats = self.stats
-                stats.received += 1
-                lost = ext - self._base + 1 - received
-                stats.lost = self._lost_before + lost if lost > 0 else self._lost_before
+                self._received_run += 1
+                self.stats.received += 1
+                # ``stats.lost`` is unchanged: the highest sequence number and the packets
+                # received in this run both grow by one (every path that moves either one
+                # sets ``stats.lost`` from both, see the general path below).
                 if count > self._capacity:
                     oldest = self._oldest()
                     self._drop(oldest)

@@ -17,6 +17,9 @@ them all at once in :meth:`RtpReader.drain`:
   us). A drain that stops at the bound with sockets still ready adds the number of those
   sockets to ``confstream_rtp_drain_capped_total``. Every datagram read is counted exactly
   as before (received, discarded, rejected).
+* A session's second socket, connected to its latched source (:mod:`confstream.rtp.session`),
+  is registered with that source as its peer: it is read with ``recv`` (the kernel delivers it
+  nothing else) and its datagrams are handed over as coming from the peer.
 * Errors: an ICMP error (port unreachable after the peer went away) surfaces as an
   ``OSError`` on the next ``recvfrom`` of an unconnected UDP socket; it is ignored, as the
   event loop's ``error_received`` did (the inactivity timeout decides when a peer is gone).
@@ -90,10 +93,9 @@ class RtpReader:
             select.epoll() if hasattr(select, "epoll") else select.poll()
         )
         self._poll = self._poller.poll
-        #: fd -> (recvfrom of the socket, the endpoint's receive, the session's DTMF handler)
-        self._entries: dict[
-            int, tuple[Callable[[int], tuple[bytes, SourceAddress]], Receive, OnEvents]
-        ] = {}
+        #: fd -> (the socket, its peer for a connected socket else None, the endpoint's
+        #: receive, the session's DTMF handler)
+        self._entries: dict[int, tuple[socket.socket, SourceAddress | None, Receive, OnEvents]] = {}
         #: loop.time() of the last drain.
         self.last_drain = loop.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -106,11 +108,19 @@ class RtpReader:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def register(self, sock: socket.socket, receive: Receive, on_events: OnEvents) -> None:
-        """Read ``sock`` (non-blocking, bound) from the next drain on."""
+    def register(
+        self,
+        sock: socket.socket,
+        receive: Receive,
+        on_events: OnEvents,
+        peer: SourceAddress | None = None,
+    ) -> None:
+        """Read ``sock`` (non-blocking, bound) from the next drain on. ``peer``: the socket is
+        connected to that address (the kernel delivers it nothing else), so it is read with
+        ``recv`` and every datagram is handed over as coming from ``peer``."""
         fd = sock.fileno()
         self._poller.register(fd, _IN)
-        self._entries[fd] = (sock.recvfrom, receive, on_events)
+        self._entries[fd] = (sock, peer, receive, on_events)
         if self._timer is None:
             self._timer = self._loop.call_at(self.last_drain + STALE, self._fallback)
 
@@ -153,9 +163,12 @@ class RtpReader:
                 entry = entries.get(fd)
                 if entry is None:  # unregistered by a callback during this drain
                     continue
-                recvfrom, receive, on_events = entry
+                sock, addr, receive, on_events = entry
                 try:
-                    data, addr = recvfrom(RECV_SIZE)
+                    if addr is None:
+                        data, addr = sock.recvfrom(RECV_SIZE)
+                    else:  # connected: only the peer's datagrams, no address to build
+                        data = sock.recv(RECV_SIZE)
                 except OSError as exc:  # an ICMP error of an earlier send, or nothing after all
                     log.debug("rtp recvfrom: %s", exc)
                     continue

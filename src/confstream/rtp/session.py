@@ -11,17 +11,38 @@ time as its arrival time; DTMF key presses reach ``on_dtmf`` from there, once pe
 
 Sending is paced by the caller: the conference's 20 ms mixer clock calls
 :meth:`RtpSession.write_frame` (one packet, sent at once with a non-blocking ``sendto`` on the
-session's own socket) and :meth:`RtpSession.read_frame`; the session has no audio timer of its
-own. A send that fails (``EAGAIN``, ``ENOBUFS``, ``ECONNREFUSED`` after an ICMP error...) drops
-that packet, counts ``confstream_rtp_send_failures_total{reason}`` and never raises into the
-tick. The inactivity check is one ``loop.call_later`` that re-arms itself for the remaining
-time, so it costs nothing per packet.
+session's own socket, or ``send`` on the connected one, below) and
+:meth:`RtpSession.read_frame`; the session has no audio timer of its own. A send that fails
+(``EAGAIN``, ``ENOBUFS``, ``ECONNREFUSED`` after an ICMP error...) drops that packet, counts
+``confstream_rtp_send_failures_total{reason}`` and never raises into the tick. The inactivity
+check is one ``loop.call_later`` that re-arms itself for the remaining time, so it costs
+nothing per packet.
 
 The packet counters are batched (see :mod:`confstream.rtp.endpoint`) and flushed to Prometheus
 by the reader once per drain, so ``/metrics`` is at most one tick behind.
 
 Closing unregisters the socket from the reader and closes it at once: nothing of it is pending
 in the event loop, so its port goes back to the pool (and its cool-down) immediately.
+
+Connected after the latch (bench/history.md, section 10): a connected UDP socket sends without
+an address (no address parsing, the kernel's route cached) and receives without one (no source
+address built per datagram, no source check), about 2 µs less per participant-frame on
+loopback. But a plain ``connect()`` of the session's only socket would make the kernel answer
+every other source with ICMP port unreachable and hide its datagrams from the source filter
+(docs/sip.md, "RTP security": counted, never answered). So once the endpoint latches, the
+session sets ``SO_REUSEPORT`` on its bound socket and opens a *second* socket on the same
+address and port, connected to the latched source: the kernel delivers that source's datagrams
+to the connected socket (an exact match) and everything else to the first one (it never picks
+a connected socket for another source), which still counts and drops them. The reader reads
+the connected socket with ``recv`` and hands its datagrams over as coming from the latched
+source. Datagrams that reached the second socket before its ``connect`` are read at once,
+as the first socket's. A re-INVITE that un-latches closes the second socket (what waits in it
+is read first); the next latch opens a new one. Both close together; the port pool, cool-down
+and quarantine see one port as before. The first socket is bound without ``SO_REUSEPORT`` (a
+port another process holds is still EADDRINUSE and skipped); while latched, another process of
+the *same user* could join the port, which that user could do to the process anyway. When the
+second socket cannot be made (e.g. ``EMFILE``: it needs one more file descriptor per call) the
+call stays on its one socket, as before.
 
 The conference engine's fast path (:meth:`RtpSession.read_ulaw`, :meth:`RtpSession.write_ulaw`)
 moves µ-law codes instead of samples so that it can decode and encode every participant in one
@@ -40,7 +61,7 @@ from collections.abc import Callable
 from confstream import metrics
 from confstream.conference.base import Frame
 from confstream.rtp.dtmf import DtmfEvent
-from confstream.rtp.endpoint import PENDING, RtpEndpoint, RtpStats
+from confstream.rtp.endpoint import PENDING, RtpEndpoint, RtpStats, SourceAddress
 from confstream.rtp.ports import RtpPortPool
 from confstream.rtp.reader import RtpReader, reader_for
 
@@ -115,10 +136,15 @@ class RtpSession:
         self.on_dtmf = on_dtmf
         self.on_timeout = on_timeout
         self.endpoint = RtpEndpoint(signalling_ip=signalling_ip, latching=latching)
+        self.endpoint.on_latch = self._latched
         self.local_port: int | None = None
         self._sock: socket.socket | None = None
         #: The socket's bound ``sendto`` while open, else None (the per-packet send).
         self._sendto: Callable[[bytes, Address], int] | None = None
+        #: The second socket, on the same port and connected to the latched source, while
+        #: latched (see "Connected after the latch" in the module docstring), and its ``send``.
+        self._conn: socket.socket | None = None
+        self._send: Callable[[bytes], int] | None = None
         self._reader: RtpReader | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -159,6 +185,8 @@ class RtpSession:
                 raise
             self.local_port = port
             self._sock = sock
+            if family == socket.AF_INET6:  # an IPv4 SDP address is sent to as ::ffff:a.b.c.d
+                self.endpoint.use_ipv6_socket()
             self._sendto = sock.sendto
             self._loop = loop
             self._reader = reader_for(loop)
@@ -177,6 +205,7 @@ class RtpSession:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._disconnect()
         sock, self._sock, self._sendto = self._sock, None, None
         if sock is not None:
             if self._reader is not None:
@@ -200,6 +229,8 @@ class RtpSession:
         telephone-event payload type (None when not negotiated). Can be called again on a
         re-INVITE; a changed address un-latches."""
         self.endpoint.set_remote(host, port, payload_type, telephone_event_pt)
+        if not self.endpoint.latched:
+            self._disconnect()
 
     def suspend_inactivity(self, suspended: bool) -> None:
         """Pause the inactivity timeout (e.g. while the peer holds with ``inactive`` or
@@ -236,7 +267,7 @@ class RtpSession:
         endpoint = self.endpoint
         data = endpoint.write_frame(frame)
         if data is not None:
-            self._send(data, endpoint.dest)
+            self._send_to(data, endpoint.dest)
 
     def write_ulaw(self, codes: bytes) -> bool:
         """:meth:`write_frame` for the engine's fast path, from the frame already encoded as
@@ -246,22 +277,32 @@ class RtpSession:
         data = endpoint.write_ulaw(codes)
         if data is None:
             return False
-        sendto = self._sendto
-        if sendto is not None:  # (_send, inlined: this runs for every participant)
-            try:
+        # (_send_to, inlined: this runs for every participant)
+        try:
+            send = self._send
+            if send is not None:  # connected to the latched source
+                send(data)
+            else:
+                sendto = self._sendto
+                if sendto is None:
+                    return True
                 sendto(data, endpoint.dest)  # type: ignore[arg-type]  # not None: data was made
-            except OSError as exc:
-                _send_failed(exc)
-                return True
-            PENDING.packets_out += 1
+        except OSError as exc:
+            _send_failed(exc)
+            return True
+        PENDING.packets_out += 1
         return True
 
-    def _send(self, data: bytes, dest: Address | None) -> None:
-        sendto = self._sendto
-        if sendto is None or dest is None:
-            return
+    def _send_to(self, data: bytes, dest: Address | None) -> None:
         try:
-            sendto(data, dest)
+            send = self._send
+            if send is not None:
+                send(data)
+            else:
+                sendto = self._sendto
+                if sendto is None or dest is None:
+                    return
+                sendto(data, dest)
         except OSError as exc:
             _send_failed(exc)
             return
@@ -277,6 +318,64 @@ class RtpSession:
             )
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _latched(self, source: SourceAddress) -> None:
+        """The endpoint latched, in the middle of a datagram's handling: connect after it."""
+        if self._loop is not None and not self._closed:
+            self._loop.call_soon(self._connect, source)
+
+    def _connect(self, source: SourceAddress) -> None:
+        """Open the socket connected to ``source``, if the call is still latched to it."""
+        sock, reader = self._sock, self._reader
+        if sock is None or reader is None or self._closed or self._conn is not None:
+            return
+        if self.endpoint.source != source:  # un-latched (or latched again) meanwhile
+            return
+        conn: socket.socket | None = None
+        try:
+            # SO_REUSEPORT on the bound socket now, then a second socket on the same port,
+            # connected: the kernel delivers the latched source's datagrams to it, everything
+            # else to the first one (it never picks a connected socket for another source).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            conn = socket.socket(sock.family, socket.SOCK_DGRAM)
+            conn.setblocking(False)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            conn.bind(sock.getsockname())
+            conn.connect(source)
+        except OSError as exc:  # stay on the one socket (sendto), as without this
+            log.debug("call %s: no connected RTP socket: %s", self.call_sid, exc)
+            if conn is not None:
+                conn.close()
+            return
+        self._conn = conn
+        self._send = conn.send
+        # Bound but not yet connected, it may have been handed datagrams from anyone: read
+        # them as the first socket's (checked against the source), then only the peer's.
+        self._take_pending(conn)
+        reader.register(conn, self.endpoint.receive, self._dtmf_events, source)
+
+    def _disconnect(self) -> None:
+        """Close the connected socket (un-latched, or closing). What waits in it is read first
+        (counted as usual); from then on the first socket receives everything again."""
+        conn, self._conn, self._send = self._conn, None, None
+        if conn is None:
+            return
+        if self._reader is not None:
+            self._reader.unregister(conn)
+        if not self._closed:
+            self._take_pending(conn)
+        conn.close()
+
+    def _take_pending(self, conn: socket.socket) -> None:
+        now = self._loop.time() if self._loop is not None else 0.0
+        for _ in range(64):
+            try:
+                data, addr = conn.recvfrom(65536)
+            except OSError:
+                return
+            events = self.endpoint.receive(data, addr, now)
+            if events:
+                self._dtmf_events(events)
 
     def _dtmf_events(self, events: list[DtmfEvent]) -> None:
         if self.on_dtmf is not None:
