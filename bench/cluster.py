@@ -50,7 +50,9 @@ from confstream.tools.server import Account
 LOADGEN_REALTIME_PREFIX = ["chrt", "-f", "5"]
 
 
-def setup_text(nodes: int, pinned: bool, realtime: bool = False) -> str:
+def setup_text(
+    nodes: int, pinned: bool, realtime: bool = False, loadgen_with_node: bool = False
+) -> str:
     where = "each pinned to its own core (taskset)" if pinned else "not pinned (no taskset)"
     if realtime:
         where += (
@@ -59,11 +61,17 @@ def setup_text(nodes: int, pinned: bool, realtime: bool = False) -> str:
             "real-time priority 5 (`chrt -f 5`: a node always preempts them, other work on the "
             "machine never delays their packets)"
         )
+    generators = (
+        "pinned to its node's core (`--cluster-loadgen-with-node`: every core carries one node "
+        "and the load of that node, for one node alone as for all of them)"
+        if loadgen_with_node and pinned
+        else "not pinned (it shares the cores with the nodes)"
+    )
     return (
         f"{nodes} confstream nodes, {where}, on one Redis, one PostgreSQL and Kamailio, started "
         "by `confstream.tools.cluster` (what `make cluster` runs). The load generator (one "
-        "process per loaded node) runs on the same machine, not pinned (it shares the cores "
-        "with the nodes), and dials each node's SIP port directly, not through Kamailio; rooms "
+        f"process per loaded node) runs on the same machine, {generators}, "
+        "and dials each node's SIP port directly, not through Kamailio; rooms "
         "of 10, no streams. It sends each conference's packets of a frame with one `sendmmsg` "
         "and does not read the audio the nodes send back (`--discard-returned-rtp`: a small "
         "receive buffer, the kernel drops it; the nodes' sending is unchanged). Each "
@@ -80,14 +88,23 @@ def run_cluster_series(
     base: Path,
     notes: list[str],
     realtime: bool = False,
+    loadgen_with_node: bool = False,
 ) -> tuple[list[ClusterLoadResult], str]:
     """Every load of the series (a load that fails is noted and skipped) and the setup text;
-    ``realtime``: the nodes run under SCHED_FIFO (:data:`REALTIME_PREFIX`)."""
+    ``realtime``: the nodes run under SCHED_FIFO (:data:`REALTIME_PREFIX`);
+    ``loadgen_with_node``: each load generator is pinned to the core of the node it calls."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     pinned = bool(cores) and shutil.which("taskset") is not None
     rt = list(REALTIME_PREFIX) if realtime else []
     prefixes = [
         [*rt, *(["taskset", "-c", str(cores[k % len(cores)])] if pinned else [])]
+        for k in range(nodes)
+    ]
+    gen_rt = list(LOADGEN_REALTIME_PREFIX) if realtime else []
+    gen_prefixes = [
+        [*gen_rt, *(["taskset", "-c", str(cores[k % len(cores)])] if pinned else [])]
+        if loadgen_with_node
+        else gen_rt
         for k in range(nodes)
     ]
     cluster = LocalCluster(
@@ -108,9 +125,8 @@ def run_cluster_series(
                 log(f"{label}: starting")
                 try:
                     load = run_load(
-                        cluster, account, per_node, count, duration, ramp, base,
-                        LOADGEN_REALTIME_PREFIX if realtime else [],
-                    )  # fmt: skip
+                        cluster, account, per_node, count, duration, ramp, base, gen_prefixes
+                    )
                 except Exception as exc:
                     log(f"{label} failed: {exc}")
                     notes.append(f"{label}: the load failed ({str(exc)[:300]!r})")
@@ -123,7 +139,7 @@ def run_cluster_series(
                 loads.append(load)
     finally:
         cluster.stop()
-    return loads, setup_text(nodes, pinned, realtime)
+    return loads, setup_text(nodes, pinned, realtime, loadgen_with_node)
 
 
 def _scrape(node: NodeProcess) -> ServerMetrics:
@@ -138,17 +154,17 @@ def run_load(
     duration: float,
     ramp: float | None,
     base: Path,
-    loadgen_prefix: list[str] | None = None,
+    loadgen_prefixes: list[list[str]] | None = None,
 ) -> ClusterLoadResult:
     """``per_node`` callers on each of the first ``count`` nodes; the window; everyone hangs
-    up and the nodes are idle again before it returns. ``loadgen_prefix`` goes before each
-    load generator's command (:data:`LOADGEN_REALTIME_PREFIX`)."""
-    loadgen_prefix = loadgen_prefix or []
+    up and the nodes are idle again before it returns. ``loadgen_prefixes[k]`` goes before
+    the command of the load generator of node ``k`` (:data:`LOADGEN_REALTIME_PREFIX`,
+    ``taskset``)."""
     members = cluster.members[:count]
     cfg = PointConfig(per_node, duration=duration, ramp=ramp)
     gens: list[LineProc] = []
     try:
-        for node in members:
+        for k, node in enumerate(members):
             workdir = base / f"cluster-{count}x{per_node}-{node.node_id}"
             workdir.mkdir(parents=True, exist_ok=True)
             target = ["--sip", f"127.0.0.1:{node.sip_port}", "--account", account.sid,
@@ -156,7 +172,8 @@ def run_load(
             # the cluster loads do not analyse the returned audio: the kernel drops it
             room = f"{node.node_id}-{count}x{per_node}"
             extra = ["--room-prefix", room, "--discard-returned-rtp"]
-            gens.append(start_loadgen(cfg, workdir, Pinning(load=loadgen_prefix), target, extra))
+            prefix = loadgen_prefixes[k] if loadgen_prefixes else []
+            gens.append(start_loadgen(cfg, workdir, Pinning(load=prefix), target, extra))
         answered = sum(wait_answered(gen, cfg).answered for gen in gens)
         time.sleep(cfg.settle)
         procs = [psutil.Process(node.proc.pid) for node in members if node.proc is not None]

@@ -840,6 +840,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the cluster series' nodes with real-time scheduling (chrt -f 10)",
     )
     p.add_argument(
+        "--cluster-loadgen-with-node",
+        action="store_true",
+        help="pin each load generator of the cluster series to the core of the node it calls",
+    )
+    p.add_argument(
         "--compare",
         default="",
         metavar="JSON,...",
@@ -913,7 +918,7 @@ def run_cluster(args: argparse.Namespace, base: Path, results: BenchResults) -> 
     points = [int(x) for x in args.cluster_points.split(",") if x.strip()]
     results.cluster_loads, results.cluster_setup = run_cluster_series(
         points, args.cluster_nodes, args.duration, args.ramp, base, results.notes,
-        args.cluster_realtime,
+        args.cluster_realtime, args.cluster_loadgen_with_node,
     )  # fmt: skip
 
 
