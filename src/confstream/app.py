@@ -419,9 +419,34 @@ def fix_mmap_threshold(threshold: int) -> bool:
     return applied
 
 
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Raise the soft limit of open files to the hard limit (docs/operations.md,
+    ``--rtp-ports``): a latched call holds two RTP sockets and a stream one TLS connection, and
+    the 1024 many systems start a process with would stop new calls' sockets at about 500
+    callers. Returns the old and new soft limits when raised, else None (already there, no
+    such limit on this platform, or refused: then the server runs with what it has)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # an unlimited hard limit is capped by the kernel's nr_open (1048576 by default)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("open files limit left at %d (raising it to %d failed: %s)", soft, target, exc)
+        return None
+    log.info("open files limit raised from %d to %d", soft, target)
+    return soft, target
+
+
 def run_server(settings: Settings, show_first_account: bool = False) -> int:
     limit_malloc_arenas()
     fix_mmap_threshold(settings.malloc_mmap_threshold)
+    raise_open_files_limit()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
