@@ -190,6 +190,32 @@ class RtpReader:
         flush_metrics()
         return got
 
+    def read_pending(
+        self, sock: socket.socket, receive: Receive, on_events: OnEvents, limit: int
+    ) -> int:
+        """Read up to ``limit`` datagrams waiting in ``sock`` now (registered or not), each
+        handled as :meth:`drain` handles one, arriving at ``loop.time()``: a session's
+        connected socket before it is registered or after it is unregistered (the datagrams
+        the kernel handed it then). Returns how many were read."""
+        now = self._loop.time()
+        got = 0
+        for _ in range(limit):
+            try:
+                data, addr = sock.recvfrom(RECV_SIZE)
+            except OSError:  # nothing (left), or an ICMP error of an earlier send
+                break
+            got += 1
+            # (as in _drain, where it is inlined: that loop runs for every datagram)
+            try:
+                events = receive(data, addr, now)
+            except Exception:  # defensive: one bad datagram must never kill the session
+                log.exception("unexpected error handling an RTP datagram")
+                metrics.RTP_DISCARDED.labels(reason="malformed").inc()
+                continue
+            if events:
+                on_events(events)
+        return got
+
     def _fallback(self) -> None:
         self._timer = None
         if not self._entries:

@@ -69,6 +69,10 @@ __all__ = ["RtpSession", "RtpStats"]
 
 log = logging.getLogger(__name__)
 
+#: Datagrams read from the connected socket when it opens or closes (those the kernel handed
+#: it while it was not registered with the reader).
+_PENDING_READ = 64
+
 Address = tuple[str, int]
 
 
@@ -351,7 +355,7 @@ class RtpSession:
         self._send = conn.send
         # Bound but not yet connected, it may have been handed datagrams from anyone: read
         # them as the first socket's (checked against the source), then only the peer's.
-        self._take_pending(conn)
+        reader.read_pending(conn, self.endpoint.receive, self._dtmf_events, _PENDING_READ)
         reader.register(conn, self.endpoint.receive, self._dtmf_events, source)
 
     def _disconnect(self) -> None:
@@ -360,22 +364,12 @@ class RtpSession:
         conn, self._conn, self._send = self._conn, None, None
         if conn is None:
             return
-        if self._reader is not None:
-            self._reader.unregister(conn)
-        if not self._closed:
-            self._take_pending(conn)
+        reader = self._reader
+        if reader is not None:
+            reader.unregister(conn)
+            if not self._closed:
+                reader.read_pending(conn, self.endpoint.receive, self._dtmf_events, _PENDING_READ)
         conn.close()
-
-    def _take_pending(self, conn: socket.socket) -> None:
-        now = self._loop.time() if self._loop is not None else 0.0
-        for _ in range(64):
-            try:
-                data, addr = conn.recvfrom(65536)
-            except OSError:
-                return
-            events = self.endpoint.receive(data, addr, now)
-            if events:
-                self._dtmf_events(events)
 
     def _dtmf_events(self, events: list[DtmfEvent]) -> None:
         if self.on_dtmf is not None:
