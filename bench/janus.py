@@ -119,6 +119,9 @@ def janus_result(
         window_s=window.seconds,
         cpu_percent=100 * window.cpu_seconds / window.seconds,
         cpu_us_per_participant_frame=window.cpu_seconds / frames * 1e6 if frames else None,
+        kernel_us_per_participant_frame=window.cpu_system_seconds / frames * 1e6
+        if frames
+        else None,
         rss_steady_mib=window.rss_max_mib,
         rtp_received_by_callers=summary.get("rtp_received"),
     )

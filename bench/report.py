@@ -103,6 +103,8 @@ class PointResult:
     gc_pauses: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: The stream sink's CPU over the window, % of one core (None: not measured).
     sink_cpu_percent: float | None = None
+    #: Of ``cpu_us_per_participant_frame``, the kernel's (system time); None in old results.
+    kernel_us_per_participant_frame: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,6 +132,8 @@ class JanusPointResult:
     cpu_us_per_participant_frame: float | None
     rss_steady_mib: float
     rtp_received_by_callers: int | None
+    #: Of ``cpu_us_per_participant_frame``, the kernel's (system time); None in old results.
+    kernel_us_per_participant_frame: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -613,7 +617,8 @@ def janus_lines(results: BenchResults) -> list[str]:
         "loaded, pinned like the confstream server. confstream's figures include its streams",
         '(N/10 both-track wss:// streams); Janus has none. "joined" counts Janus participants',
         "joined by the end of the run. Where either side is near 100 % CPU the per-frame figure",
-        "measures saturation, not cost (ticks are skipped, frames dropped).",
+        "measures saturation, not cost (ticks are skipped, frames dropped). In brackets: the",
+        "part of it spent in the kernel (system time: socket sends, receives and polls).",
         "",
         "| N | confstream CPU % | Janus CPU % | confstream µs / participant-frame | "
         "Janus µs / participant-frame | ratio confstream / Janus |",
@@ -628,12 +633,18 @@ def janus_lines(results: BenchResults) -> list[str]:
             f"{j.callers} ({j.answered} joined)",
             f"{o.cpu_percent:.1f}" if o else "n/a",
             f"{j.cpu_percent:.1f}",
-            f"{ocpu:.1f}" if ocpu else "n/a",
-            f"{jcpu:.1f}" if jcpu else "n/a",
+            _with_kernel(ocpu, o.kernel_us_per_participant_frame if o else None),
+            _with_kernel(jcpu, j.kernel_us_per_participant_frame),
             ratio,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _with_kernel(us: float | None, kernel_us: float | None) -> str:
+    if not us:
+        return "n/a"
+    return f"{us:.1f}" if kernel_us is None else f"{us:.1f} ({kernel_us:.1f})"
 
 
 #: What the report says about the Janus AudioBridge comparison without ``--with-janus``.

@@ -394,6 +394,8 @@ class Window:
     """Phase *measure steady state*: one process's CPU and RSS over the window."""
 
     cpu_seconds: float
+    #: Of which in the kernel (system time: the sockets' sends and receives, polls).
+    cpu_system_seconds: float
     #: Window length (monotonic clock).
     seconds: float
     #: Wall-clock ends, to match the callers' marked events (``time.time()``) against.
@@ -418,7 +420,7 @@ def sample_window(
     c1 = proc.cpu_times()
     t1, w1 = time.time(), time.monotonic()
     cpu_s = (c1.user + c1.system) - (c0.user + c0.system)
-    return Window(cpu_s, w1 - w0, t0, t1, rss_max)
+    return Window(cpu_s, c1.system - c0.system, w1 - w0, t0, t1, rss_max)
 
 
 # --------------------------------------------------------------------------------------------
@@ -704,6 +706,9 @@ def collect_point(
         cpu_seconds=window.cpu_seconds,
         cpu_percent=100.0 * window.cpu_seconds / window.seconds,
         cpu_us_per_participant_frame=(window.cpu_seconds / frames * 1e6) if frames else None,
+        kernel_us_per_participant_frame=(window.cpu_system_seconds / frames * 1e6)
+        if frames
+        else None,
         rss_idle_mib=rss_idle,
         rss_steady_mib=rss_steady,
         rss_peak_mib=steady.rss_peak_mib,

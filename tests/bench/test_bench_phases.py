@@ -219,7 +219,9 @@ def _phases() -> tuple[Ramp, Streams, Steady, Stopped]:
         rtp_discarded={"late": 8.0, "overflow": 2.0},
         ticks_skipped=4.0,
     )
-    window = Window(cpu_seconds=1.0, seconds=10.0, t0=100.0, t1=110.0, rss_max_mib=150.0)
+    window = Window(
+        cpu_seconds=1.0, cpu_system_seconds=0.4, seconds=10.0, t0=100.0, t1=110.0, rss_max_mib=150.0
+    )
     streams = Streams(created={"MZ1": 99.0, "MZ2": 99.5}, first_media={"MZ1": 99.25})
     sink = {
         "streams": [
@@ -252,6 +254,7 @@ def test_collect_point_computes_the_figures_from_the_phases() -> None:
     assert (p.callers, p.answered, p.conferences, p.streams) == (10, 10, 1, 2)
     assert p.cpu_percent == pytest.approx(10.0)
     assert p.cpu_us_per_participant_frame == pytest.approx(200.0)  # 1 s / (10 x 500 frames)
+    assert p.kernel_us_per_participant_frame == pytest.approx(80.0)  # 0.4 s of the 1 s
     assert (p.rss_idle_mib, p.rss_steady_mib, p.rss_peak_mib) == (100.0, 150.0, 160.0)
     assert p.rss_per_participant_kib == pytest.approx(50 * 1024 / 10)
     lat = p.tick_lateness
@@ -285,10 +288,13 @@ def test_collect_point_falls_back_to_the_ramp_count_without_a_summary() -> None:
 
 
 def test_janus_result_per_participant_frame() -> None:
-    window = Window(cpu_seconds=0.5, seconds=10.0, t0=0.0, t1=10.0, rss_max_mib=30.0)
+    window = Window(
+        cpu_seconds=0.5, cpu_system_seconds=0.2, seconds=10.0, t0=0.0, t1=10.0, rss_max_mib=30.0
+    )
     j = janus_result(PointConfig(20), 18, window, {"answered": 20, "rtp_received": 7})
     assert (j.answered, j.cpu_percent, j.rss_steady_mib) == (20, 5.0, 30.0)
     assert j.cpu_us_per_participant_frame == pytest.approx(0.5 / (20 * 500) * 1e6)
+    assert j.kernel_us_per_participant_frame == pytest.approx(0.2 / (20 * 500) * 1e6)
     assert j.rtp_received_by_callers == 7
     assert janus_result(PointConfig(20), 0, window, {}).cpu_us_per_participant_frame is None
 
