@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from confstream.sip.core import LookupToken, OpenRtp, Send
 from confstream.sip.flow import Flow
@@ -30,28 +31,9 @@ class ProxiedPhone(Phone):
     def flow(self) -> Flow:
         return Flow("UDP", PROXY)
 
-    def request(
-        self,
-        method: str,
-        *,
-        cseq: int | None = None,
-        branch: str | None = None,
-        to_tag: str | None = None,
-        body: bytes = b"",
-        extra: tuple[str, ...] = (),
-        uri: str | None = None,
-        call_id: str | None = None,
-    ) -> bytes:
-        raw = super().request(
-            method,
-            cseq=cseq,
-            branch=branch,
-            to_tag=to_tag,
-            body=body,
-            extra=extra,
-            uri=uri,
-            call_id=call_id,
-        )
+    def request(self, method: str, **fields: Any) -> bytes:
+        """The phone's request as the proxy forwards it (the fields are :meth:`Phone.request`'s)."""
+        raw = super().request(method, **fields)
         head, _, body = raw.partition(b"\r\n\r\n")
         lines = head.decode().split("\r\n")
         via = next(n for n, line in enumerate(lines) if line.startswith("Via:"))
@@ -61,7 +43,7 @@ class ProxiedPhone(Phone):
             via,
             f"Via: SIP/2.0/UDP {PROXY[0]}:{PROXY[1]};branch=z9hG4bK{secrets.token_hex(6)}",
         )
-        if method == "INVITE" and not to_tag:
+        if method == "INVITE" and not fields.get("to_tag"):
             lines.insert(via + 2, f"Record-Route: {RECORD_ROUTE}")
         return "\r\n".join(lines).encode() + b"\r\n\r\n" + body
 
