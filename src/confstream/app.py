@@ -50,6 +50,7 @@ from confstream.dialout import Dialout
 from confstream.logsetup import watch_account_tokens
 from confstream.netpolicy import client_ssl_context
 from confstream.rtp import reader as rtp_reader
+from confstream.rtp import txlane
 from confstream.rtp.portstate import open_port_pool
 from confstream.services import Services
 from confstream.settings import Settings
@@ -119,6 +120,7 @@ class Server:
         # RTP is read once per tick, at its start (confstream.rtp.reader).
         if rtp_reader.drain not in self.engine.io_hooks:
             self.engine.io_hooks.append(rtp_reader.drain)
+        self._start_tx_lane()
         await self.engine.start()
         services = Services(settings, store, self.engine)
         self.services = services
@@ -248,6 +250,21 @@ class Server:
         log.info("TLS certificate reloaded from %s", cert)
         return True
 
+    def _start_tx_lane(self) -> None:
+        """The compiled RTP send lane (confstream.rtp.txlane): compiled, or loaded from numba's
+        cache, now, before the clock runs; without numba every packet is sent from Python."""
+        seconds = txlane.warm_up()
+        if seconds is None:
+            log.warning(
+                "RTP send lane off, packets are sent from Python: numba unavailable (%s)",
+                txlane.unavailable_reason(),
+            )
+            return
+        lane = txlane.install(asyncio.get_running_loop())
+        if lane is not None:
+            self.engine.tx_lane = lane.send
+            log.info("RTP send lane ready (numba, %.2f s)", seconds)
+
     async def stop(self) -> None:
         if self._api is not None:
             self._api.state.ready = False
@@ -265,6 +282,8 @@ class Server:
         if self.streams is not None:
             await self.streams.close()
         await self.engine.stop()
+        self.engine.tx_lane = None
+        txlane.uninstall(asyncio.get_running_loop())
         if self.cluster is not None:
             await self.cluster.stop()
         if self._forward_client is not None:

@@ -101,6 +101,18 @@ one ``np.take`` from the 65,536-entry table (about 0.1 µs per participant each,
 per-participant path. The bound methods are looked up
 once per membership change.
 
+Send lane
+---------
+Sending one packet per participant from Python costs more than mixing it. :attr:`Engine.tx_lane`
+(the server wires the RTP one, :mod:`confstream.rtp.txlane`; the engine knows nothing of RTP)
+takes the whole tick's encoded µ-law matrix at once: a participant may offer ``tx_key`` (an
+``int``, -1 for none; read once per layout rebuild), the key of its row in the lane; every tick
+the engine encodes every row, calls the lane once with the codes and the rows' keys, and the
+lane answers which rows it sent. Only the others go through ``write_ulaw``/``write_frame`` as
+above. A row the lane does not take this tick (no key, a key it does not know, a session that
+cannot take µ-law now) is simply written the usual way, so the lane may decline any row at any
+time.
+
 Levels (the dashboard, docs/operations.md)
 ------------------------------------------
 While :attr:`Engine.level_watchers` is above zero, every :data:`LEVEL_EVERY_TICKS`-th tick
@@ -441,6 +453,12 @@ class Engine:
         #: tick's scheduled time on the loop clock: the server puts the RTP reader's drain here
         #: (confstream.rtp.reader), so packets that arrived since the last tick are read first.
         self.io_hooks: list[Callable[[float], object]] = []
+        #: The send lane (see "Send lane" in the module docstring; the server wires the RTP
+        #: one, confstream.rtp.txlane): called once per tick with every row's µ-law codes and
+        #: the rows' lane keys, returns per row 1 when it sent that row, else 0.
+        self.tx_lane: Callable[[UInt8Matrix, npt.NDArray[np.int64]], UInt8Matrix] | None = None
+        self._tx_keys: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._any_tx_key = False
         #: How many readers want participant levels; none: levels are not measured.
         self.level_watchers = 0
         self._level_countdown = 0
@@ -574,6 +592,12 @@ class Engine:
         self._reads = reads
         self._writes = writes
         self._any_ulaw_writer = any(w is not None for w in writes)
+        tx_keys: list[int] = []
+        for p in members:
+            key = getattr(p, "tx_key", -1)
+            tx_keys.append(key if type(key) is int else -1)
+        self._tx_keys = np.array(tx_keys, dtype=np.int64)
+        self._any_tx_key = any(k >= 0 for k in tx_keys)
         self._conf_of_row = np.array(conf_of_row, dtype=np.intp)
         self._row_of_call = {p.call_sid: i for i, p in enumerate(members)}
         self._waiting_rows = np.array(waiting_rows, dtype=np.intp)
@@ -752,9 +776,14 @@ class Engine:
             np.copyto(heard, mix, casting="unsafe")
             ulaw = self._any_ulaw_writer
             writes = self._writes
+            tx_lane = self.tx_lane
+            lane_writes = ulaw and tx_lane is not None and self._any_tx_key
+            if lane_writes:
+                assert tx_lane is not None
+                self._write_with_lane(tx_lane, n_p, heard, members)
             blob = b""
             i = 0
-            for r0 in range(0, n_p, _CHUNK_ROWS):
+            for r0 in range(0, 0 if lane_writes else n_p, _CHUNK_ROWS):
                 if ulaw:
                     encoded = self._codes_out[r0 : min(r0 + _CHUNK_ROWS, n_p)]
                     codes16 = heard[r0 : r0 + _CHUNK_ROWS].view(np.uint16)
@@ -816,6 +845,36 @@ class Engine:
                         self.remove_call_tap(call_sid, t)
                         log_error("on_frame", t, f"tap of call {call_sid} (dropped)")
         self.ticks_run += 1
+
+    def _write_with_lane(
+        self,
+        tx_lane: Callable[[UInt8Matrix, npt.NDArray[np.int64]], UInt8Matrix],
+        n_p: int,
+        heard: npt.NDArray[np.int16],
+        members: list[Participant],
+    ) -> None:
+        """Step 4's writes with a send lane: encode every row, let the lane send those it
+        takes in one call, write the others as without it (see "Send lane")."""
+        codes_out = self._codes_out
+        for r0 in range(0, n_p, _CHUNK_ROWS):
+            r1 = min(r0 + _CHUNK_ROWS, n_p)
+            ULAW_ENCODE.take(heard[r0:r1].view(np.uint16), out=codes_out[r0:r1], mode="wrap")
+        rest: list[int]
+        try:
+            done = tx_lane(codes_out[:n_p], self._tx_keys)
+            rest = np.flatnonzero(done[:n_p] == 0).tolist()
+        except Exception:  # a bug in the lane: nothing is known sent, write every row
+            self._log_error("tx_lane", tx_lane, "send lane")
+            rest = list(range(n_p))
+        writes = self._writes
+        for i in rest:
+            write_ulaw = writes[i]
+            try:
+                if write_ulaw is None or not write_ulaw(codes_out[i].tobytes()):
+                    members[i].write_frame(_fresh_row(heard, i))
+            except Exception:
+                p = members[i]
+                self._log_error("write_frame", p, f"participant {getattr(p, 'call_sid', '?')}")
 
     @staticmethod
     def _said(

@@ -268,6 +268,9 @@ class RtpEndpoint:
         self.last_valid: float | None = None
         #: Called with the source when the call latches (the socket adapter's hook).
         self.on_latch: Callable[[SourceAddress], None] | None = None
+        #: Called before :attr:`stats` is read: the socket adapter adds the packets its send
+        #: lane made (confstream.rtp.txlane) with :meth:`count_sent`.
+        self.before_stats: Callable[[], None] | None = None
 
     # -- negotiation -------------------------------------------------------------------------
 
@@ -516,6 +519,31 @@ class RtpEndpoint:
         counts.bytes_sent += samples
         return data
 
+    # -- the send lane's side (confstream.rtp.txlane) ----------------------------------------
+
+    @property
+    def ulaw_ready(self) -> bool:
+        """Whether :meth:`write_ulaw` would make a packet now (PCMU, a remote address, no DTMF
+        digit playing or queued)."""
+        return self.payload_type == PCMU and self.dest is not None and not self._dtmf_out.busy
+
+    def tx_state(self) -> tuple[int, int, bool]:
+        """The next packet's sequence number and timestamp, and whether it is the first audio
+        packet (marker bit): what a send lane carries on from."""
+        return self._seq, self._ts, self._first_audio
+
+    def set_tx_state(self, seq: int, ts: int, first_audio: bool) -> None:
+        """Carry on from what a send lane made (see :meth:`tx_state`)."""
+        self._seq = seq & 0xFFFF
+        self._ts = ts & 0xFFFFFFFF
+        self._first_audio = first_audio
+
+    def count_sent(self, packets: int, payload_bytes: int) -> None:
+        """Add packets a send lane made for this endpoint to :attr:`stats`."""
+        counts = self._counts
+        counts.packets_sent += packets
+        counts.bytes_sent += payload_bytes
+
     def write_frame(self, frame: Frame) -> bytes | None:
         """The datagram to send for this tick, or None when there is no remote address or no
         negotiated payload type yet (the tick's timestamp still advances)."""
@@ -550,6 +578,8 @@ class RtpEndpoint:
     @property
     def stats(self) -> RtpStats:
         """A snapshot of the counters."""
+        if self.before_stats is not None:
+            self.before_stats()
         counts = self._counts
         jstats = self.jitter.stats
         return RtpStats(

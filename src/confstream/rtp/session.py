@@ -64,6 +64,7 @@ from confstream.rtp.dtmf import DtmfEvent
 from confstream.rtp.endpoint import PENDING, RtpEndpoint, RtpStats, SourceAddress
 from confstream.rtp.ports import RtpPortPool
 from confstream.rtp.reader import RtpReader, reader_for
+from confstream.rtp.txlane import PAYLOAD, TxLane, lane_of
 
 __all__ = ["RtpSession", "RtpStats"]
 
@@ -156,6 +157,12 @@ class RtpSession:
         self._timed_out = False
         self._inactivity_suspended = False
         self._closed = False
+        #: The loop's send lane (confstream.rtp.txlane), when the server installed one, and
+        #: this session's key in it (-1: none); the conference engine reads ``tx_key``.
+        self._lane: TxLane | None = None
+        self.tx_key = -1
+        #: True while the lane sends this session's packets (see :meth:`_lane_update`).
+        self._lane_on = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -195,6 +202,11 @@ class RtpSession:
             self._loop = loop
             self._reader = reader_for(loop)
             self._reader.register(sock, self.endpoint.receive, self._dtmf_events)
+            lane = lane_of(loop)
+            if lane is not None:  # a slot for life; enabled once connected (_lane_update)
+                self._lane = lane
+                self.tx_key = lane.take(self.endpoint.ssrc)
+                self.endpoint.before_stats = self._fold_sent
             self._opened_at = loop.time()
             self._arm(self.inactivity_timeout)
             return port
@@ -210,6 +222,13 @@ class RtpSession:
             self._timer.cancel()
             self._timer = None
         self._disconnect()
+        lane = self._lane
+        if lane is not None:
+            self._lane_update()  # disabled (closed), counts folded in
+            self._fold_sent()
+            lane.release(self.tx_key)
+            self.endpoint.before_stats = None
+            self._lane, self.tx_key = None, -1
         sock, self._sock, self._sendto = self._sock, None, None
         if sock is not None:
             if self._reader is not None:
@@ -235,6 +254,7 @@ class RtpSession:
         self.endpoint.set_remote(host, port, payload_type, telephone_event_pt)
         if not self.endpoint.latched:
             self._disconnect()
+        self._lane_update()  # the codec may have changed
 
     def suspend_inactivity(self, suspended: bool) -> None:
         """Pause the inactivity timeout (e.g. while the peer holds with ``inactive`` or
@@ -268,15 +288,27 @@ class RtpSession:
     def write_frame(self, frame: Frame) -> None:
         """Encode with the negotiated codec and send one packet now (or the DTMF packet that
         replaces it). Does nothing before :meth:`open`/:meth:`set_remote` or after close."""
+        if self._lane_on:  # (not the engine's way: it lets the lane send these rows)
+            self._lane_set(False)
+            self.write_frame(frame)
+            self._lane_update()
+            return
         endpoint = self.endpoint
         data = endpoint.write_frame(frame)
         if data is not None:
             self._send_to(data, endpoint.dest)
+        if self._lane is not None:  # a DTMF digit may have ended: back to the lane
+            self._lane_update()
 
     def write_ulaw(self, codes: bytes) -> bool:
         """:meth:`write_frame` for the engine's fast path, from the frame already encoded as
         µ-law. Returns False, having done nothing, when this session cannot take µ-law now
         (another codec, no remote yet, a DTMF digit playing): call :meth:`write_frame`."""
+        if self._lane_on:  # (not the engine's way: it lets the lane send these rows)
+            self._lane_set(False)
+            taken = self.write_ulaw(codes)
+            self._lane_update()
+            return taken
         endpoint = self.endpoint
         data = endpoint.write_ulaw(codes)
         if data is None:
@@ -320,6 +352,41 @@ class RtpSession:
             log.info(
                 "call %s: telephone-event not negotiated, DTMF %r dropped", self.call_sid, digit
             )
+        self._lane_update()  # the digit's packets are sent from Python
+
+    # -- the send lane (confstream.rtp.txlane) -------------------------------------------------
+
+    def _lane_update(self) -> None:
+        """Enable or disable this session's lane slot: enabled while the lane can send its
+        packets (connected socket, PCMU, no DTMF digit playing)."""
+        if self._lane is None:
+            return
+        want = self._conn is not None and not self._closed and self.endpoint.ulaw_ready
+        if want != self._lane_on:
+            self._lane_set(want)
+
+    def _lane_set(self, on: bool) -> None:
+        lane = self._lane
+        if lane is None or on == self._lane_on:
+            return
+        endpoint = self.endpoint
+        if on:
+            assert self._conn is not None
+            seq, ts, first = endpoint.tx_state()
+            lane.enable(self.tx_key, self._conn.fileno(), seq, ts, first)
+        else:
+            seq, ts, first = lane.disable(self.tx_key)
+            endpoint.set_tx_state(seq, ts, first)
+            self._fold_sent()
+        self._lane_on = on
+
+    def _fold_sent(self) -> None:
+        """Add the packets the lane sent for this session to the endpoint's stats."""
+        lane = self._lane
+        if lane is not None:
+            n = lane.take_sent(self.tx_key)
+            if n:
+                self.endpoint.count_sent(n, n * PAYLOAD)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -357,6 +424,7 @@ class RtpSession:
         # them as the first socket's (checked against the source), then only the peer's.
         reader.read_pending(conn, self.endpoint.receive, self._dtmf_events, _PENDING_READ)
         reader.register(conn, self.endpoint.receive, self._dtmf_events, source)
+        self._lane_update()
 
     def _disconnect(self) -> None:
         """Close the connected socket (un-latched, or closing). What waits in it is read first
@@ -364,6 +432,7 @@ class RtpSession:
         conn, self._conn, self._send = self._conn, None, None
         if conn is None:
             return
+        self._lane_update()  # disabled before its fd is closed
         reader = self._reader
         if reader is not None:
             reader.unregister(conn)

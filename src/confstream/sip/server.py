@@ -102,6 +102,12 @@ class SipParticipant:
         #: The engine's fast path: send a mix-minus given as µ-law codes (False: not taken).
         self.write_ulaw: Callable[[bytes], bool] = session.write_ulaw
 
+    @property
+    def tx_key(self) -> int:
+        """The RTP session's key in the send lane (confstream.rtp.txlane), -1 for none: the
+        engine hands this participant's µ-law rows to the lane under it."""
+        return self.session.tx_key
+
     def read_frame(self) -> Frame | None:
         return self.session.read_frame()
 
