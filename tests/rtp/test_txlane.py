@@ -64,7 +64,8 @@ class Peer:
                 return self.packets
 
     def send_to(self, port: int, seq: int) -> None:
-        self.sock.sendto(RtpPacket(0, seq, seq * 160, 4321, b"\xff" * 160).serialize(), (HOST, port))
+        packet = RtpPacket(0, seq, seq * 160, 4321, b"\xff" * 160)
+        self.sock.sendto(packet.serialize(), (HOST, port))
 
 
 @pytest.fixture
