@@ -21,7 +21,9 @@ Scenarios (``--scenario``, several allowed; default all):
   unit: participant-tick.
 * ``rtp-io``: the real thing for 100 participants: RtpSessions on UDP sockets, the event loop
   (uvloop) delivering one packet per participant per tick, ``Engine.tick`` mixing and sending
-  back; includes the harness's own ``sendto`` of the 100 packets; unit: participant-frame.
+  back (through the compiled send lane, as the server does, unless
+  ``CONFSTREAM_RTP_SEND_LANE=false``); includes the harness's own ``sendto`` of the 100
+  packets; unit: participant-frame.
 * ``stream``: ``--streams`` (default 20) ``both_tracks`` streams in ``--codec`` (default PCMU)
   over real TLS WebSockets to :mod:`bench.sink` (its own process, not counted), spread over
   ``--stream-conferences`` (default 20: one stream each; 4: five streams per conference, which
@@ -154,6 +156,17 @@ async def _rtp_io(iterations: int) -> None:
     n = N_ENDPOINTS
     pool = RtpPortPool(*rtp_port_bounds(4 * n + 200))
     engine = Engine()
+    if os.environ.get("CONFSTREAM_RTP_SEND_LANE", "true").lower() not in ("0", "false", "no"):
+        # the compiled send lane, installed as the server does (confstream.rtp.txlane)
+        try:
+            from confstream.rtp import txlane
+        except ImportError:  # a tree from before the lane
+            pass
+        else:
+            txlane.warm_up()
+            lane = txlane.install(asyncio.get_running_loop())
+            if lane is not None:
+                engine.tx_lane = lane.send
     sessions = []
     for i in range(n):
         s = RtpSession(call_sid=f"CA{i:032x}", local_host=HOST, port_pool=pool)
@@ -183,6 +196,8 @@ async def _rtp_io(iterations: int) -> None:
             sender.sendto(pkt, addrs[i])
         rtp_reader.drain()  # as the engine's clock does at the start of every tick
         engine.tick()
+        if k < 5:  # warm-up: let the sessions latch and connect (the clock yields every tick)
+            await asyncio.sleep(0)
         while True:
             try:
                 sender.recv(2048)

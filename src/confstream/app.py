@@ -253,6 +253,9 @@ class Server:
     def _start_tx_lane(self) -> None:
         """The compiled RTP send lane (confstream.rtp.txlane): compiled, or loaded from numba's
         cache, now, before the clock runs; without numba every packet is sent from Python."""
+        if not self.settings.rtp_send_lane:
+            log.info("RTP send lane off (CONFSTREAM_RTP_SEND_LANE): packets are sent from Python")
+            return
         seconds = txlane.warm_up()
         if seconds is None:
             log.warning(

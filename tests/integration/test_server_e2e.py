@@ -66,6 +66,8 @@ async def test_three_baresip_callers_hear_each_other_not_themselves(
         )
         assert done["sid"] == conf["sid"]
 
+    # what they heard was sent by the compiled send lane (confstream.rtp.txlane)
+    assert "RTP send lane ready" in server.log_tail(400)
     for caller in callers:
         heard = caller.heard()
         # Skip the first second (joins are staggered) and look at the middle of the call.

@@ -190,7 +190,7 @@ async def test_packets_and_counters_across_every_switch(
     session.close()
     assert session.stats.packets_sent == total  # the lane's count stays after close
     if lane is not None:
-        assert len(lane) == 0  # its slot given back
+        assert lane.taken == 0  # its slot given back
 
 
 async def test_failed_send_is_dropped_and_counted(

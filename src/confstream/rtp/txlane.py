@@ -159,8 +159,9 @@ class TxLane:
         self.packets = 0
         self.calls = 0
 
-    def __len__(self) -> int:
-        """Slots taken."""
+    @property
+    def taken(self) -> int:
+        """Slots taken (no ``__len__``: an empty lane must not be falsy)."""
         return int(self.keys.shape[0]) - len(self._free)
 
     # -- slots (the session's side) ---------------------------------------------------------
