@@ -1,7 +1,8 @@
 """The asyncio adapter of one RTP session: a UDP socket, an inactivity timer, and an
 :class:`~confstream.rtp.endpoint.RtpEndpoint` that does all the protocol work.
 
-This module and :mod:`confstream.rtp.reader` are the only RTP modules that touch sockets. The
+This module and :mod:`confstream.rtp.reader` are the only RTP modules that touch sockets
+(:mod:`confstream.rtp.txlane` sends on the file descriptors the sessions hand it). The
 session owns a plain non-blocking UDP socket bound on a port of the pool; it is not watched by
 the event loop but registered with the loop's :class:`~confstream.rtp.reader.RtpReader`, which
 reads every RTP socket once per mixer tick (at the start of the tick, before frames are read;
@@ -47,6 +48,16 @@ call stays on its one socket, as before.
 The conference engine's fast path (:meth:`RtpSession.read_ulaw`, :meth:`RtpSession.write_ulaw`)
 moves µ-law codes instead of samples so that it can decode and encode every participant in one
 NumPy lookup per tick.
+
+The send lane (:mod:`confstream.rtp.txlane`, bench/history.md section 11): when the server
+installed one on the loop, the session takes a slot in it when it opens (``tx_key``, read by
+the engine) and keeps it for life. While the session is connected to its latched source, has
+PCMU negotiated and plays no DTMF digit, the slot is enabled and the lane sends its packets
+from the connected socket (the engine no longer calls :meth:`write_ulaw` for it); every change
+of those conditions (:meth:`_lane_update`: the connect, the disconnect, a re-INVITE, a digit
+queued or finished, close) enables or disables it, carrying the sequence number, timestamp,
+first-audio flag and the packets sent over, so the packets and the counters are those of the
+Python path. The slot is disabled before the connected socket's fd is closed.
 """
 
 from __future__ import annotations
