@@ -235,6 +235,37 @@ class _BatchingConnection(ClientConnection):
 _MEDIA_MESSAGES = metrics.STREAM_MESSAGES.labels(event="media")
 
 
+class _Pending:
+    """Media messages and bytes written from the tick, not yet added to the Prometheus
+    counters (see :func:`flush_metrics`)."""
+
+    __slots__ = ("media", "size", "scheduled")
+
+    def __init__(self) -> None:
+        self.media = 0
+        self.size = 0
+        self.scheduled = False
+
+
+#: Process-wide counts waiting for :func:`flush_metrics`.
+PENDING = _Pending()
+
+
+def flush_metrics() -> None:
+    """Add the pending counts of the tick's direct writes to
+    ``confstream_stream_messages_total{event="media"}`` and ``confstream_stream_bytes_total``.
+    Scheduled with ``loop.call_soon`` by the first direct write of a tick, so it runs once per
+    tick, right after it (before any scrape can be answered). Cheap when nothing is pending."""
+    p = PENDING
+    media, size = p.media, p.size
+    p.media = p.size = 0
+    p.scheduled = False
+    if media:
+        _MEDIA_MESSAGES.inc(media)
+    if size:
+        metrics.STREAM_BYTES.inc(size)
+
+
 def _writable(ws: ClientConnection) -> bool:
     """Whether a message can be written to ``ws`` now, without waiting: what websockets'
     ``send``/``send_context`` check before writing (the connection open, no fragmented
@@ -366,8 +397,12 @@ class StreamSession:
                 ws.transport.abort()
             return
         self.direct_ticks += 1
-        _MEDIA_MESSAGES.inc(len(payloads))
-        metrics.STREAM_BYTES.inc(size)
+        p = PENDING
+        p.media += len(payloads)
+        p.size += size
+        if not p.scheduled:
+            p.scheduled = True
+            ws.loop.call_soon(flush_metrics)
 
     def _own_encoder(self, track: MediaTrack) -> Encoder:
         encoder = self._encoders.get(track)
