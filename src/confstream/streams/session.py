@@ -146,6 +146,7 @@ from confstream.streams.sendqueue import ControlItem, MediaItem, SendQueue
 from confstream.streams.shared import SharedPayloads, acquire, release
 from confstream.streams.spec import StreamSpec
 from confstream.streams.vocabulary import MediaTrack
+from confstream.streams.wsframe import text_frames
 
 __all__ = [
     "FLUSH_TIMEOUT_S",
@@ -383,14 +384,10 @@ class StreamSession:
         error is done here too: the connection is marked broken and aborted, so the sender,
         receiver and keepalive tasks see it closed as they would after a failed batch."""
         try:
-            proto = self.protocol
-            send_text = ws.protocol.send_text
-            size = 0
-            for track, b64 in payloads:
-                data = proto.media_bytes(track, b64, ts)
-                send_text(data)
-                size += len(data)
-            ws.send_data()
+            media_bytes = self.protocol.media_bytes
+            messages = [media_bytes(track, b64, ts) for track, b64 in payloads]
+            size = sum(map(len, messages))
+            ws.transport.write(b"".join(text_frames(messages)))
         except Exception as exc:
             ws.set_connection_exc(exc)
             with contextlib.suppress(Exception):
