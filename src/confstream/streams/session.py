@@ -240,7 +240,7 @@ class _Pending:
     """Media messages and bytes written from the tick, not yet added to the Prometheus
     counters (see :func:`flush_metrics`)."""
 
-    __slots__ = ("media", "size", "scheduled")
+    __slots__ = ("media", "scheduled", "size")
 
     def __init__(self) -> None:
         self.media = 0
