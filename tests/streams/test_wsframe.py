@@ -11,7 +11,6 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from confstream.streams import wsframe
 from confstream.streams.wsframe import MASKS, POOL_BYTES, MaskPool, apply_mask, text_frames
 
 
@@ -56,7 +55,7 @@ def test_masks_are_consecutive_slices_of_urandom_each_used_once(
         drawn.append(out)
         return out
 
-    monkeypatch.setattr(wsframe.os, "urandom", recording)
+    monkeypatch.setattr(os, "urandom", recording)  # the module wsframe draws from
     pool = MaskPool()
     n = 2 * POOL_BYTES // 4 + 10  # 2058 frames: three draws
     messages = [b"x" * (k % 300) for k in range(n)]

@@ -25,7 +25,7 @@ try:  # websockets' C implementation (the one its own framing uses)
 except ImportError:  # pragma: no cover - a build without the C extension
     from websockets.utils import apply_mask
 
-__all__ = ["MASKS", "POOL_BYTES", "MaskPool", "apply_mask", "text_frames"]
+__all__ = ["MASKS", "POOL_BYTES", "MaskPool", "apply_mask", "frame_head", "text_frames"]
 
 #: Bytes of ``os.urandom`` drawn at a time: 1024 masks.
 POOL_BYTES = 4096
@@ -67,6 +67,16 @@ class MaskPool:
 #: The process's pool.
 MASKS = MaskPool()
 os.register_at_fork(after_in_child=MASKS.reset)
+
+
+def frame_head(n: int) -> bytes:
+    """The first bytes of a final masked text frame of ``n`` payload bytes (the masking key
+    and the masked payload follow)."""
+    if n < 126:
+        return _HEAD7.pack(_FIN_TEXT, _MASKED | n)
+    if n < 65536:
+        return _HEAD16.pack(_FIN_TEXT, _MASKED | 126, n)
+    return _HEAD64.pack(_FIN_TEXT, _MASKED | 127, n)
 
 
 def text_frames(messages: list[bytes], pool: MaskPool = MASKS) -> list[bytes]:
