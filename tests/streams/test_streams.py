@@ -23,6 +23,7 @@ from twilio.request_validator import RequestValidator
 
 from confstream.callbacks.webhooks import CallbackSender
 from confstream.settings import Settings
+from confstream.streams import session as session_mod
 from confstream.streams.manager import StreamManager, StreamSpec
 from confstream.streams.vocabulary import MediaTrack
 from confstream.tools.metrics import sample
@@ -477,6 +478,43 @@ async def test_audio_written_from_the_tick_keeps_numbering_order_tone_and_counte
             media
         )
         sent = sum(len(r.encode()) for r in conn.raw[: len(conn.messages)])
+        assert sample("confstream_stream_bytes_total") == bytes_before + sent
+
+
+async def test_media_counters_are_exact_between_ticks(tls: Tls) -> None:
+    # The direct writes' counts are added once per tick (session.PENDING, flushed by a
+    # call_soon the tick's first write schedules): whenever other code runs, e.g. a /metrics
+    # scrape, at most the last tick's counts are pending, and counters + pending equal what
+    # was built.
+    media_before = sample("confstream_stream_messages_total", event="media")
+    bytes_before = sample("confstream_stream_bytes_total")
+    async with ws_receiver(tls) as rx, harness(tls) as h:
+        specs = [h.spec(rx.url()) for _ in range(3)]  # three streams of one conference
+        for spec in specs:
+            await h.manager.start(spec)
+            await h.wait_status(spec.sid, "in-progress")
+        sessions = [h.manager.session(spec.sid) for spec in specs]
+        assert all(s is not None for s in sessions)
+        checked = 0
+        for _ in range(60):
+            await asyncio.sleep(0.007)
+            if any(s is None or s.queued_ticks or s._sending for s in sessions):
+                continue  # the queue path counts when its batch is written
+            pending = session_mod.PENDING.media
+            assert pending <= 2 * len(sessions)  # at most one tick of three streams
+            assert (session_mod.PENDING.size == 0) == (pending == 0)
+            built = sum(sum(s.protocol.chunks.values()) for s in sessions if s is not None)
+            assert sample("confstream_stream_messages_total", event="media") == (
+                media_before + built - pending
+            )
+            checked += 1
+        assert checked >= 30
+        for spec in specs:
+            await h.manager.stop(spec.sid)
+        await rx.wait_for(lambda: len(rx.conns) == 3 and all(c.closed.is_set() for c in rx.conns))
+        media = sum(len(c.events("media")) for c in rx.conns)
+        assert sample("confstream_stream_messages_total", event="media") == media_before + media
+        sent = sum(len(r.encode()) for c in rx.conns for r in c.raw[: len(c.messages)])
         assert sample("confstream_stream_bytes_total") == bytes_before + sent
 
 

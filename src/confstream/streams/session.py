@@ -44,27 +44,35 @@ returned audio removed, with its own :func:`~confstream.media.codecs.get_encoder
 returned audio decoded with :func:`~confstream.media.codecs.get_decoder`.
 
 Sending: each message is built as UTF-8 bytes
-(:meth:`~confstream.streams.protocol.StreamProtocol.media_bytes`), framed by websockets'
-sans-I/O protocol, and all the frames of one write go to the TLS transport in one ``write``
-(:class:`_BatchingConnection`: one TLS record and one ``send`` system call per stream per tick,
-both tracks, instead of one per message); the message and byte counters are added once per
-write. Two paths:
+(:meth:`~confstream.streams.protocol.StreamProtocol.media_bytes`), framed as a WebSocket text
+frame, and all the frames of one write go to the TLS transport in one ``write`` (one TLS
+record and one ``send`` system call per stream per tick, both tracks, instead of one per
+message). Two paths:
 
 * From the tick (the common case): when nothing is queued, the sender task is not in the
-  middle of a batch and the connection can take a write now (:func:`_writable`: open, no
-  fragmented message being sent by websockets, the transport neither paused for writing, i.e.
-  over its high-water mark, nor closing), :meth:`on_frame` builds the tick's messages and
-  writes them itself (:meth:`_write_now`): no queue item, no task wake-up, no
-  ``send_context``. That is everything ``send_context`` does for an open connection whose
-  write needs no ``drain``; a write that fails marks the connection broken and aborts it, as
-  ``send_context`` does, so the receiver and keepalive tasks see it closed and the stream ends
-  as after any lost connection.
+  middle of a batch and the connection can take a write now (open, no fragmented message
+  being sent by websockets, the transport neither paused for writing, i.e. over its
+  high-water mark, nor closing: the checks in :meth:`on_frame`), :meth:`on_frame` builds the
+  tick's messages, frames them itself (:mod:`confstream.streams.wsframe`: the bytes
+  websockets would produce for a final text frame with no extension, the masking keys from a
+  pool of ``os.urandom`` bytes instead of one system call per frame) and writes them
+  (:meth:`_write_now`): no queue item, no task wake-up, no ``send_context``, no websockets
+  ``Frame``. That is everything ``send_context`` and ``Protocol.send_text`` do for an open
+  connection whose write needs no ``drain`` (websockets hands its own frames to the transport
+  in the same event loop callback that made them, so none wait in its buffer while the tick
+  runs); a write that fails marks the connection broken and aborts it, as ``send_context``
+  does, so the receiver and keepalive tasks see it closed and the stream ends as after any
+  lost connection. The message and byte counters of these writes are added once per tick for
+  every stream (:data:`PENDING`, :func:`flush_metrics`, scheduled with ``call_soon`` by the
+  tick's first write: at most one tick's counts are pending when a scrape runs, none lost).
 * Through the queue otherwise (a receiver that fell behind, a ``dtmf`` or ``mark`` waiting, a
   batch in progress): the sender task takes everything queued since it last ran and writes it
   as one batch inside websockets' ``send_context``, which waits for the transport to drain
-  when its buffer is above the high-water mark. Backpressure, drops and the flush on stop
-  happen only here. Because audio goes through the queue while anything is queued, messages
-  keep the order in which they were produced and are numbered in that order.
+  when its buffer is above the high-water mark, framed by websockets' sans-I/O protocol
+  (:class:`_BatchingConnection`: the batch's frames in one ``write``), its counters added
+  once per batch. Backpressure, drops and the flush on stop happen only here. Because audio
+  goes through the queue while anything is queued, messages keep the order in which they were
+  produced and are numbered in that order.
 
 Bidirectional (``realtime``): ``media`` from the receiver is decoded to 8 kHz int16 and queued in
 a :class:`~confstream.conference.sources.QueueSource` that is this tap's ``own_source`` (so the
@@ -146,6 +154,7 @@ from confstream.streams.sendqueue import ControlItem, MediaItem, SendQueue
 from confstream.streams.shared import SharedPayloads, acquire, release
 from confstream.streams.spec import StreamSpec
 from confstream.streams.vocabulary import MediaTrack
+from confstream.streams.wsframe import MASKS, apply_mask, frame_head
 
 __all__ = [
     "FLUSH_TIMEOUT_S",
@@ -233,21 +242,38 @@ class _BatchingConnection(ClientConnection):
 
 
 _MEDIA_MESSAGES = metrics.STREAM_MESSAGES.labels(event="media")
+_OPEN = State.OPEN
 
 
-def _writable(ws: ClientConnection) -> bool:
-    """Whether a message can be written to ``ws`` now, without waiting: what websockets'
-    ``send``/``send_context`` check before writing (the connection open, no fragmented
-    message being sent) plus its flow control (the transport not paused for writing, i.e.
-    its buffer under the high-water mark, so ``drain`` would not wait) and the transport not
-    closing."""
-    return (
-        ws.protocol.state is State.OPEN
-        and ws.send_in_progress is None
-        and not ws.protocol.expect_continuation_frame
-        and not ws.paused
-        and not ws.transport.is_closing()
-    )
+class _Pending:
+    """Media messages and bytes written from the tick, not yet added to the Prometheus
+    counters (see :func:`flush_metrics`)."""
+
+    __slots__ = ("media", "scheduled", "size")
+
+    def __init__(self) -> None:
+        self.media = 0
+        self.size = 0
+        self.scheduled = False
+
+
+#: Process-wide counts waiting for :func:`flush_metrics`.
+PENDING = _Pending()
+
+
+def flush_metrics() -> None:
+    """Add the pending counts of the tick's direct writes to
+    ``confstream_stream_messages_total{event="media"}`` and ``confstream_stream_bytes_total``.
+    Scheduled with ``loop.call_soon`` by the first direct write of a tick, so it runs once per
+    tick, right after it (before any scrape can be answered). Cheap when nothing is pending."""
+    p = PENDING
+    media, size = p.media, p.size
+    p.media = p.size = 0
+    p.scheduled = False
+    if media:
+        _MEDIA_MESSAGES.inc(media)
+    if size:
+        metrics.STREAM_BYTES.inc(size)
 
 
 class StreamSession:
@@ -336,7 +362,20 @@ class StreamSession:
             return
         ts = timestamp_ms - self._t0
         ws = self._ws
-        if not self._queue and not self._sending and ws is not None and _writable(ws):
+        if (
+            not self._queue
+            and not self._sending
+            and ws is not None
+            # Writable now, without waiting: what websockets' send/send_context check before
+            # writing (the connection open, no fragmented message being sent) plus its flow
+            # control (the transport not paused for writing, i.e. its buffer under the
+            # high-water mark, so drain would not wait) and the transport not closing.
+            and ws.protocol.state is _OPEN
+            and ws.send_in_progress is None
+            and not ws.protocol.expect_continuation_frame
+            and not ws.paused
+            and not ws.transport.is_closing()
+        ):
             self._write_now(ws, payloads, ts)
             return
         dropped = self._queue.push_media(MediaItem(ts, payloads))
@@ -348,26 +387,34 @@ class StreamSession:
         self, ws: ClientConnection, payloads: list[tuple[MediaTrack, bytes]], ts: int
     ) -> None:
         """Write this tick's media messages from the tick (see the module docstring, Sending).
-        The caller checked :func:`_writable`. What websockets' ``send_context`` does on an
-        error is done here too: the connection is marked broken and aborted, so the sender,
-        receiver and keepalive tasks see it closed as they would after a failed batch."""
+        The caller checked that the connection is writable now. What websockets'
+        ``send_context`` does on an error is done here too: the connection is marked broken
+        and aborted, so the sender, receiver and keepalive tasks see it closed as they would
+        after a failed batch."""
         try:
-            proto = self.protocol
-            send_text = ws.protocol.send_text
+            media_bytes = self.protocol.media_bytes
+            take = MASKS.take
+            frames: list[bytes] = []
             size = 0
             for track, b64 in payloads:
-                data = proto.media_bytes(track, b64, ts)
-                send_text(data)
-                size += len(data)
-            ws.send_data()
+                data = media_bytes(track, b64, ts)
+                n = len(data)
+                size += n
+                mask = take()
+                frames.append(frame_head(n) + mask + apply_mask(data, mask))
+            ws.transport.write(b"".join(frames))
         except Exception as exc:
             ws.set_connection_exc(exc)
             with contextlib.suppress(Exception):
                 ws.transport.abort()
             return
         self.direct_ticks += 1
-        _MEDIA_MESSAGES.inc(len(payloads))
-        metrics.STREAM_BYTES.inc(size)
+        p = PENDING
+        p.media += len(payloads)
+        p.size += size
+        if not p.scheduled:
+            p.scheduled = True
+            ws.loop.call_soon(flush_metrics)
 
     def _own_encoder(self, track: MediaTrack) -> Encoder:
         encoder = self._encoders.get(track)
