@@ -49,8 +49,13 @@ from bench.run import (
 from confstream.tools.cluster import REALTIME_PREFIX, LocalCluster, NodeProcess
 from confstream.tools.server import Account
 
-#: With ``--cluster-realtime``: the load generators' real-time priority, below the nodes'.
-LOADGEN_REALTIME_PREFIX = ["chrt", "-f", "5"]
+#: With ``--cluster-realtime``: the load generators' real-time priority, *above* the nodes'
+#: (10). The callers stand for phones on a network, whose packets keep coming while a node is
+#: busy. Below the node, a load generator on the node's core was starved by every late tick
+#: and the node's catch-up ticks after it, then sent the frames it owed back to back: a node
+#: 40 ms late (3 packets waiting per caller, no discard) became a send gap of 100-200 ms and
+#: thousands of jitter-buffer overflow discards (docs/cluster-bench.md section 6).
+LOADGEN_REALTIME_PREFIX = ["chrt", "-f", "20"]
 
 
 def setup_text(
@@ -60,9 +65,9 @@ def setup_text(
     if realtime:
         where += (
             ", with real-time scheduling (`chrt -f 10`, SCHED_FIFO, for both loads: the "
-            "opt-in setting of docs/operations.md); the load generators run at the lower "
-            "real-time priority 5 (`chrt -f 5`: a node always preempts them, other work on the "
-            "machine never delays their packets)"
+            "opt-in setting of docs/operations.md); the load generators run at the higher "
+            "real-time priority 20 (`chrt -f 20`: like phones on a network, their packets keep "
+            "coming on time while a node is busy; nothing else on the machine delays them)"
         )
     generators = (
         "pinned to its node's core (`--cluster-loadgen-with-node`: every core carries one node "
@@ -180,6 +185,8 @@ class Second:
     send_late_ms: list[float]
     slots_late_20ms: list[float]
     steal_ms: list[float]
+    #: Every load generator sent a progress line this second (else its pacing reads 0).
+    reported: bool = True
 
     @property
     def eventful(self) -> bool:
@@ -200,6 +207,7 @@ class Second:
             f"  t={self.t:4.0f}s discards {f(self.discards)}, ticks >= 20 ms late "
             f"{f(self.late_ticks)}, loadgen latest slot {f(self.send_late_ms)} ms, slots >= 20 ms "
             f"late {f(self.slots_late_20ms)}, steal {f(self.steal_ms)} ms per core"
+            + (" (no loadgen line this second)" if not self.reported else "")
         )
 
 
@@ -239,6 +247,7 @@ class Timeline:
             send_late_ms=[float(p.get("send_late_max_ms", 0.0)) if p else 0.0 for p in pacing],
             slots_late_20ms=[a - b for a, b in zip(slots, self._slots, strict=True)],
             steal_ms=[1000 * (a - b) for a, b in zip(steal, self._steal, strict=True)],
+            reported=all(p is not None for p in pacing),
         )
         self._last, self._steal, self._slots = scrapes, steal, slots
         self.seconds.append(row)
