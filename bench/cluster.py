@@ -11,14 +11,25 @@ other, so that one node's figure and the cluster's come from the same run:
 2. *every node*: N callers on each node.
 
 The load generator (:mod:`bench.loadgen`, one process per loaded node, rooms of 10 named after
-the node) runs on the same machine, **not pinned**: it shares the cores with the nodes. It dials
-each node's SIP port **directly, not through Kamailio** (which node a conference lands on is
-Kamailio's job, tested in tests/cluster; the figure here is what the nodes carry). No streams.
-Per node, over ``--duration`` seconds after the ramp and a settling time: tick lateness p99
-(from the ``confstream_tick_lateness_seconds`` buckets, as for the single-node points), drops
+the node) runs on the same machine: not pinned, or with ``--cluster-loadgen-with-node`` (what
+``make bench`` uses) pinned to the core of the node it calls; with ``--cluster-realtime`` at a
+real-time priority above the nodes' (:data:`LOADGEN_REALTIME_PREFIX`). It dials each node's
+SIP port **directly, not through Kamailio** (which node a conference lands on is Kamailio's
+job, tested in tests/cluster; the figure here is what the nodes carry). No streams. Per node,
+over ``--cluster-duration`` seconds after the ramp and a settling time: tick lateness p99 (from
+the ``confstream_tick_lateness_seconds`` buckets, as for the single-node points), drops
 (``confstream_rtp_discarded_total``, every reason: the single-node points' frames dropped
-without streams) and CPU. A load is *carried* when every caller is
-answered and every node has 0 drops and p99 < 5 ms (:class:`bench.report.ClusterLoadResult`).
+without streams) and CPU. A load is *carried* when every caller is answered and every node
+has 0 drops and p99 < 5 ms (:class:`bench.report.ClusterLoadResult`).
+
+``--cluster-repeats R`` runs the whole grid R times (:func:`load_order`); a load then counts as
+carried only when it met the targets in every repeat (:func:`bench.report.carried`), and the
+report gives each load's spread over the repeats.
+
+While a window runs, each node is scraped and each load generator's progress line read once a
+second (:class:`Timeline`): a second with discards, a tick 20 ms late, a send slot of the load
+generator 10 ms late or more, or VM steal is logged, so a failed load shows where its drops came
+from (docs/cluster-bench.md section 6).
 """
 
 from __future__ import annotations
