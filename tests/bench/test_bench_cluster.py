@@ -153,7 +153,8 @@ def _metrics(discards: float, late: float) -> ServerMetrics:
 def test_the_timeline_puts_each_seconds_discards_next_to_what_happened() -> None:
     line = Timeline(["node-1", "node-2"], [_metrics(0, 0), _metrics(10, 1)], [1.0, 2.0])
     quiet = line.add(1.0, [_metrics(0, 0), _metrics(10, 1)], [1.0, 2.0], [None, None])
-    assert not quiet.eventful
+    assert not quiet.eventful and not quiet.reported  # no progress line: pacing unknown
+    assert "(no loadgen line this second)" in quiet.text()
     pacing = {"send_late_max_ms": 41.5, "slots_late_20ms": 3}
     burst = line.add(2.0, [_metrics(0, 0), _metrics(60, 3)], [1.0, 2.05], [None, pacing])
     assert burst.discards == [0, 50] and burst.late_ticks == [0, 2]
