@@ -50,7 +50,7 @@ cluster: $(STAMP) sysdeps
 
 bench: $(STAMP)
 	@bash scripts/ensure-sysdeps.sh --bench
-	$(PY) -m bench.run --with-janus --streams-sweep 100,250,500,1000 --cluster-points 525,600,675,750,825 --cluster-realtime --cluster-loadgen-with-node
+	$(PY) -m bench.run --with-janus --streams-sweep 100,250,500,1000 --cluster-points 450,500,550,600,650 --cluster-repeats 2 --cluster-duration 25 --cluster-realtime --cluster-loadgen-with-node
 
 # 30 minutes of 200 callers and 20 streams whose receivers stall, disconnect and return audio;
 # writes docs/soak.md and docs/soak.png (override e.g. SOAK_ARGS="--duration 180").

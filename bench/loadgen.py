@@ -35,8 +35,9 @@ small ``SO_RCVBUF``: the kernel drops what nobody reads) and ``rtp_received`` is
 for loads that do not look at the returned audio.
 
 Output (for :mod:`bench.run`): JSON lines on stdout — ``{"event": "progress", ...}`` every
-second and ``{"event": "summary", ...}`` at the end; the marked events go to ``--events`` as
-JSON lines ``{"room": R, "t": SEND_TIME, "caller": I}``.
+second (with the media loop's pacing: the latest slot start and the slots started 5 ms and
+20 ms late, :class:`Pacing`) and ``{"event": "summary", ...}`` at the end; the marked events
+go to ``--events`` as JSON lines ``{"room": R, "t": SEND_TIME, "caller": I}``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import json
 import os
 import random
@@ -306,6 +308,49 @@ def digest_authorization(
 
 
 @dataclass
+class Pacing:
+    """How late the media loop started its send slots (each slot's due time is absolute), for
+    the progress lines: a slot sent a whole frame late means its callers' packets of two
+    frames leave back to back, a burst at the server that the generator, not the server,
+    caused (docs/cluster-bench.md section 6)."""
+
+    #: Slots started at least one slot (5 ms) / one frame (20 ms) late, since the start.
+    late_5ms: int = 0
+    late_20ms: int = 0
+    #: The latest start since the last :meth:`take` (seconds).
+    worst: float = 0.0
+    #: The generator's longest garbage collection since the last :meth:`take` (seconds).
+    gc_worst: float = 0.0
+    _gc_start: float = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        """A :data:`gc.callbacks` entry: times each collection."""
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_start = now
+        else:
+            self.gc_worst = max(self.gc_worst, now - self._gc_start)
+
+    def record(self, late: float) -> None:
+        if late >= FRAME_S / SLOTS:
+            self.late_5ms += 1
+            if late >= FRAME_S:
+                self.late_20ms += 1
+        self.worst = max(self.worst, late)
+
+    def take(self) -> dict[str, Any]:
+        """The fields of a progress line; the worst lateness restarts."""
+        out = {
+            "send_late_max_ms": round(1000 * self.worst, 2),
+            "slots_late_5ms": self.late_5ms,
+            "slots_late_20ms": self.late_20ms,
+            "gc_max_ms": round(1000 * self.gc_worst, 2),
+        }
+        self.worst = self.gc_worst = 0.0
+        return out
+
+
+@dataclass
 class Room:
     """One conference: its name, RTP socket (shared by its members) and send slot."""
 
@@ -402,6 +447,8 @@ class LoadGenerator(asyncio.DatagramProtocol):
         self.remote_byes = 0
         self.failures: Counter[str] = Counter()
         self.unexpected: Counter[str] = Counter()
+        self.pacing = Pacing()
+        gc.callbacks.append(self.pacing.on_gc)
         # every payload a caller can send: DISTINCT_VOICES loops of LOOP_FRAMES, then the burst
         frames = [f for i in range(DISTINCT_VOICES) for f in pcmu_frames(voice_signal(i))]
         frames += pcmu_frames(burst_signal())
@@ -784,12 +831,15 @@ class LoadGenerator(asyncio.DatagramProtocol):
         by_slot: list[list[Room]] = [[r for r in self.rooms if r.slot == s] for s in range(SLOTS)]
         while True:
             step += 1
-            delay = start + step * slot_s - loop.time()
+            due = start + step * slot_s
+            delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             elif delay < -0.2:  # fell far behind: skip ahead rather than burst
                 skipped = int(-delay / slot_s)
                 step += skipped
+                due += skipped * slot_s
+            self.pacing.record(loop.time() - due)
             slot = step % SLOTS
             frame_no = step // SLOTS
             if slot == 0:
@@ -893,6 +943,7 @@ class LoadGenerator(asyncio.DatagramProtocol):
                 "rtp_sent": self.rtp_sent,
                 "rtp_received": self._received(),
                 "events_sent": self.events_sent,
+                **self.pacing.take(),
             }
             self.progress_out.write(json.dumps(line) + "\n")
             self.progress_out.flush()

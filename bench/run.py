@@ -845,6 +845,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the cluster series' nodes with real-time scheduling (chrt -f 10)",
     )
     p.add_argument(
+        "--cluster-repeats",
+        type=int,
+        default=1,
+        help="run the cluster grid this many times; a load counts as carried only when it met "
+        "the targets in every repeat",
+    )
+    p.add_argument(
+        "--cluster-duration",
+        type=float,
+        default=None,
+        help="steady-state seconds per cluster load (default: --duration)",
+    )
+    p.add_argument(
         "--cluster-loadgen-with-node",
         action="store_true",
         help="pin each load generator of the cluster series to the core of the node it calls",
@@ -922,8 +935,9 @@ def run_cluster(args: argparse.Namespace, base: Path, results: BenchResults) -> 
 
     points = [int(x) for x in args.cluster_points.split(",") if x.strip()]
     results.cluster_loads, results.cluster_setup = run_cluster_series(
-        points, args.cluster_nodes, args.duration, args.ramp, base, results.notes,
-        args.cluster_realtime, args.cluster_loadgen_with_node,
+        points, args.cluster_nodes, args.cluster_duration or args.duration, args.ramp, base,
+        results.notes, args.cluster_realtime, args.cluster_loadgen_with_node,
+        args.cluster_repeats,
     )  # fmt: skip
 
 
