@@ -40,6 +40,7 @@ def test_fresh_server_answers_the_quickstart_curl(server: ServerProcess) -> None
 async def test_three_baresip_callers_hear_each_other_not_themselves(
     server: ServerProcess, tmp_path: Path
 ) -> None:
+    server.env["CONFSTREAM_RTP_SEND_LANE"] = "true"  # opt-in (docs/operations.md)
     account = server.create_account()
     server.start()
     callers = [BaresipCaller(tmp_path / f"caller{int(f)}", f, 7.0) for f in FREQS]
